@@ -1,0 +1,31 @@
+"""Pure, batched torch metrics that compare and score saliency maps (per-sample results)."""
+
+from __future__ import annotations
+
+from lightning_saliency.metrics.functional import (
+    complexity,
+    l2_distance,
+    mege_reco,
+    mu_fidelity,
+    normalize_maps,
+    prediction_agreement,
+    reduce_channels,
+    sparseness,
+    spearman,
+    ssim,
+    topk_intersection,
+)
+
+__all__ = [
+    "complexity",
+    "l2_distance",
+    "mege_reco",
+    "mu_fidelity",
+    "normalize_maps",
+    "prediction_agreement",
+    "reduce_channels",
+    "sparseness",
+    "spearman",
+    "ssim",
+    "topk_intersection",
+]
