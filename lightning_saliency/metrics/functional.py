@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -273,14 +272,12 @@ def _percentile_rows(x: Tensor, q: float) -> Tensor:
     return s[:, lo] + frac * (s[:, hi] - s[:, lo])
 
 
-def _gaussian_kernel(
-    sigma: float, truncate: float, dtype: torch.dtype, device: torch.device
-) -> Tensor:
-    """1-D Gaussian kernel as scipy.ndimage builds it: radius int(truncate*sigma+0.5)."""
+def _gaussian_kernel(sigma: float, truncate: float) -> list[float]:
+    """1-D Gaussian weights as scipy.ndimage builds them: radius int(truncate*sigma+0.5)."""
     radius = int(truncate * sigma + 0.5)
-    xs = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
-    w = torch.exp(-0.5 * (xs / sigma) ** 2)
-    return w / w.sum()
+    w = [math.exp(-0.5 * (i / sigma) ** 2) for i in range(-radius, radius + 1)]
+    total = math.fsum(w)
+    return [v / total for v in w]
 
 
 def _symmetric_index(n: int, radius: int, device: torch.device) -> Tensor:
@@ -289,15 +286,23 @@ def _symmetric_index(n: int, radius: int, device: torch.device) -> Tensor:
     return torch.where(idx >= n, 2 * n - 1 - idx, idx)
 
 
-def _gaussian_filter(x: Tensor, kernel: Tensor) -> Tensor:
-    """Separable Gaussian filter of (B, H, W) with scipy 'reflect' borders."""
+def _gaussian_filter(x: Tensor, kernel: list[float]) -> Tensor:
+    """Separable Gaussian filter of (B, H, W) with scipy 'reflect' borders.
+
+    A weighted sum of shifted slices: memory bound, exact in the compute dtype and
+    faster on CPU than a single-channel conv2d.
+    """
     _, h, w = x.shape
-    r = (kernel.numel() - 1) // 2
+    r = (len(kernel) - 1) // 2
     xp = x.index_select(1, _symmetric_index(h, r, x.device))
-    xp = xp.index_select(2, _symmetric_index(w, r, x.device)).unsqueeze(1)
-    out = F.conv2d(xp, kernel.view(1, 1, -1, 1))
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
-    return out.squeeze(1)
+    xp = xp.index_select(2, _symmetric_index(w, r, x.device))
+    rows = xp[:, 0:h, :] * kernel[0]
+    for i in range(1, len(kernel)):
+        rows.add_(xp[:, i : i + h, :], alpha=kernel[i])
+    out = rows[:, :, 0:w] * kernel[0]
+    for i in range(1, len(kernel)):
+        out.add_(rows[:, :, i : i + w], alpha=kernel[i])
+    return out
 
 
 def _ssim_preprocess(
@@ -381,7 +386,7 @@ def ssim(
     x = _ssim_preprocess(a, channel_reduction, percentile, dtype)
     y = _ssim_preprocess(b, channel_reduction, percentile, dtype)
     n = x.shape[0]
-    kernel = _gaussian_kernel(sigma, truncate, dtype, x.device)
+    kernel = _gaussian_kernel(sigma, truncate)
     stats = _gaussian_filter(torch.cat([x, y, x * x, y * y, x * y], dim=0), kernel)
     ux, uy, uxx, uyy, uxy = stats.split(n, dim=0)
     vx = uxx - ux * ux
