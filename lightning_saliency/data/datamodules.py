@@ -1,0 +1,485 @@
+"""The disjoint-split DataModule: K loaders, one per disjoint split, and a held-out set."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .splits import check_split_args, disjoint_splits
+
+__all__ = ["DisjointSplitDataModule", "TransformDataset"]
+
+SPLITS_FILENAME = "splits.json"
+
+
+class TransformDataset(Dataset):
+    """A view of ``base`` whose samples ``(x, y)`` become ``(transform(x), y)``.
+
+    Lets one stored dataset serve both an augmented training view and a deterministic view
+    (for probes) without holding the data twice.
+
+    >>> ds = TransformDataset(TensorDataset(torch.arange(3.0), torch.arange(3)), lambda x: 2 * x)
+    >>> ds[2]
+    (tensor(4.), tensor(2))
+    """
+
+    def __init__(self, base: Dataset, transform: Callable[[Any], Any] | None = None) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        x, y = self.base[index]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, y
+
+    def __getattr__(self, name: str) -> Any:
+        # expose e.g. ``classes`` / ``targets`` of the wrapped dataset
+        if name in ("base", "transform") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+def _as_stats(name: str, value: Sequence[float] | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        stats = tuple(float(v) for v in value)
+    except TypeError as err:
+        raise TypeError(f"{name} must be a sequence of floats or None, got {value!r}") from err
+    if len(stats) == 0:
+        raise ValueError(f"{name} must have at least one entry (one per channel), got {value!r}")
+    return stats
+
+
+def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def _unwrap(dataset: Any) -> Any:
+    while isinstance(dataset, TransformDataset):
+        dataset = dataset.base
+    return dataset
+
+
+def _infer_num_classes(dataset: Any) -> int | None:
+    ds = _unwrap(dataset)
+    if isinstance(ds, Subset):
+        return _infer_num_classes(ds.dataset)
+    classes = getattr(ds, "classes", None)
+    if classes is not None:
+        return len(classes)
+    targets = getattr(ds, "targets", None)
+    if targets is not None and len(targets) > 0:
+        return int(torch.as_tensor(targets).max()) + 1
+    if isinstance(ds, TensorDataset) and len(ds.tensors) >= 2 and len(ds.tensors[1]) > 0:
+        return int(ds.tensors[1].max()) + 1
+    return None
+
+
+class DisjointSplitDataModule(L.LightningDataModule):
+    """Train K models on K pairwise disjoint splits of a train set; validate on a held-out set.
+
+    The train set is cut into ``split_factor`` disjoint parts of ``n // split_factor`` samples
+    (:func:`disjoint_splits`, seeded by ``split_seed``); model ``k`` (``k < num_models``) only
+    ever sees part ``k``. :meth:`train_dataloader` returns a
+    :class:`~lightning.pytorch.utilities.CombinedLoader` over K loaders (mode
+    ``"min_size"``), so a training batch is a list of K ``(x, y)`` pairs;
+    :meth:`val_dataloader` / :meth:`test_dataloader` iterate the held-out set.
+
+    Datasets may be passed in, or a subclass builds them in :meth:`_build_datasets` (and
+    downloads in :meth:`_download`, which :meth:`prepare_data` calls). Passed-in datasets must
+    already yield model inputs; ``mean``/``std`` then *describe* the normalization they apply
+    (used for :attr:`input_range` and :meth:`unnormalize`); built-in subclasses apply it.
+
+    The split indices are part of the run: :meth:`state_dict` (saved in checkpoints),
+    ``splits.json`` in the trainer's log dir on ``setup("fit")``, and :meth:`save_splits`.
+
+    Args:
+        train_dataset: dataset of ``(x, y)`` pairs to split (None: built by a subclass).
+        heldout_dataset: held-out dataset of ``(x, y)`` pairs (validation and test).
+        split_factor: number of parts the train set is cut into.
+        num_models: K, the number of models / splits used (``1 <= K <= split_factor``).
+        split_seed: seed of the split permutation and of the per-split shuffling.
+        batch_size: batch size of every loader (per model).
+        num_workers: DataLoader workers per loader.
+        mean: per-channel mean of the input normalization (None: inputs are in [0, 1]).
+        std: per-channel std of the input normalization (None: inputs are in [0, 1]).
+        num_classes: number of classes (None: inferred from the datasets).
+        in_chans: number of input channels (None: inferred from a sample).
+        image_size: input height/width (None: inferred from a sample).
+        pin_memory: passed to every DataLoader.
+
+    Example:
+        >>> x = torch.rand(20, 1, 4, 4)
+        >>> y = torch.arange(20) % 2
+        >>> dm = DisjointSplitDataModule(TensorDataset(x, y), TensorDataset(x[:6], y[:6]),
+        ...                              split_factor=4, num_models=2, batch_size=5)
+        >>> dm.setup("fit")
+        >>> [len(dm.split_dataset(k)) for k in range(dm.num_models)]
+        [5, 5]
+        >>> batch = next(iter(dm.train_dataloader()))[0]
+        >>> [tuple(xk.shape) for xk, yk in batch]
+        [(5, 1, 4, 4), (5, 1, 4, 4)]
+        >>> dm.input_range, dm.num_classes, dm.in_chans, dm.image_size
+        ((0.0, 1.0), 2, 1, 4)
+    """
+
+    def __init__(
+        self,
+        train_dataset: Dataset | None = None,
+        heldout_dataset: Dataset | None = None,
+        *,
+        split_factor: int = 2,
+        num_models: int = 2,
+        split_seed: int = 0,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        num_classes: int | None = None,
+        in_chans: int | None = None,
+        image_size: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.split_factor, self.num_models = check_split_args(split_factor, num_models)
+        if not isinstance(split_seed, int) or isinstance(split_seed, bool):
+            raise TypeError(f"split_seed must be an int, got {split_seed!r}")
+        self.split_seed = split_seed
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.num_workers = _check_positive_int("num_workers", num_workers, minimum=0)
+        self.pin_memory = bool(pin_memory)
+        self.mean = _as_stats("mean", mean)
+        self.std = _as_stats("std", std)
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(
+                f"mean and std must both be given or both be None, got mean={mean!r}, std={std!r}"
+            )
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std):
+                raise ValueError(
+                    f"mean and std must have the same length (one entry per channel), got "
+                    f"{len(self.mean)} and {len(self.std)}"
+                )
+            if any(s <= 0 for s in self.std):
+                raise ValueError(f"every std entry must be > 0, got std={self.std}")
+        for name, value in (
+            ("num_classes", num_classes),
+            ("in_chans", in_chans),
+            ("image_size", image_size),
+        ):
+            if value is not None:
+                _check_positive_int(name, value)
+        if (train_dataset is None) != (heldout_dataset is None):
+            raise ValueError(
+                "pass both train_dataset and heldout_dataset, or neither (a subclass builds them)"
+            )
+        self.save_hyperparameters(ignore=["train_dataset", "heldout_dataset"])
+
+        self._num_classes = num_classes
+        self._in_chans = in_chans
+        self._image_size = image_size
+        self._train_set: Dataset | None = train_dataset
+        self._train_eval_set: Dataset | None = train_dataset
+        self._heldout_set: Dataset | None = heldout_dataset
+        self._split_indices: list[torch.Tensor] | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _download(self) -> None:
+        """Download the data if needed (called from :meth:`prepare_data`; default: no-op)."""
+
+    def _build_datasets(self) -> tuple[Dataset, ...]:
+        """Build ``(train, heldout)`` or ``(train, heldout, train_eval)`` datasets.
+
+        ``train`` feeds the training loaders (may be augmented); ``train_eval`` is the same
+        samples with the deterministic evaluation transform (used by :meth:`split_dataset`;
+        defaults to ``train``). Must not download.
+        """
+        raise ValueError(
+            f"{type(self).__name__} has no datasets: pass train_dataset and heldout_dataset, "
+            f"or subclass it and implement _build_datasets()"
+        )
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Download the data (rank 0 of each node only)."""
+        self._download()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets and compute the splits (once); on ``"fit"`` write ``splits.json``.
+
+        ``splits.json`` goes to ``trainer.log_dir`` when a trainer is attached and that is not
+        None; every rank reads ``log_dir`` (it is a collective call), only global rank 0 writes.
+        """
+        self._ensure_splits()
+        if stage == "fit":
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None:
+                log_dir = trainer.log_dir
+                if log_dir is not None and trainer.is_global_zero:
+                    self.save_splits(os.path.join(log_dir, SPLITS_FILENAME))
+
+    def train_dataloader(self) -> CombinedLoader:
+        """K shuffled loaders, loader ``k`` over split ``k`` only, combined with ``min_size``."""
+        self._ensure_splits()
+        loaders = [
+            self._loader(
+                self.split_dataset(k, train_transform=True),
+                shuffle=True,
+                generator=torch.Generator().manual_seed(self.split_seed * 1000 + k),
+            )
+            for k in range(self.num_models)
+        ]
+        return CombinedLoader(loaders, mode="min_size")
+
+    def val_dataloader(self) -> DataLoader:
+        """The held-out set, in order."""
+        return self._loader(self.heldout_dataset(), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out set, in order."""
+        return self._loader(self.heldout_dataset(), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out set, in order."""
+        return self._loader(self.heldout_dataset(), shuffle=False)
+
+    def _loader(
+        self, dataset: Dataset, shuffle: bool, generator: torch.Generator | None = None
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    # ------------------------------------------------------------------ datasets and splits
+    def _ensure_datasets(self) -> None:
+        if self._train_set is not None and self._heldout_set is not None:
+            return
+        built = tuple(self._build_datasets())
+        if len(built) not in (2, 3):
+            raise ValueError(
+                f"_build_datasets() must return (train, heldout) or (train, heldout, "
+                f"train_eval), got {len(built)} items"
+            )
+        self._train_set, self._heldout_set = built[0], built[1]
+        self._train_eval_set = built[2] if len(built) == 3 and built[2] is not None else built[0]
+
+    def _ensure_splits(self) -> list[torch.Tensor]:
+        self._ensure_datasets()
+        if self._split_indices is None:
+            n = len(self._train_set)  # type: ignore[arg-type]
+            self._split_indices = disjoint_splits(
+                n, self.split_factor, self.num_models, seed=self.split_seed
+            )
+            if self._pending_state is not None:
+                state, self._pending_state = self._pending_state, None
+                self.load_state_dict(state)
+        return self._split_indices
+
+    @property
+    def split_indices(self) -> list[torch.Tensor]:
+        """The K sorted int64 index tensors into the train set (computed on first access)."""
+        return self._ensure_splits()
+
+    def train_dataset(self, train_transform: bool = False) -> Dataset:
+        """The whole train set (all splits); with ``train_transform`` the augmented view."""
+        self._ensure_datasets()
+        return self._train_set if train_transform else self._train_eval_set  # type: ignore[return-value]
+
+    def split_dataset(self, k: int, train_transform: bool = False) -> Subset:
+        """Split ``k`` of the train set as a :class:`~torch.utils.data.Subset`.
+
+        By default with the deterministic evaluation transform (no augmentation), which is
+        what probes for interpretation maps should use; ``train_transform=True`` gives the
+        view the training loader uses.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < self.num_models:
+            raise ValueError(f"k must be an int in [0, num_models={self.num_models}), got {k!r}")
+        indices = self._ensure_splits()[k]
+        return Subset(self.train_dataset(train_transform), indices.tolist())
+
+    def heldout_dataset(self) -> Dataset:
+        """The held-out dataset (the validation and test set)."""
+        self._ensure_datasets()
+        return self._heldout_set  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ input space
+    def _sample_shape(self) -> tuple[int, ...]:
+        self._ensure_datasets()
+        x, _ = self._heldout_set[0]  # type: ignore[index]
+        return tuple(torch.as_tensor(x).shape)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (given, or inferred from the datasets)."""
+        if self._num_classes is None:
+            self._num_classes = self._infer_num_classes()
+        return self._num_classes
+
+    def _infer_num_classes(self) -> int:
+        self._ensure_datasets()
+        found = [_infer_num_classes(d) for d in (self._train_set, self._heldout_set)]
+        if found[0] is None and found[1] is None:
+            raise ValueError(
+                f"cannot infer num_classes from the datasets of {type(self).__name__}; "
+                f"pass num_classes explicitly"
+            )
+        return max(f for f in found if f is not None)
+
+    @property
+    def in_chans(self) -> int:
+        """Number of input channels (given, or read from a held-out sample)."""
+        if self._in_chans is None:
+            shape = self._sample_shape()
+            self._in_chans = shape[0] if len(shape) == 3 else 1
+        return self._in_chans
+
+    @property
+    def image_size(self) -> int:
+        """Input height (= width for square inputs; given, or read from a held-out sample)."""
+        if self._image_size is None:
+            self._image_size = self._sample_shape()[-2]
+        return self._image_size
+
+    def _stats(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        if self.mean is None or self.std is None:
+            return None
+        if len(self.mean) not in (1, channels):
+            raise ValueError(
+                f"mean/std have {len(self.mean)} entries but the inputs have {channels} channels"
+            )
+        if len(self.mean) == 1:
+            return self.mean * channels, self.std * channels
+        return self.mean, self.std
+
+    @property
+    def input_range(self) -> tuple[float, float]:
+        """``(x_min, x_max)`` of the model's input space: images in [0, 1] after normalization.
+
+        ``x_min = min_c (0 - mean_c) / std_c`` and ``x_max = max_c (1 - mean_c) / std_c``;
+        ``(0.0, 1.0)`` without normalization.
+        """
+        if self.mean is None or self.std is None:
+            return (0.0, 1.0)
+        lo = min((0.0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
+        hi = max((1.0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
+        return (float(lo), float(hi))
+
+    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map model inputs ``(N, C, H, W)`` (or ``(C, H, W)``) back to images in [0, 1].
+
+        Computes ``x * std_c + mean_c`` per channel, clamped to [0, 1].
+        """
+        if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
+            raise ValueError(
+                f"unnormalize expects a tensor shaped (N, C, H, W) or (C, H, W), got "
+                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+            )
+        channels = x.shape[-3]
+        stats = self._stats(channels)
+        out = x.float()
+        if stats is not None:
+            mean = torch.tensor(stats[0], dtype=out.dtype, device=out.device).view(-1, 1, 1)
+            std = torch.tensor(stats[1], dtype=out.dtype, device=out.device).view(-1, 1, 1)
+            out = out * std + mean
+        return out.clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """``{"split_seed", "split_factor", "num_models", "n", "split_indices"}`` (plain ints)."""
+        indices = self._ensure_splits()
+        return {
+            "split_seed": self.split_seed,
+            "split_factor": self.split_factor,
+            "num_models": self.num_models,
+            "n": len(self._train_set),  # type: ignore[arg-type]
+            "split_indices": [idx.tolist() for idx in indices],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check that a saved split state matches this run; adopt its indices.
+
+        Raises ``ValueError`` if ``split_seed``, ``split_factor``, ``num_models`` or the train
+        set size differ (a resumed run must train each model on the same split). If only the
+        index lists differ (e.g. another torch version draws other permutations), the saved
+        indices are used, with a warning. Before :meth:`setup`, the check is deferred.
+        """
+        required = ("split_seed", "split_factor", "num_models", "n", "split_indices")
+        missing = [key for key in required if key not in state_dict]
+        if missing:
+            raise ValueError(f"split state is missing keys {missing}; expected keys {required}")
+        if self._split_indices is None and self._train_set is None:
+            self._pending_state = dict(state_dict)
+            return
+        current = self.state_dict()
+        diffs = [
+            f"{key}: saved {state_dict[key]!r}, current {current[key]!r}"
+            for key in required[:-1]
+            if state_dict[key] != current[key]
+        ]
+        if diffs:
+            raise ValueError(
+                "the saved splits do not match this data module (a resumed run must train each "
+                "model on the same split); differences: "
+                + "; ".join(diffs)
+                + ". Use the same split_seed/split_factor/num_models and the same train data."
+            )
+        saved = [torch.as_tensor(idx, dtype=torch.int64) for idx in state_dict["split_indices"]]
+        n = int(current["n"])
+        size = n // self.split_factor
+        if len(saved) != self.num_models or any(len(idx) != size for idx in saved):
+            raise ValueError(
+                f"the saved split_indices must be {self.num_models} lists of {size} indices, got "
+                f"lengths {[len(idx) for idx in saved]}"
+            )
+        flat = torch.cat(saved) if saved else torch.empty(0, dtype=torch.int64)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= n):
+            raise ValueError(f"the saved split_indices must lie in [0, {n})")
+        if flat.unique().numel() != flat.numel():
+            raise ValueError("the saved split_indices are not pairwise disjoint")
+        if any(not torch.equal(a, b) for a, b in zip(saved, self._split_indices, strict=True)):  # type: ignore[arg-type]
+            warnings.warn(
+                "the saved split indices differ from the ones drawn from split_seed here "
+                "(different torch version?); using the saved indices",
+                stacklevel=2,
+            )
+            self._split_indices = [idx.sort().values for idx in saved]
+
+    def save_splits(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` as JSON to ``path`` (parent folders are created)."""
+        path = os.fspath(path)
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.state_dict(), fh)
+
+    def load_splits(self, path: str | os.PathLike[str]) -> None:
+        """Read a ``splits.json`` written by :meth:`save_splits` and :meth:`load_state_dict` it."""
+        with open(os.fspath(path), encoding="utf-8") as fh:
+            self.load_state_dict(json.load(fh))
