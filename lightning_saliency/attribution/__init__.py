@@ -1,0 +1,71 @@
+"""Saliency methods, their chunked gradient primitive, super-pixel grouping and the registry.
+
+Pure torch (+ scikit-image for segmentation); no Lightning. Every method is
+``method(model, x, target, **params) -> Tensor`` shaped like ``x`` (float32, detached).
+
+>>> import torch
+>>> from torch import nn
+>>> from lightning_saliency.attribution import compute_attribution, smooth_grad
+>>> net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+>>> x = torch.randn(2, 3, 2, 2)
+>>> smooth_grad(net, x, torch.tensor([0, 2]), sigma=0.1, samples=4).shape
+torch.Size([2, 3, 2, 2])
+>>> compute_attribution({"method": "smooth_grad", "sigma": 0.1}, net, x, 0).shape
+torch.Size([2, 3, 2, 2])
+"""
+
+from __future__ import annotations
+
+from lightning_saliency.attribution._core import forward_scores, input_gradients, path_nodes
+from lightning_saliency.attribution.methods import (
+    adapt_grad,
+    adapt_sigma,
+    find_grad_cam_layer,
+    grad_cam,
+    grad_x_input,
+    integrated_gradients,
+    simple_grad,
+    smooth_grad,
+    var_grad,
+)
+from lightning_saliency.attribution.registry import (
+    MethodSpec,
+    adaptgrad_paper_specs,
+    available_methods,
+    compute_attribution,
+    method_is_stochastic,
+    method_needs_input_range,
+    resolve_method,
+    segmenter_args,
+)
+from lightning_saliency.attribution.superpixels import (
+    default_segment_params,
+    group_by_segments,
+    segment,
+)
+
+__all__ = [
+    "MethodSpec",
+    "adapt_grad",
+    "adapt_sigma",
+    "adaptgrad_paper_specs",
+    "available_methods",
+    "compute_attribution",
+    "default_segment_params",
+    "find_grad_cam_layer",
+    "forward_scores",
+    "grad_cam",
+    "grad_x_input",
+    "group_by_segments",
+    "input_gradients",
+    "integrated_gradients",
+    "method_is_stochastic",
+    "method_needs_input_range",
+    "path_nodes",
+    "resolve_method",
+    "segment",
+    "segmenter_args",
+    "simple_grad",
+    "smooth_grad",
+    "var_grad",
+]
