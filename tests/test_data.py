@@ -576,3 +576,36 @@ def test_image_folder_errors(tmp_path) -> None:
         dm.setup("fit")
     with pytest.raises(ValueError, match="differ"):
         _ = dm.num_classes
+
+
+class _HparamsRecorder(_Recorder):
+    """Like _Recorder, with the hparams a real model shares with the data module."""
+
+    def __init__(self, num_classes: int, in_chans: int, image_size: int, num_models: int) -> None:
+        super().__init__(num_models)
+        self.save_hyperparameters()
+
+
+def test_hparams_merge_with_model_and_load_from_checkpoint(tmp_path) -> None:
+    # the model got num_classes/in_chans/image_size from the data module (as a CLI link does);
+    # Lightning refuses to log hparams if the shared keys differ
+    _write_image_tree(tmp_path / "tree")
+    dm = ImageFolderDataModule(str(tmp_path / "tree"), batch_size=2, split_seed=1)
+    model = _HparamsRecorder(dm.num_classes, dm.in_chans, dm.image_size, dm.num_models)
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, datamodule=dm)
+    assert dm.hparams_initial["image_size"] == 8  # None was filled in with the native size
+    ckpt = tmp_path / "folder.ckpt"
+    trainer.save_checkpoint(ckpt)
+    restored = ImageFolderDataModule.load_from_checkpoint(ckpt)
+    assert restored.hparams["split_seed"] == 1
+    assert restored.state_dict() == dm.state_dict()
+
+    digits = DigitsDataModule(image_size=8, batch_size=512, split_factor=4, num_models=1)
+    model = _HparamsRecorder(10, 1, 8, 1)
+    trainer = _trainer(tmp_path, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(model, datamodule=digits)
+    trainer.save_checkpoint(tmp_path / "digits.ckpt")
+    again = DigitsDataModule.load_from_checkpoint(tmp_path / "digits.ckpt")
+    assert (again.image_size, again.split_factor, again.num_models) == (8, 4, 1)
+    assert again.state_dict() == digits.state_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import warnings
@@ -192,7 +193,11 @@ class DisjointSplitDataModule(L.LightningDataModule):
             raise ValueError(
                 "pass both train_dataset and heldout_dataset, or neither (a subclass builds them)"
             )
-        self.save_hyperparameters(ignore=["train_dataset", "heldout_dataset"])
+        # hparams = the concrete class's own arguments (so ``cls(**hparams)`` and
+        # ``load_from_checkpoint`` work); base-only arguments a subclass fixes are left out
+        own = inspect.signature(type(self).__init__).parameters
+        derived = [k for k in ("num_classes", "in_chans", "image_size") if k not in own]
+        self.save_hyperparameters(ignore=["train_dataset", "heldout_dataset", *derived])
 
         self._num_classes = num_classes
         self._in_chans = in_chans
@@ -231,12 +236,23 @@ class DisjointSplitDataModule(L.LightningDataModule):
         None; every rank reads ``log_dir`` (it is a collective call), only global rank 0 writes.
         """
         self._ensure_splits()
+        self._fill_hparams()
         if stage == "fit":
             trainer = getattr(self, "trainer", None)
             if trainer is not None:
                 log_dir = trainer.log_dir
                 if log_dir is not None and trainer.is_global_zero:
                     self.save_splits(os.path.join(log_dir, SPLITS_FILENAME))
+
+    def _fill_hparams(self) -> None:
+        # ``num_classes``/``in_chans``/``image_size`` given as None are inferred; record the
+        # inferred values so that the logged hparams agree with a model that received them
+        # (Lightning refuses to merge model and data hparams whose shared keys differ)
+        for key in ("num_classes", "in_chans", "image_size"):
+            if key in self.hparams and self.hparams[key] is None:
+                value = getattr(self, key)
+                self._hparams[key] = value
+                self._hparams_initial[key] = value
 
     def train_dataloader(self) -> CombinedLoader:
         """K shuffled loaders, loader ``k`` over split ``k`` only, combined with ``min_size``."""
