@@ -1,0 +1,165 @@
+"""Probe sets for the interpretation callbacks: which samples are explained each epoch.
+
+Probes are fixed once per run. They are stored as *indices* into datasets (plus the
+seed that drew them), never as image tensors, so a checkpoint stays small and a
+resumed run rebuilds exactly the same tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["ProbeSet", "as_dataset", "draw_indices", "gather"]
+
+
+class _TensorPairs(Dataset):
+    """A dataset view of explicit ``(x, y)`` tensors."""
+
+    def __init__(self, x: Tensor, y: Tensor | None) -> None:
+        if x.ndim != 4:
+            raise ValueError(
+                f"explicit probe images must be 4-D (N, C, H, W); got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"probe images must be floating point; got dtype {x.dtype}")
+        if y is not None and (y.ndim != 1 or y.shape[0] != x.shape[0]):
+            raise ValueError(
+                f"probe labels must be 1-D with one label per image ({x.shape[0]}); "
+                f"got shape {tuple(y.shape)}"
+            )
+        self.x = x
+        self.y = y if y is not None else torch.full((x.shape[0],), -1, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.x[i], self.y[i]
+
+
+def as_dataset(probes: Tensor | tuple[Tensor, Tensor] | Dataset) -> Dataset:
+    """Wrap explicit probes (images, ``(images, labels)`` or a dataset) as a dataset.
+
+    Example:
+        >>> ds = as_dataset((torch.zeros(3, 1, 4, 4), torch.tensor([0, 1, 2])))
+        >>> len(ds)
+        3
+    """
+    if isinstance(probes, Tensor):
+        return _TensorPairs(probes, None)
+    if isinstance(probes, (tuple, list)) and len(probes) == 2 and isinstance(probes[0], Tensor):
+        return _TensorPairs(probes[0], torch.as_tensor(probes[1]).long())
+    if isinstance(probes, Dataset) or hasattr(probes, "__getitem__"):
+        return probes  # type: ignore[return-value]
+    raise TypeError(
+        "probes must be a tensor of images, an (images, labels) pair or a dataset; "
+        f"got {type(probes).__name__}"
+    )
+
+
+def draw_indices(n_available: int, n: int, generator: torch.Generator, what: str) -> Tensor:
+    """Draw ``n`` distinct indices out of ``n_available`` with a dedicated generator.
+
+    Example:
+        >>> draw_indices(10, 3, torch.Generator().manual_seed(0), "test").shape
+        torch.Size([3])
+    """
+    if n < 1:
+        raise ValueError(f"the number of {what} probes must be >= 1; got {n}")
+    if n > n_available:
+        raise ValueError(
+            f"asked for {n} {what} probes but only {n_available} samples are available; "
+            f"lower num_{what}_probes to at most {n_available}"
+        )
+    return torch.randperm(n_available, generator=generator)[:n].sort().values
+
+
+def gather(dataset: Dataset, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Stack ``dataset[i]`` for the given indices into ``(images, labels)`` tensors.
+
+    Example:
+        >>> x, y = gather(as_dataset(torch.ones(5, 1, 2, 2)), torch.tensor([0, 3]))
+        >>> tuple(x.shape), y.tolist()
+        ((2, 1, 2, 2), [-1, -1])
+    """
+    xs, ys = [], []
+    for i in indices.tolist():
+        item = dataset[i]
+        if isinstance(item, (tuple, list)):
+            x, y = item[0], item[1] if len(item) > 1 else -1
+        else:
+            x, y = item, -1
+        xs.append(torch.as_tensor(x))
+        ys.append(int(torch.as_tensor(y)))
+    x = torch.stack(xs).float()
+    if x.ndim != 4:
+        raise ValueError(
+            f"probe images must be 4-D (N, C, H, W) once stacked; got shape {tuple(x.shape)}"
+        )
+    return x, torch.tensor(ys, dtype=torch.long)
+
+
+@dataclass
+class ProbeSet:
+    """Fixed probes: per-model train probes and shared test probes, as one tensor.
+
+    ``x`` stacks the train probes of model 0, ..., model K-1 and then the test probes;
+    ``slices[name]`` gives the rows of each part (names ``"train_k"`` and ``"test"``);
+    ``seen[k, i]`` says whether row ``i`` belongs to model ``k``'s training split.
+    """
+
+    x: Tensor
+    y: Tensor
+    slices: dict[str, slice]
+    seen: Tensor
+    images: Tensor | None = None  # unnormalized [0, 1] copies for segmentation and display
+    indices: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def num_models(self) -> int:
+        return self.seen.shape[0]
+
+    def part(self, name: str) -> slice:
+        return self.slices[name]
+
+    def train_rows(self) -> slice:
+        """Rows of all train probes (models 0..K-1 in order)."""
+        stop = self.slices["test"].start
+        return slice(0, stop)
+
+    @classmethod
+    def build(
+        cls,
+        train_parts: Sequence[tuple[Tensor, Tensor]],
+        test_part: tuple[Tensor, Tensor],
+        indices: dict[str, list[int]] | None = None,
+    ) -> ProbeSet:
+        xs = [p[0] for p in train_parts] + [test_part[0]]
+        ys = [p[1] for p in train_parts] + [test_part[1]]
+        shapes = {tuple(x.shape[1:]) for x in xs}
+        if len(shapes) != 1:
+            raise ValueError(f"all probes must share one image shape; got {sorted(shapes)}")
+        slices: dict[str, slice] = {}
+        start = 0
+        for k, x in enumerate(xs[:-1]):
+            slices[f"train_{k}"] = slice(start, start + x.shape[0])
+            start += x.shape[0]
+        slices["test"] = slice(start, start + xs[-1].shape[0])
+        n = start + xs[-1].shape[0]
+        k_models = len(train_parts)
+        seen = torch.zeros(k_models, n, dtype=torch.bool)
+        for k in range(k_models):
+            seen[k, slices[f"train_{k}"]] = True
+        return cls(torch.cat(xs), torch.cat(ys), slices, seen, indices=dict(indices or {}))
+
+    def to(self, device: torch.device) -> ProbeSet:
+        self.x = self.x.to(device)
+        self.y = self.y.to(device)
+        if self.images is not None:
+            self.images = self.images.to(device)
+        return self
