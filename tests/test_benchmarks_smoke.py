@@ -1,0 +1,74 @@
+"""Smoke test of benchmarks/attribution_throughput.py on the CPU at its smallest setting."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+pytest.importorskip("captum")
+pytest.importorskip("timm")
+attribution = pytest.importorskip("lightning_saliency.attribution")
+if not all(hasattr(attribution, m) for m in ("simple_grad", "smooth_grad", "integrated_gradients")):
+    pytest.skip("attribution methods not available yet", allow_module_level=True)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "attribution_throughput.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("attribution_throughput", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_cpu_run_writes_expected_json(tmp_path: Path) -> None:
+    bench = _load()
+    out = tmp_path / "results.json"
+    rng_state = torch.get_rng_state()
+    results = bench.main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--cases",
+            "resnet18_32",
+            "--segmenters",
+            "slic",
+            "watershed",
+            "--out",
+            str(out),
+        ]
+    )
+    torch.set_rng_state(rng_state)
+    saved = json.loads(out.read_text())
+    assert set(saved) == {
+        "environment",
+        "settings",
+        "throughput",
+        "quality",
+        "memory_budget",
+        "segmentation",
+        "segment_counts_natural",
+    }
+    assert saved["settings"]["inputs"] == "random uniform [0, 1]"
+    # every method x implementation timed, with positive throughput
+    rows = {(r["method"], r["impl"]): r for r in saved["throughput"]}
+    assert set(rows) == {(m, i) for m in bench.METHODS for i in bench.IMPLS}
+    assert all(r["maps_per_s"] > 0 and math.isfinite(r["maps_per_s"]) for r in rows.values())
+    # on CPU, bf16 is ignored by the library: maps equal fp32 ones; ours equals Captum
+    for q in saved["quality"]:
+        assert q["spearman_bf16_vs_fp32"] == pytest.approx(1.0, abs=1e-6)
+        if q["max_rel_err_vs_captum"] is not None:
+            assert q["max_rel_err_vs_captum"] < 1e-4
+    assert all(r["completed"] for r in saved["memory_budget"])
+    seg = {r["algorithm"] for r in saved["segmentation"]}
+    assert seg == {"slic", "watershed"}
+    assert all(r["images_per_s"] > 0 and r["segments_min"] >= 1 for r in saved["segmentation"])
+    assert results["throughput"] == saved["throughput"]
