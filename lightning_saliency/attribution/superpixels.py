@@ -38,9 +38,11 @@ gives one segment per seed of its regular grid (about ``markers``).
 
 Parallelism: the four scikit-image segmenters release the GIL in their compiled loops, so
 :func:`segment` uses a thread pool (no pickling, no process start-up); it runs serially for a
-single image or ``n_jobs=1``. Measured on 8 copies of ``astronaut`` at 224x224 on this
-project's 2-core machine while it was otherwise idle, 2 threads against 1: 1.7x quickshift,
-1.5x slic, 1.6x felzenszwalb, 1.4x watershed (with the other cores busy the gain vanishes).
+single image or ``n_jobs=1``. Measured on this project's 2-core machine while it was nearly
+idle (load average 0.4), 8 slightly brightened copies of ``astronaut`` at 224x224, 2 threads
+against a serial loop: 1.7x quickshift (kernel_size=5, max_dist=10), 1.5x slic
+(n_segments=200), 1.6x felzenszwalb (scale=100, min_size=50), 1.4x watershed (markers=200).
+With the cores busy with other processes (load average 5) the gain vanished (0.9x-1.35x).
 The result does not depend on ``n_jobs``: every segmenter is deterministic (quickshift's
 tie-breaking RNG is seeded with 42).
 
