@@ -1,0 +1,551 @@
+"""Tests of ``lightning-saliency report`` on small synthetic run folders, and of the
+experiment configs in ``configs/experiments``."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from PIL import Image
+
+from lightning_saliency.attribution import MethodSpec, resolve_method
+from lightning_saliency.report import (
+    CSV_HEADER,
+    REPORT_FIELDS,
+    build_studies,
+    load_runs,
+    main,
+    write_report,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "configs" / "experiments"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- helpers
+def make_run(
+    folder: Path,
+    rows: list[tuple[Any, ...]],
+    *,
+    methods: list[Any] | None,
+    split_factor: int = 2,
+    spectral_norm_factor: float | None = None,
+    write_config: bool = True,
+) -> Path:
+    """A run folder like LightningCLI + TensorBoardLogger leave it (config.yaml, CSV).
+
+    ``rows`` are ``(epoch, method, model, split, metric, value)``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if write_config:
+        config = {
+            "seed_everything": 0,
+            "trainer": {
+                "max_epochs": 2,
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "runs", "name": "x", "version": None},
+                },
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"save_last": True},
+                    },
+                    {
+                        "class_path": "lightning_saliency.callbacks.InterpretationGeneralization",
+                        "init_args": {"methods": methods, "num_train_probes": 8, "seed": 0},
+                    },
+                ],
+            },
+            "model": {"backbone": "resnet18", "spectral_norm_factor": spectral_norm_factor},
+            "data": {
+                "class_path": "lightning_saliency.data.ImageFolderDataModule",
+                "init_args": {
+                    "root": "data/cifar10",
+                    "split_factor": split_factor,
+                    "num_models": 2,
+                },
+            },
+        }
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    with (folder / "interpretation_metrics.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_HEADER)
+        for epoch, method, model, split, metric, value in rows:
+            writer.writerow([epoch, 10 * (epoch + 1), method, model, split, metric, value])
+    return folder
+
+
+def read_report_csv(out: Path) -> list[dict[str, str]]:
+    with (out / "report.csv").open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames or ()) == REPORT_FIELDS
+        return list(reader)
+
+
+def section(md: str, key: str) -> str:
+    """The text of the report section whose title starts with ``(key)``."""
+    start = md.index(f"## ({key})")
+    nxt = md.find("\n## ", start + 1)
+    return md[start : nxt if nxt != -1 else None]
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+# values of study (a): split factor -> (spearman, topk, prediction agreement)
+SF_VALUES = {2: (0.4, 0.3, 0.9), 4: (0.3, 0.25, 0.85), 8: (0.2, 0.2, 0.8), 16: (0.1, 0.15, 0.75)}
+
+
+@pytest.fixture()
+def split_factor_runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs" / "split_factor"
+    for sf, (sp, tk, pa) in SF_VALUES.items():
+        rows: list[tuple[Any, ...]] = []
+        for epoch, shift in ((0, 0.05), (1, 0.0)):  # epoch 1 is the last, read by default
+            rows += [
+                (epoch, "-", "pairs", "train", "prediction_agreement", 1.0),
+                (epoch, "-", "pairs", "test", "prediction_agreement", pa - shift),
+                (epoch, "simple_grad", "pairs", "test", "spearman", sp - shift),
+                (epoch, "simple_grad", "pairs", "test", "topk", tk - shift),
+                (epoch, "simple_grad", "pairs", "train", "spearman", 0.99),
+                (epoch, "simple_grad", "mean", "test", "loss", 1.0),
+            ]
+        # validate-stage rows of the same metric must be ignored
+        rows.append((1, "simple_grad", "pairs", "validate:test", "spearman", -1.0))
+        make_run(root / f"sf{sf}", rows, methods=["simple_grad"], split_factor=sf)
+    return root
+
+
+# --------------------------------------------------------------------------- study (a)
+def test_split_factor_study_tables_csv_and_plot(split_factor_runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    main([str(split_factor_runs), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    a = section(md, "a")
+    for sf, (sp, tk, pa) in SF_VALUES.items():
+        assert f"| {sf} | sf{sf} | simple_grad | {sp:.4f} | {tk:.4f} | {pa:.4f} |" in a
+    assert "-1.0000" not in md  # the validate:test row is not a fit-stage value
+    # rows sorted by split factor; the trend line with the relative drops
+    assert a.index("| 2 | sf2") < a.index("| 4 | sf4") < a.index("| 8 | sf8") < a.index("| 16 |")
+    assert "test prediction agreement 0.9000 -> 0.7500 (-16.7%)" in a
+    assert "`simple_grad` test spearman: 0.4000 -> 0.1000 (-75.0%)" in a
+    assert "![split_factor](split_factor.png)" in a
+    assert_png(out / "split_factor.png")
+    # studies without data say so and draw nothing
+    for key, name in (
+        ("b", "smoothgrad"),
+        ("c", "superpixel"),
+        ("d", "spectral_norm"),
+        ("e", "adaptgrad"),
+    ):
+        assert "no runs for this study" in section(md, key)
+        assert not (out / f"{name}.png").exists()
+    # the runs table: last epoch of 0-1 read from each run
+    assert "| sf16 | 1 | 0-1 (2) | resnet18 | 2 | 16 | none | 1 |" in md
+
+    rows = read_report_csv(out)
+    assert {r["study"] for r in rows} == {"split_factor"}
+    got = {(r["run"], r["method"], r["metric"]): float(r["value"]) for r in rows}
+    assert len(rows) == len(got) == 4 * 3  # prediction agreement once per run, not per method
+    for sf, (sp, tk, pa) in SF_VALUES.items():
+        assert got[(f"sf{sf}", "simple_grad", "spearman_test")] == sp
+        assert got[(f"sf{sf}", "simple_grad", "topk_test")] == tk
+        assert got[(f"sf{sf}", "-", "prediction_agreement_test")] == pa
+    assert {r["x"] for r in rows if r["run"] == "sf8"} == {"8"}
+
+
+def test_epoch_option_reads_that_epoch(split_factor_runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report0"
+    main(
+        [
+            str(split_factor_runs / "sf2"),
+            str(split_factor_runs / "sf16"),
+            "--out",
+            str(out),
+            "--epoch",
+            "0",
+        ]
+    )
+    a = section((out / "report.md").read_text(), "a")
+    assert "| 2 | sf2 | simple_grad | 0.3500 | 0.2500 | 0.8500 |" in a
+    assert "| 16 | sf16 | simple_grad | 0.0500 | 0.1000 | 0.7000 |" in a
+    assert "sf4" not in a
+
+    runs = load_runs([split_factor_runs], epoch=None)
+    assert [r["name"] for r in runs] == ["sf16", "sf2", "sf4", "sf8"]  # sorted folder names
+    assert {r["epoch"] for r in runs} == {1} and runs[0]["epochs"] == [0, 1]
+    assert runs[0]["metrics"][("simple_grad", "pairs", "test", "spearman")] == 0.1
+    assert runs[0]["specs"]["simple_grad"] == resolve_method("simple_grad")
+
+
+# --------------------------------------------------------------------------- study (b)
+def test_smoothgrad_study(tmp_path: Path) -> None:
+    methods = ["simple_grad"] + [
+        {"method": "smooth_grad", "sigma": s, "samples": n} for n in (1, 16) for s in (0.1, 0.5)
+    ]
+    labels = [resolve_method(m).label for m in methods]
+    assert labels == [
+        "simple_grad",
+        "smooth_grad_s0.1_n1",
+        "smooth_grad_s0.5_n1",
+        "smooth_grad_s0.1",
+        "smooth_grad_s0.5",
+    ]
+    # l2 falls with sigma and with the draw count; gap = l2 / 10
+    l2 = dict(zip(labels, (0.9, 0.8, 0.6, 0.7, 0.5), strict=True))
+    rows: list[tuple[Any, ...]] = []
+    for lb, v in l2.items():
+        rows += [
+            (0, lb, "pairs", "test", "l2", v),
+            (0, lb, "mean", "gap", "gap", v / 10),
+            (0, lb, "mean", "test", "loss", v + 0.01),
+        ]
+    make_run(tmp_path / "sg" / "version_0", rows, methods=methods)
+    out = tmp_path / "out"
+    main([str(tmp_path / "sg"), "--out", str(out)])
+    b = section((out / "report.md").read_text(), "b")
+    # simple_grad is sigma 0 of both curves
+    assert "| version_0 | sigma | 0 | 1 | simple_grad | 0.9000 | 0.0900 | 0.9100 |" in b
+    assert "| version_0 | sigma | 0 | 16 | simple_grad | 0.9000 | 0.0900 | 0.9100 |" in b
+    assert "| version_0 | sigma | 0.1 | 1 | smooth_grad_s0.1_n1 | 0.8000 | 0.0800 | 0.8100 |" in b
+    assert "| version_0 | sigma | 0.5 | 1 | smooth_grad_s0.5_n1 | 0.6000 | 0.0600 | 0.6100 |" in b
+    assert "| version_0 | sigma | 0.1 | 16 | smooth_grad_s0.1 | 0.7000 | 0.0700 | 0.7100 |" in b
+    assert "| version_0 | sigma | 0.5 | 16 | smooth_grad_s0.5 | 0.5000 | 0.0500 | 0.5100 |" in b
+    assert_png(out / "smoothgrad.png")
+    rows_out = [r for r in read_report_csv(out) if r["study"] == "smoothgrad"]
+    assert len(rows_out) == 6 * 3
+    got = {(r["method"], r["group"], r["metric"]): float(r["value"]) for r in rows_out}
+    assert got[("smooth_grad_s0.5", "samples=16", "l2_test")] == 0.5
+    assert got[("simple_grad", "samples=1", "gap")] == pytest.approx(0.09, abs=1e-15)
+    assert {r["x_name"] for r in rows_out} == {"sigma"}
+
+
+# --------------------------------------------------------------------------- study (c)
+def test_superpixel_study_pairs_each_method_with_its_pixel_twin(tmp_path: Path) -> None:
+    methods = [
+        "simple_grad",
+        {"method": "simple_grad", "superpixel": "slic"},
+        {"method": "simple_grad", "superpixel": "watershed"},
+        {"method": "smooth_grad", "noise_level": 0.2},
+        {"method": "smooth_grad", "noise_level": 0.2, "superpixel": "slic"},
+        {"method": "adapt_grad", "superpixel": "slic"},  # no pixel twin: left out
+    ]
+    vals = {  # label -> (test ssim, mege)
+        "simple_grad": (0.1, 0.4),
+        "simple_grad_sp-slic": (0.35, 0.5),
+        "simple_grad_sp-watershed": (0.25, float("nan")),
+        "smooth_grad_nl0.2": (0.2, 0.45),
+        "smooth_grad_nl0.2_sp-slic": (0.5, 0.6),
+        "adapt_grad_c0.95_sp-slic": (0.9, 0.9),
+    }
+    rows: list[tuple[Any, ...]] = []
+    for lb, (ssim, mege) in vals.items():
+        rows += [
+            (3, lb, "pairs", "test", "ssim", ssim),
+            (3, lb, "pairs", "train", "mege", mege),
+            (3, lb, "pairs", "train", "ssim", 0.0),
+        ]
+    make_run(tmp_path / "sp", rows, methods=methods)
+    out = tmp_path / "out"
+    main([str(tmp_path / "sp"), "--out", str(out)])
+    c = section((out / "report.md").read_text(), "c")
+    assert (
+        "| sp | simple_grad | slic | 0.1000 | 0.3500 | 0.2500 | 0.4000 | 0.5000 | 0.1000 "
+        "| n/a | n/a |"
+    ) in c
+    assert "| sp | simple_grad | watershed | 0.1000 | 0.2500 | 0.1500 | 0.4000 | nan | nan |" in c
+    assert "| sp | smooth_grad_nl0.2 | slic | 0.2000 | 0.5000 | 0.3000 | 0.4500 | 0.6000 |" in c
+    assert "adapt_grad" not in c
+    assert_png(out / "superpixel.png")
+    got = {
+        (r["method"], r["x"], r["group"], r["metric"]): r["value"]
+        for r in read_report_csv(out)
+        if r["study"] == "superpixel"
+    }
+    assert float(got[("simple_grad_sp-slic", "slic", "superpixel", "ssim_test")]) == 0.35
+    assert float(got[("simple_grad", "watershed", "pixel", "mege")]) == 0.4
+    assert math.isnan(float(got[("simple_grad_sp-watershed", "watershed", "superpixel", "mege")]))
+
+
+# --------------------------------------------------------------------------- study (d)
+def test_spectral_norm_study_with_unnormalized_baseline(tmp_path: Path) -> None:
+    root = tmp_path / "runs" / "spectral_norm"
+    losses = {None: 0.9, 0.5: 0.3, 1.0: 0.5, 4.0: 0.8}
+    for c, loss in losses.items():
+        rows = [
+            (4, "simple_grad", "mean", "test", "loss", loss),
+            (4, "simple_grad", "mean", "train", "loss", loss - 0.1),
+            (4, "simple_grad", "mean", "gap", "gap", 0.1),
+        ]
+        name = "unnormalized" if c is None else f"c{c}"
+        make_run(root / name, rows, methods=["simple_grad"], spectral_norm_factor=c)
+    out = tmp_path / "out"
+    main([str(root), "--out", str(out)])
+    d = section((out / "report.md").read_text(), "d")
+    lines = [ln for ln in d.splitlines() if ln.startswith("| ") and "simple_grad" in ln]
+    assert lines == [
+        "| 0.5 | c0.5 | simple_grad | 0.3000 | 0.2000 | 0.1000 |",
+        "| 1 | c1.0 | simple_grad | 0.5000 | 0.4000 | 0.1000 |",
+        "| 4 | c4.0 | simple_grad | 0.8000 | 0.7000 | 0.1000 |",
+        "| none | unnormalized | simple_grad | 0.9000 | 0.8000 | 0.1000 |",
+    ]
+    assert_png(out / "spectral_norm.png")
+    got = {
+        r["x"]: float(r["value"])
+        for r in read_report_csv(out)
+        if r["study"] == "spectral_norm" and r["metric"] == "test_loss"
+    }
+    assert got == {"0.5": 0.3, "1": 0.5, "4": 0.8, "none": 0.9}
+
+
+def test_spectral_norm_study_needs_a_normalized_run(split_factor_runs: Path) -> None:
+    studies = build_studies(load_runs(split_factor_runs))
+    assert studies["spectral_norm"]["rows"] == []
+    assert len(studies["split_factor"]["rows"]) == 4
+
+
+# --------------------------------------------------------------------------- study (e)
+def test_adaptgrad_study_groups_by_base(tmp_path: Path) -> None:
+    methods = [
+        "simple_grad",
+        {"method": "smooth_grad", "noise_level": 0.2},
+        {"method": "adapt_grad", "confidence": 0.95},
+        "grad_x_input",
+        {"method": "smooth_grad", "noise_level": 0.2, "base": "grad_x_input"},
+        {"method": "adapt_grad", "base": "grad_x_input"},
+        "integrated_gradients",  # no AdaptGrad on this base: left out
+    ]
+    gini = {
+        "simple_grad": 0.54,
+        "smooth_grad_nl0.2": 0.53,
+        "adapt_grad_c0.95": 0.56,
+        "grad_x_input": 0.62,
+        "smooth_grad_nl0.2_gxi": 0.61,
+        "adapt_grad_c0.95_gxi": 0.65,
+        "integrated_gradients": 0.7,
+    }
+    rows: list[tuple[Any, ...]] = []
+    for lb, g in gini.items():
+        rows += [
+            (0, lb, "mean", "test", "sparseness", g),
+            (0, lb, "mean", "test", "sparseness", g),  # the duplicate the callback writes
+            (0, lb, "mean", "train", "sparseness", 0.0),
+            (0, lb, "mean", "test", "complexity", 5.0),
+        ]
+    make_run(tmp_path / "ag", rows, methods=methods)
+    out = tmp_path / "out"
+    main([str(tmp_path / "ag"), "--out", str(out)])
+    e = section((out / "report.md").read_text(), "e")
+    table = [ln for ln in e.splitlines() if ln.startswith("| ag ")]
+    assert table == [
+        "| ag | grad | plain | simple_grad | 0.5400 | 5.0000 | n/a |",
+        "| ag | grad | smooth | smooth_grad_nl0.2 | 0.5300 | 5.0000 | n/a |",
+        "| ag | grad | adapt | adapt_grad_c0.95 | 0.5600 | 5.0000 | n/a |",
+        "| ag | grad_x_input | plain | grad_x_input | 0.6200 | 5.0000 | n/a |",
+        "| ag | grad_x_input | smooth | smooth_grad_nl0.2_gxi | 0.6100 | 5.0000 | n/a |",
+        "| ag | grad_x_input | adapt | adapt_grad_c0.95_gxi | 0.6500 | 5.0000 | n/a |",
+    ]
+    assert "- ag, base grad: Gini `simple_grad` 0.5400, `smooth_grad_nl0.2` 0.5300" in e
+    assert_png(out / "adaptgrad.png")
+    rows_out = [r for r in read_report_csv(out) if r["study"] == "adaptgrad"]
+    assert len(rows_out) == 6 * 2  # sparseness and complexity per row (gap missing)
+    # the smoothgrad study also sees the plain-gradient SmoothGrad of this run
+    assert "| ag | noise_level | 0.2 | 16 | smooth_grad_nl0.2 |" in (out / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------- no config.yaml
+def test_run_without_config_recovers_specs_from_labels(tmp_path: Path) -> None:
+    """A plain-Trainer run (no config.yaml): specs come from the labels, facts from hparams."""
+    specs = [
+        resolve_method(m)
+        for m in (
+            "simple_grad",
+            {"method": "smooth_grad", "noise_level": 0.2, "samples": 32},
+            {"method": "simple_grad", "superpixel": "slic"},
+            {
+                "method": "smooth_grad",
+                "sigma": 1.0,
+                "superpixel": {"algorithm": "slic", "reduction": "mean"},
+            },
+            {"method": "adapt_grad", "confidence": 0.99, "base": "grad_x_input", "samples": 8},
+        )
+    ]
+    rows = [(0, s.label, "pairs", "test", "ssim", 0.5) for s in specs]
+    rows += [(0, "integrated_gradients_st32_gl", "pairs", "test", "ssim", 0.5)]
+    folder = make_run(tmp_path / "plain", rows, methods=None, write_config=False)
+    (folder / "hparams.yaml").write_text(
+        yaml.safe_dump({"split_factor": 4, "spectral_norm_factor": 2.0, "num_models": 3})
+    )
+    (run,) = load_runs(folder)
+    assert run["split_factor"] == 4 and run["spectral_norm_factor"] == 2.0
+    assert run["num_models"] == 3 and run["backbone"] is None
+    for s in specs:
+        assert run["specs"][s.label] == s
+    # a label this parser cannot recover is kept in the metrics, without a spec
+    assert "integrated_gradients_st32_gl" not in run["specs"]
+    assert ("integrated_gradients_st32_gl", "pairs", "test", "ssim") in run["metrics"]
+    c = build_studies([run])["superpixel"]["rows"]
+    assert [(r["method"], r["segmenter"]) for r in c] == [("simple_grad", "slic")]
+
+
+def test_config_with_default_methods(tmp_path: Path) -> None:
+    from lightning_saliency.callbacks import DEFAULT_METHODS
+
+    label = resolve_method(DEFAULT_METHODS[1]).label
+    folder = make_run(tmp_path / "d", [(0, label, "mean", "test", "loss", 0.5)], methods=None)
+    (run,) = load_runs(folder)
+    assert set(run["specs"]) == {resolve_method(m).label for m in DEFAULT_METHODS}
+    assert isinstance(run["specs"][label], MethodSpec)
+
+
+# --------------------------------------------------------------------------- bad input
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope"
+    assert "does not exist" in _error(capsys, [str(missing), "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="does not exist"):
+        load_runs([missing])
+    assert not (tmp_path / "o").exists()
+
+
+def test_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("hello")
+    err = _error(capsys, [str(empty), "--out", str(tmp_path / "o")])
+    assert "is not a run folder" in err
+    with pytest.raises(ValueError, match="not a run folder"):
+        load_runs(empty)
+    with pytest.raises(ValueError, match="is a file"):
+        load_runs(empty / "notes.txt")
+
+
+def test_run_without_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "runs" / "x" / "version_0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"backbone": "resnet18"}}))
+    err = _error(capsys, [str(run), "--out", str(tmp_path / "o")])
+    assert "has no interpretation_metrics.csv" in err
+    # inside a parent folder with no complete run, the folder is reported too
+    with pytest.warns(UserWarning, match="skipping 1 run folder"):
+        with pytest.raises(ValueError, match="not a run folder"):
+            load_runs(tmp_path / "runs")
+    # beside a complete run it is skipped with a warning
+    make_run(
+        tmp_path / "runs" / "x" / "version_1",
+        [(0, "simple_grad", "mean", "test", "loss", 0.5)],
+        methods=["simple_grad"],
+    )
+    with pytest.warns(UserWarning, match="version_0"):
+        runs = load_runs(tmp_path / "runs")
+    assert [r["name"] for r in runs] == ["version_1"]
+
+
+def test_csv_with_wrong_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "r", [], methods=["simple_grad"])
+    (run / "interpretation_metrics.csv").write_text("epoch,method,value\n0,simple_grad,1.0\n")
+    err = _error(capsys, [str(run), "--out", str(tmp_path / "o")])
+    assert "header" in err and "epoch,step,method,model,split,metric,value" in err
+    with pytest.raises(ValueError, match="header"):
+        load_runs(run)
+
+
+def test_bad_rows_and_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(
+        tmp_path / "r", [(0, "simple_grad", "mean", "test", "loss", 0.5)], methods=["simple_grad"]
+    )
+    err = _error(capsys, [str(run), "--out", str(tmp_path / "o"), "--epoch", "7"])
+    assert "no epoch 7" in err and "[0]" in err
+    with (run / "interpretation_metrics.csv").open("a") as fh:
+        fh.write("1,11,simple_grad,mean,test,loss,not-a-number\n")
+    with pytest.raises(ValueError, match="value a number"):
+        load_runs(run)
+    empty = make_run(tmp_path / "e", [], methods=["simple_grad"])
+    with pytest.raises(ValueError, match="no fit-stage rows"):
+        load_runs(empty)
+
+
+def test_write_report_with_no_runs_and_output_file(tmp_path: Path) -> None:
+    report = write_report([], tmp_path / "out")
+    md = report.read_text()
+    assert md.count("no runs for this study") == 5
+    assert read_report_csv(tmp_path / "out") == []
+    with pytest.raises(ValueError, match="is a file"):
+        write_report([], report)
+
+
+# --------------------------------------------------------------------------- experiment configs
+@pytest.fixture(scope="module")
+def tiny_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cifar")
+    for part in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / part / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (32, 32), (40 * i, 80, 120)).save(root / part / cls / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize(
+    "name", ["split_factor", "smoothgrad", "superpixel", "spectral_norm", "adaptgrad"]
+)
+def test_experiment_config_instantiates(
+    name: str, tiny_image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning_saliency.callbacks import InterpretationGeneralization
+    from lightning_saliency.cli import cli_main
+    from lightning_saliency.data import ImageFolderDataModule
+    from lightning_saliency.models import DisjointEnsemble
+
+    path = EXPERIMENTS / f"{name}.yaml"
+    raw = yaml.safe_load(path.read_text())
+    assert raw["model"]["backbone"] == "resnet18"
+    assert raw["data"]["init_args"]["root"] == "data/cifar10"
+    assert not {"num_models", "num_classes", "in_chans", "image_size"} & set(raw["model"])
+    assert raw["trainer"]["logger"]["init_args"] == {"save_dir": "runs", "name": name}
+    monkeypatch.setattr(sys, "argv", ["lightning-saliency"])  # pytest's own args are not ours
+    cli = cli_main(
+        [
+            "--config",
+            str(path),
+            "--data.init_args.root",
+            str(tiny_image_folder),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "runs"),
+        ],
+        run=False,
+    )
+    assert isinstance(cli.model, DisjointEnsemble) and cli.model.num_models == 2
+    assert isinstance(cli.datamodule, ImageFolderDataModule)
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, InterpretationGeneralization)]
+    assert cli.trainer.max_epochs % cb.every_n_epochs == 0  # the last epoch is monitored
+    labels = [s.label for s in cb.specs]
+    assert "simple_grad" in labels
+    expected = {
+        "split_factor": 3,
+        "smoothgrad": 1 + 6 * 4,
+        "superpixel": 2 + 2 * 4,
+        "spectral_norm": 3,
+        "adaptgrad": 12,
+    }
+    assert len(labels) == expected[name]
+    assert Path(cli.trainer.logger.log_dir).parent == tmp_path / "runs" / name
