@@ -803,6 +803,12 @@ def _nan(v: float | None) -> float:
     return math.nan if v is None else float(v)
 
 
+def _mean(values: Iterable[float | None]) -> float:
+    """Mean of the finite values (NaN if none), without numpy's empty-slice warning."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
 def _new_figure(ncols: int) -> Any:
     from matplotlib.figure import Figure
 
@@ -810,7 +816,6 @@ def _new_figure(ncols: int) -> Any:
 
 
 def _plot_split_factor(study: Mapping[str, Any], path: Path) -> None:
-    import numpy as np
 
     fig = _new_figure(2)
     axes = fig.subplots(1, 2)
@@ -822,7 +827,7 @@ def _plot_split_factor(study: Mapping[str, Any], path: Path) -> None:
         for m in methods:
             pts = [(r["split_factor"], _nan(r[col])) for r in rows if r["method"] == m]
             xs = sorted({x for x, _ in pts})
-            means = [np.nanmean([y for x, y in pts if x == xv] or [math.nan]) for xv in xs]
+            means = [_mean([y for x, y in pts if x == xv] or [math.nan]) for xv in xs]
             line = ax.plot(xs, means, marker="o", label=m)[0]
             ax.scatter([x for x, _ in pts], [y for _, y in pts], s=10, color=line.get_color())
         agree: dict[int, dict[str, float]] = {}
@@ -831,7 +836,7 @@ def _plot_split_factor(study: Mapping[str, Any], path: Path) -> None:
         xs = sorted(agree)
         ax.plot(
             xs,
-            [np.nanmean(list(agree[x].values())) for x in xs],
+            [_mean(list(agree[x].values())) for x in xs],
             "k--",
             marker="s",
             label="prediction agreement",
@@ -880,7 +885,7 @@ def _plot_superpixel(study: Mapping[str, Any], path: Path) -> None:
     for ax, metric, title in zip(axes, ("ssim", "mege"), ("test SSIM", "MeGe"), strict=True):
         for offset, kind in ((-0.2, "pixel"), (0.2, "superpixel")):
             vals = [
-                np.nanmean(
+                _mean(
                     [
                         _nan(r[f"{metric}_{kind}"])
                         for r in rows
@@ -899,7 +904,6 @@ def _plot_superpixel(study: Mapping[str, Any], path: Path) -> None:
 
 
 def _plot_spectral_norm(study: Mapping[str, Any], path: Path) -> None:
-    import numpy as np
 
     fig = _new_figure(1)
     ax = fig.subplots(1, 1)
@@ -911,7 +915,7 @@ def _plot_spectral_norm(study: Mapping[str, Any], path: Path) -> None:
             if r["method"] == m and r["spectral_norm_factor"] is not None
         )
         xs = sorted({x for x, _ in pts})
-        means = [np.nanmean([y for x, y in pts if x == xv]) for xv in xs]
+        means = [_mean([y for x, y in pts if x == xv]) for xv in xs]
         line = ax.plot(xs, means, marker="o", label=m)[0]
         plain = [
             _nan(r["test_loss"])
@@ -920,7 +924,7 @@ def _plot_spectral_norm(study: Mapping[str, Any], path: Path) -> None:
         ]
         if plain:
             ax.axhline(
-                float(np.nanmean(plain)),
+                float(_mean(plain)),
                 color=line.get_color(),
                 ls="--",
                 lw=1,
@@ -943,7 +947,7 @@ def _plot_adaptgrad(study: Mapping[str, Any], path: Path) -> None:
     labels = list(dict.fromkeys((r["base"], r["method"], r["variant"]) for r in rows))
     colors = {"plain": "tab:gray", "smooth": "tab:blue", "adapt": "tab:orange"}
     vals = [
-        np.nanmean(
+        _mean(
             [_nan(r["sparseness"]) for r in rows if (r["base"], r["method"]) == (b, m)]
             or [math.nan]
         )
@@ -973,7 +977,6 @@ def _pct(a: float, b: float) -> str:
 
 def _summary(name: str, study: Mapping[str, Any]) -> list[str]:
     """A few sentences with the trend's numbers, under the table."""
-    import numpy as np
 
     rows = study["rows"]
     lines: list[str] = []
@@ -984,12 +987,10 @@ def _summary(name: str, study: Mapping[str, Any]) -> list[str]:
         lo, hi = sfs[0], sfs[-1]
 
         def mean_at(col: str, sf: int, method: str | None = None) -> float:
-            vals = [
-                _nan(r[col])
-                for r in rows
-                if r["split_factor"] == sf and (method is None or r["method"] == method)
-            ]
-            return float(np.nanmean(vals)) if vals else math.nan
+            if method is None:  # one value per run (prediction agreement)
+                per_run = {r["run"]: r[col] for r in rows if r["split_factor"] == sf}
+                return _mean(per_run.values())
+            return _mean(r[col] for r in rows if r["split_factor"] == sf and r["method"] == method)
 
         pa_lo, pa_hi = mean_at("prediction_agreement", lo), mean_at("prediction_agreement", hi)
         lines.append(
@@ -999,7 +1000,8 @@ def _summary(name: str, study: Mapping[str, Any]) -> list[str]:
         for m in dict.fromkeys(r["method"] for r in rows):
             for col in ("spearman", "topk"):
                 a, b = mean_at(col, lo, m), mean_at(col, hi, m)
-                lines.append(f"- `{m}` test {col}: {_cell(a)} -> {_cell(b)} ({_pct(a, b)})")
+                if not (math.isnan(a) or math.isnan(b)):
+                    lines.append(f"- `{m}` test {col}: {_cell(a)} -> {_cell(b)} ({_pct(a, b)})")
     elif name == "adaptgrad":
         for run in dict.fromkeys(r["run"] for r in rows):
             for base in dict.fromkeys(r["base"] for r in rows if r["run"] == run):
