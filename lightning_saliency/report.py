@@ -139,12 +139,21 @@ def find_runs(path: str | os.PathLike[str]) -> list[Path]:
     return sorted(found)
 
 
+class _RunLoader(yaml.SafeLoader):
+    """Safe YAML plus Python tuples, which Lightning writes into ``hparams.yaml``."""
+
+
+_RunLoader.add_constructor(
+    "tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node)
+)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
         with path.open() as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_RunLoader)  # a SafeLoader subclass
     except yaml.YAMLError as err:
         raise ValueError(f"{str(path)!r} is not valid YAML: {err}") from err
     return data if isinstance(data, dict) else {}
