@@ -78,13 +78,14 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> SaliencyCLI
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: ``lightning-saliency {fit,validate,test,report} ...``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "report":
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] == "report":
         from lightning_saliency.report import main as report_main
 
-        report_main(argv[1:])
+        report_main(words[1:])
         return
-    cli_main(argv)
+    # None lets LightningCLI read sys.argv itself (passing both makes it warn).
+    cli_main(None if argv is None else words)
 
 
 if __name__ == "__main__":  # pragma: no cover
