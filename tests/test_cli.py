@@ -56,8 +56,8 @@ def test_default_run_leaves_every_tag_family(
             "false",
         ]
     )
-    run = Path(cli.trainer.logger.log_dir)
-    assert run.is_relative_to(tmp_path / "runs" / "default")
+    run = Path(cli.trainer.logger.log_dir).resolve()
+    assert run.is_relative_to((tmp_path / "runs" / "default").resolve())
     for name in ("config.yaml", "splits.json", "interpretation_metrics.csv"):
         assert (run / name).is_file(), name
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0})
