@@ -499,3 +499,22 @@ def test_modules_are_cli_parsable():
             warnings.simplefilter("ignore")
             with pytest.raises(Exception):  # noqa: B017  (jsonargparse's own error type)
                 parser.parse_args(["--model.optimizer=adam"])
+
+
+def test_cifar_stem_resnet_keeps_spatial_resolution() -> None:
+    import timm
+
+    from lightning_saliency.models import build_backbone
+
+    net = build_backbone("cifar:resnet18", num_classes=10, in_chans=3).eval()
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, torch.nn.Identity)
+    feats = net.forward_features(torch.zeros(1, 3, 32, 32))
+    assert feats.shape[-2:] == (4, 4)  # the ImageNet stem leaves 1x1 here
+    plain = timm.create_model("resnet18", num_classes=10).eval()
+    assert plain.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (1, 1)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="conv1 and maxpool"):
+        build_backbone("cifar:vit_tiny_patch16_224", num_classes=10, in_chans=3)
+    with pytest.raises(ValueError, match="hub weights"):
+        build_backbone("cifar:resnet18", num_classes=10, pretrained=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -518,7 +519,7 @@ def test_experiment_config_instantiates(
 
     path = EXPERIMENTS / f"{name}.yaml"
     raw = yaml.safe_load(path.read_text())
-    assert raw["model"]["backbone"] == "resnet18"
+    assert raw["model"]["backbone"] == "cifar:resnet18"  # ResNet-18 with the CIFAR stem
     assert raw["data"]["init_args"]["root"] == "data/cifar10"
     assert not {"num_models", "num_classes", "in_chans", "image_size"} & set(raw["model"])
     assert raw["trainer"]["logger"]["init_args"] == {"save_dir": "runs", "name": name}
@@ -535,6 +536,7 @@ def test_experiment_config_instantiates(
         run=False,
     )
     assert isinstance(cli.model, DisjointEnsemble) and cli.model.num_models == 2
+    assert all(isinstance(m.maxpool, torch.nn.Identity) for m in cli.model.models)
     assert isinstance(cli.datamodule, ImageFolderDataModule)
     (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, InterpretationGeneralization)]
     assert cli.trainer.max_epochs % cb.every_n_epochs == 0  # the last epoch is monitored

@@ -35,6 +35,7 @@ BUILTIN_BACKBONES: tuple[str, ...] = ("mlp", "small_cnn")
 _TV_PREFIXES = ("tv:", "torchvision:")
 _TIMM_PREFIXES = ("timm:",)
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+_CIFAR_PREFIX = "cifar:"
 
 
 class MLP(nn.Module):
@@ -193,6 +194,21 @@ def _build_timm(
         raise _download_error("timm", name, err) from err
 
 
+def _cifar_stem(model: nn.Module, in_chans: int, name: str) -> None:
+    """The usual CIFAR ResNet stem: a 3x3 stride-1 ``conv1`` and no max-pool.
+
+    ImageNet ResNets shrink 32x32 inputs to 1x1 before the last stage; this keeps 4x4.
+    """
+    conv = getattr(model, "conv1", None)
+    if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
+        raise ValueError(
+            f"{name!r}: the cifar: prefix needs a ResNet-style model with conv1 and maxpool "
+            "(e.g. cifar:resnet18, cifar:resnet50)"
+        )
+    model.conv1 = nn.Conv2d(in_chans, conv.out_channels, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+
+
 def _adapt_first_conv(model: nn.Module, in_chans: int, name: str) -> None:
     """Replace the first 3-channel ``nn.Conv2d`` by one taking ``in_chans`` channels."""
     for mod_name, module in model.named_modules():
@@ -265,7 +281,9 @@ def build_backbone(
     Args:
         name: ``"mlp"`` (needs ``image_size``), ``"small_cnn"``, a timm name (``"resnet18"``,
             ``"vit_tiny_patch16_224"``, ``"timm:resnet18"``, ...) or a torchvision name
-            (``"tv:resnet18"``; a bare name is torchvision only if timm does not know it).
+            (``"tv:resnet18"``; a bare name is torchvision only if timm does not know it), or
+            ``"cifar:<timm resnet>"`` (e.g. ``"cifar:resnet18"``): the timm ResNet with the
+            usual CIFAR stem (3x3 stride-1 first conv, no max-pool).
         num_classes: number of output logits.
         in_chans: input channels. timm adapts any model; for torchvision the first
             3-channel ``Conv2d`` is replaced by a freshly initialized one.
@@ -330,6 +348,18 @@ def build_backbone(
             model: nn.Module = MLP(in_chans * image_size * image_size, num_classes, **kwargs)
         else:
             model = SmallCNN(in_chans=in_chans, num_classes=num_classes, **kwargs)
+    elif name.startswith(_CIFAR_PREFIX):
+        if download:
+            raise ValueError(
+                f"{name!r} has a CIFAR stem that no hub weights fit; pass pretrained as a path"
+            )
+        base = name[len(_CIFAR_PREFIX) :]
+        import timm
+
+        if not timm.is_model(base):
+            raise _unknown_name_error(base)
+        model = _build_timm(base, num_classes, in_chans, False, None, kwargs)
+        _cifar_stem(model, in_chans, name)
     elif name.startswith(_TV_PREFIXES):
         tv_name = name.split(":", 1)[1]
         model = _build_torchvision(tv_name, num_classes, in_chans, download, image_size, kwargs)
