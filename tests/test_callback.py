@@ -201,6 +201,7 @@ def test_restores_flags_grads_rng_and_skips_sanity_check(tmp_path: Path) -> None
 
     def spy(trainer, pl_module, **kw):
         # mixed train/eval flags, preset parameter grads: all must survive the monitor
+        pl_module.train()
         pl_module.models[1].eval()
         flags = {n: m.training for n, m in pl_module.named_modules()}
         for p in pl_module.parameters():
@@ -435,3 +436,33 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     assert one.keys() == two.keys()
     for key, value in two.items():
         assert one[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key
+
+
+def test_checkpoint_at_validation_end_already_holds_the_epoch(tmp_path: Path) -> None:
+    """A checkpoint saved at validation end (before on_train_epoch_end) holds that epoch's
+    monitor state, so resuming from it neither repeats nor skips an epoch."""
+    ckpt = ModelCheckpoint(
+        dirpath=str(tmp_path / "ckpt"),
+        monitor="val/loss",
+        save_top_k=-1,
+        save_on_train_epoch_end=False,
+    )
+    cb = _callback(methods=["simple_grad"])
+    logger = TensorBoardLogger(str(tmp_path), name="run", version=0)
+    trainer = _trainer(tmp_path, [cb, ckpt], logger=logger, max_epochs=2, enable_checkpointing=True)
+    trainer.fit(_ensemble(), _data())
+    first = sorted((tmp_path / "ckpt").glob("epoch=0*.ckpt"))[0]
+    state = torch.load(first, weights_only=False)["callbacks"][cb.state_key]
+    assert state["logged_epochs"] == [0]
+    # epoch 1's rows are in the CSV as after a crash; resume from epoch 0's checkpoint
+    cb2 = _callback(methods=["simple_grad"])
+    logger2 = TensorBoardLogger(str(tmp_path), name="run", version=0)
+    trainer2 = _trainer(tmp_path, [cb2], logger=logger2, max_epochs=3)
+    trainer2.fit(_ensemble(), _data(), ckpt_path=str(first))
+    rows = _read_csv(Path(logger2.log_dir) / "interpretation_metrics.csv")
+    gaps = [int(r["epoch"]) for r in rows if r["metric"] == "gap" and r["model"] == "mean"]
+    assert gaps == [0, 1, 2]
+    assert cb2.logged_epochs == [0, 1, 2]
+    # TensorBoard shows each monitored epoch once: the run's events after the checkpoint are purged
+    steps = [s for s, _ in _tb_scalars(Path(logger2.log_dir))["interp/simple_grad/gap"]]
+    assert len(steps) == 3 and steps == sorted(set(steps))

@@ -57,6 +57,26 @@ CSV_NAME = "interpretation_metrics.csv"
 CSV_FIELDS = ("epoch", "step", "method", "model", "split", "metric", "value")
 
 
+def _training_epoch_finished(trainer: pl.Trainer) -> bool:
+    """Whether the current training epoch has run its last batch (Lightning 2.x loops)."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return bool(getattr(loop, "_is_training_done", False))
+
+
+def _purge_tensorboard_after(trainer: pl.Trainer, step: int) -> None:
+    """Hide events at ``step`` and later that a run wrote before it was resumed.
+
+    TensorBoard's own restart marker (what ``SummaryWriter(purge_step=...)`` writes): a
+    resumed run re-logs those steps, so without it they would show twice.
+    """
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            writer = logger.experiment._get_file_writer()
+            writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+
+
 def _models_of(pl_module: nn.Module) -> list[nn.Module]:
     models = getattr(pl_module, "models", None)
     if isinstance(models, nn.ModuleList) and len(models) > 0:
@@ -198,19 +218,18 @@ class InterpretationGeneralization(Callback):
         self.channels_last = channels_last
         self.topk = topk
 
-        # Run state (rebuilt in setup; indices and history travel in checkpoints).
+        # Run state (rebuilt in setup; probe indices and logged epochs travel in checkpoints).
         self.probes: ProbeSet | None = None
         self.families: tuple[str, ...] = ()
         self.segments: dict[str, Tensor] = {}
         self.previous: dict[str, Tensor] | None = None
-        self.last_logged_epoch: int = -1
-        self.history: list[dict[str, Any]] = []
+        self.logged_epochs: list[int] = []  # training epochs already monitored
+        self.final_values: dict[str, float] = {}  # tag -> value at the last monitored epoch
         self._loaded_indices: dict[str, list[int]] | None = None
         self._reference_module: nn.Module | None = None
         self._log_dir: str | None = None
         self._warned_no_tb = False
         self._layout_done = False
-        self._monitored_count = 0
 
     # ------------------------------------------------------------------ identity
     @property
@@ -228,9 +247,8 @@ class InterpretationGeneralization(Callback):
         return {
             "seed": self.seed,
             "probe_indices": None if self.probes is None else self.probes.indices,
-            "last_logged_epoch": self.last_logged_epoch,
-            "history": list(self.history),
-            "monitored_count": self._monitored_count,
+            "logged_epochs": list(self.logged_epochs),
+            "final_values": dict(self.final_values),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -239,9 +257,10 @@ class InterpretationGeneralization(Callback):
                 f"checkpoint was written with seed {state_dict['seed']}, this callback has seed {self.seed}"
             )
         self._loaded_indices = state_dict.get("probe_indices")
-        self.last_logged_epoch = int(state_dict.get("last_logged_epoch", -1))
-        self.history = list(state_dict.get("history", []))
-        self._monitored_count = int(state_dict.get("monitored_count", 0))
+        self.logged_epochs = [int(e) for e in state_dict.get("logged_epochs", [])]
+        self.final_values = {
+            str(k): float(v) for k, v in state_dict.get("final_values", {}).items()
+        }
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -298,8 +317,6 @@ class InterpretationGeneralization(Callback):
             raise TypeError(
                 f"reference must be a module or a checkpoint path; got {type(ref).__name__}"
             )
-        for p in ref.parameters():
-            p.requires_grad_(True)
         return ref
 
     def _datamodule(self, trainer: pl.Trainer) -> Any:
@@ -433,50 +450,59 @@ class InterpretationGeneralization(Callback):
             self._segment_probes()
         self._to_device(pl_module)
         if trainer.is_global_zero:
-            self._rewrite_csv()
             self._add_layout(trainer)
-        # A checkpoint saved before this callback logged its epoch: fill that epoch in now.
-        done = trainer.current_epoch - 1
-        if (
-            done > self.last_logged_epoch
-            and self._is_monitored(done)
-            and self._loaded_indices is not None
-        ):
-            self._monitor(trainer, pl_module, epoch=done, stage="fit")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resuming (the loops' state, global_step included, is restored by now): drop what
+        # the earlier run wrote after the checkpoint, so that no epoch shows twice.
+        if trainer.is_global_zero and self._loaded_indices is not None:
+            self._rewrite_csv()
+            _purge_tensorboard_after(trainer, trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
-        if self._is_monitored(epoch) and epoch > self.last_logged_epoch:
+        if self._is_monitored(epoch) and epoch > self._last_logged_epoch:
             self._monitor(trainer, pl_module, epoch=epoch, stage="fit")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "validate":
+        if trainer.sanity_checking:
             return
-        self._to_device(pl_module)
-        self._monitor(trainer, pl_module, epoch=trainer.current_epoch, stage="validate")
+        if trainer.state.fn == "validate":
+            self._to_device(pl_module)
+            self._monitor(trainer, pl_module, epoch=trainer.current_epoch, stage="validate")
+            return
+        # The validation that closes a training epoch runs before on_train_epoch_end, and a
+        # ModelCheckpoint may save right after it (on_validation_end): monitor the finished
+        # epoch now, so that the checkpoint already holds it. The weights are final here.
+        epoch = trainer.current_epoch
+        if (
+            trainer.state.fn == "fit"
+            and _training_epoch_finished(trainer)
+            and self._is_monitored(epoch)
+            and epoch > self._last_logged_epoch
+        ):
+            self._monitor(trainer, pl_module, epoch=epoch, stage="fit")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._to_device(pl_module)
         self._monitor(trainer, pl_module, epoch=trainer.current_epoch, stage="test")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or not self.history:
+        if not trainer.is_global_zero:
             return
-        last_epoch = max(int(r["epoch"]) for r in self.history)
-        final = {
-            f"hp/{r['tag']}": r["value"]
-            for r in self.history
-            if int(r["epoch"]) == last_epoch and r.get("stage", "fit") == "fit"
-        }
-        final = {k: v for k, v in final.items() if math.isfinite(v)}
+        final = {f"hp/{k}": v for k, v in self.final_values.items() if math.isfinite(v)}
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and final:
                 params = {f"interp_{k}": str(v) for k, v in self._hparams().items()}
                 logger.log_hyperparams(params, metrics=final)
 
     # ------------------------------------------------------------------ work
+    @property
+    def _last_logged_epoch(self) -> int:
+        return max(self.logged_epochs, default=-1)
+
     def _is_monitored(self, epoch: int) -> bool:
         return (epoch + 1) % self.every_n_epochs == 0
 
@@ -532,8 +558,8 @@ class InterpretationGeneralization(Callback):
             )
         if stage == "fit":
             self.previous = {k: v[: len(models)].detach().cpu() for k, v in result.maps.items()}
-            self.last_logged_epoch = epoch
-            self._monitored_count += 1
+            self.logged_epochs.append(epoch)
+            self.final_values = {r.tag: float(r.value) for r in result.records}
         step = trainer.global_step
         self._log_scalars(trainer, pl_module, result.records, stage)
         rows = [
@@ -550,13 +576,12 @@ class InterpretationGeneralization(Callback):
             }
             for r in result.records
         ]
-        self.history.extend(rows)
         if trainer.is_global_zero:
             self._append_csv(rows)
             images_due = (
                 stage == "fit"
                 and self.log_images_every_n_epochs > 0
-                and (self._monitored_count - 1) % self.log_images_every_n_epochs == 0
+                and (len(self.logged_epochs) - 1) % self.log_images_every_n_epochs == 0
             )
             if images_due or stage != "fit":
                 self._log_media(trainer, result, step)
@@ -622,18 +647,22 @@ class InterpretationGeneralization(Callback):
                     writer.writerow(out)
 
     def _rewrite_csv(self) -> None:
-        """On (re)start, make the CSV hold exactly the epochs in this callback's history."""
+        """On (re)start, make the CSV hold exactly the training epochs this callback logged.
+
+        Rows of epochs after the checkpoint (a run that went on past its last checkpoint
+        and then failed) are dropped, so a resumed run writes each epoch once; rows of
+        ``validate``/``test`` stages are kept.
+        """
         path = self._csv_path()
         if path is None or not path.exists():
             return
-        keep_epochs = {int(r["epoch"]) for r in self.history}
+        keep_epochs = set(self.logged_epochs)
         with path.open(newline="") as fh:
             rows = [
                 r
                 for r in csv.DictReader(fh)
-                if r.get("epoch", "").isdigit()
-                and int(r["epoch"]) in keep_epochs
-                and ":" not in r.get("split", "")
+                if ":" in r.get("split", "")
+                or (r.get("epoch", "").isdigit() and int(r["epoch"]) in keep_epochs)
             ]
         tmp = path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as fh:
