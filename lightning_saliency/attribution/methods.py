@@ -51,6 +51,7 @@ from lightning_saliency.attribution._core import (
     check_output,
     check_target,
     forward_scores,
+    input_gradients,
     rows_per_chunk,
     select_scores,
 )
@@ -189,25 +190,17 @@ def simple_grad(
     >>> torch.allclose(m[0].flatten(), net[1].weight[0])
     True
     """
-    return _expanded_pass(
+    return input_gradients(
         model,
         x,
         target,
-        samples=1,
-        noise_std=None,
-        steps=None,
-        baseline=None,
-        rule="riemann",
         multiply_by_inputs=False,
-        reduction="mean",
         output=output,
         precision=precision,
         channels_last=channels_last,
         batch_size=batch_size,
         memory_budget_mb=memory_budget_mb,
-        generator=None,
-        seed=None,
-    ).float()
+    )
 
 
 def grad_x_input(
@@ -228,25 +221,17 @@ def grad_x_input(
     >>> torch.allclose(grad_x_input(net, x, 1).flatten(), x.flatten() * net[1].weight[1])
     True
     """
-    return _expanded_pass(
+    return input_gradients(
         model,
         x,
         target,
-        samples=1,
-        noise_std=None,
-        steps=None,
-        baseline=None,
-        rule="riemann",
         multiply_by_inputs=True,
-        reduction="mean",
         output=output,
         precision=precision,
         channels_last=channels_last,
         batch_size=batch_size,
         memory_budget_mb=memory_budget_mb,
-        generator=None,
-        seed=None,
-    ).float()
+    )
 
 
 def integrated_gradients(
