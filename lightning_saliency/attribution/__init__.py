@@ -39,12 +39,14 @@ from lightning_saliency.attribution.registry import (
     segmenter_args,
 )
 from lightning_saliency.attribution.superpixels import (
+    SEGMENTERS,
     default_segment_params,
     group_by_segments,
     segment,
 )
 
 __all__ = [
+    "SEGMENTERS",
     "MethodSpec",
     "adapt_grad",
     "adapt_sigma",
