@@ -152,7 +152,11 @@ def test_logs_every_tag_family_to_csv_and_tensorboard(tmp_path: Path) -> None:
 
     acc = EventAccumulator(str(log_dir), size_guidance={"images": 0})
     acc.Reload()
-    assert {f"interp_images/{lb}" for lb in labels} <= set(acc.Tags()["images"])
+    images = set(acc.Tags()["images"])
+    assert {f"interp_images/{lb}" for lb in labels} <= images
+    assert {"interp_figures/smoothgrad_sweep", "interp_figures/pixel_vs_superpixel"} <= images
+    # the final values as hyperparameter metrics, next to the custom-scalars layout
+    assert scalars[f"hp/interp/{base}/gap"][-1][1] == pytest.approx(gap, abs=1e-6)
 
 
 def test_leave_one_out_loss_matches_hand_computation(tmp_path: Path) -> None:
