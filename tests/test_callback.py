@@ -470,3 +470,13 @@ def test_checkpoint_at_validation_end_already_holds_the_epoch(tmp_path: Path) ->
     # TensorBoard shows each monitored epoch once: the run's events after the checkpoint are purged
     steps = [s for s, _ in _tb_scalars(Path(logger2.log_dir))["interp/simple_grad/gap"]]
     assert len(steps) == 3 and steps == sorted(set(steps))
+
+
+def test_one_instance_serves_two_fits(tmp_path: Path) -> None:
+    cb = _callback(methods=["simple_grad"])
+    for run in ("a", "b"):
+        trainer = _trainer(tmp_path / run, [cb], max_epochs=2)
+        trainer.fit(_ensemble(), _data())
+        rows = _read_csv(Path(trainer.logger.log_dir) / "interpretation_metrics.csv")
+        assert sorted({int(r["epoch"]) for r in rows}) == [0, 1], run
+    assert cb.logged_epochs == [0, 1]

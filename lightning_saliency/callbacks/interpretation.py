@@ -264,6 +264,10 @@ class InterpretationGeneralization(Callback):
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            # A new fit starts a new run; a checkpoint restore (after setup) refills this.
+            self.logged_epochs, self.final_values, self.previous = [], {}, None
+            self._loaded_indices = None
         models = _models_of(pl_module)
         self._reference_module = self._load_reference(pl_module) if len(models) == 1 else None
         if len(models) >= 2 and self.reference is not None:
