@@ -587,3 +587,33 @@ def test_grad_cam_nonfinite_warns() -> None:
     with pytest.warns(RuntimeWarning, match="1 of 2 samples"):
         m = grad_cam(model, x, 0)
     assert torch.isnan(m[1]).all() and torch.isfinite(m[0]).all()
+
+
+def test_out_of_memory_halves_the_chunk_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chunk that does not fit is split in halves (the budget is only an estimate)."""
+    from lightning_saliency.attribution import _core
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 4))
+    x, y = torch.randn(5, 1, 4, 4), torch.tensor([0, 1, 2, 3, 0])
+    expected = smooth_grad(net, x, y, sigma=0.3, samples=4, seed=1, batch_size=1)
+    real = _core._row_gradients
+    sizes: list[int] = []
+
+    def small_device(model, rows, *args):
+        if rows.shape[0] > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        sizes.append(rows.shape[0])
+        return real(model, rows, *args)
+
+    monkeypatch.setattr(_core, "_row_gradients", small_device)
+    got = smooth_grad(net, x, y, sigma=0.3, samples=4, seed=1, batch_size=20)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    assert max(sizes) <= 3 and sum(sizes) == 20
+    monkeypatch.setattr(
+        _core, "_row_gradients", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x"))
+    )
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        simple_grad(net, x[:1], y[:1])

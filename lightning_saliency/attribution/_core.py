@@ -453,6 +453,37 @@ class _Accumulator:
 
 
 # --------------------------------------------------------------------------- primitive
+def _row_gradients_fitting(
+    model: nn.Module,
+    rows: Tensor,
+    target: Tensor,
+    output: str,
+    precision: str,
+    channels_last: bool,
+) -> Tensor:
+    """:func:`_row_gradients`, halving the chunk when CUDA runs out of memory.
+
+    The memory budget is an estimate (activations of ``ACTIVATION_FACTOR`` x the input
+    bytes per row); a model that needs more gets smaller chunks instead of an error. The
+    rows are independent in eval mode, so the result is the same.
+    """
+    try:
+        return _row_gradients(model, rows, target, output, precision, channels_last)
+    except torch.cuda.OutOfMemoryError:
+        if rows.shape[0] < 2:
+            raise
+    # outside the except block, so the failed attempt's tensors can be freed first
+    if rows.is_cuda:
+        torch.cuda.empty_cache()
+    h = rows.shape[0] // 2
+    return torch.cat(
+        [
+            _row_gradients_fitting(model, rows[:h], target[:h], output, precision, channels_last),
+            _row_gradients_fitting(model, rows[h:], target[h:], output, precision, channels_last),
+        ]
+    )
+
+
 def _expanded_pass(
     model: nn.Module,
     x: Tensor,
@@ -516,7 +547,7 @@ def _expanded_pass(
                 pts = pts + noise.draws(d0, d1)
             tg = tgt[ids]
             if steps is None:
-                g = _row_gradients(model, pts, tg, output, precision, channels_last)
+                g = _row_gradients_fitting(model, pts, tg, output, precision, channels_last)
                 value = g * pts if multiply_by_inputs else g
             else:
                 base = x0[ids]
@@ -527,7 +558,7 @@ def _expanded_pass(
                     k = t1 - t0
                     a = alphas[t0:t1].view(1, k, 1, 1, 1)
                     path = (base[:, None] + a * diff[:, None]).flatten(0, 1)
-                    gp = _row_gradients(
+                    gp = _row_gradients_fitting(
                         model, path, tg.repeat_interleave(k), output, precision, channels_last
                     )
                     w = weights[t0:t1].view(1, k, 1, 1, 1)
