@@ -214,6 +214,9 @@ class InterpretationGeneralization(Callback):
             None if input_range is None else (float(input_range[0]), float(input_range[1]))
         )
         self.unnormalize = unnormalize
+        # what this run uses (the arguments above, else the data module's, else the probes')
+        self._range: tuple[float, float] | None = None
+        self._unnormalize: Callable[[Tensor], Tensor] | None = None
         self.batch_size = batch_size
         self.channels_last = channels_last
         self.topk = topk
@@ -300,9 +303,8 @@ class InterpretationGeneralization(Callback):
         self.probes = self._draw_probes(trainer, len(models), self._loaded_indices)
         self._check_models(models, self.probes)
         self._resolve_ranges(trainer)
-        if any(method_needs_input_range(s) for s in self.specs) and self.input_range is None:
-            lo, hi = float(self.probes.x.min()), float(self.probes.x.max())
-            self.input_range = (lo, hi)
+        if any(method_needs_input_range(s) for s in self.specs) and self._range is None:
+            self._range = (float(self.probes.x.min()), float(self.probes.x.max()))
         self.probes.images = self._images(self.probes.x)
         self._segment_probes()
         # Every rank reads the log dir here, outside any rank-0-only branch (it may synchronize).
@@ -404,15 +406,16 @@ class InterpretationGeneralization(Callback):
 
     def _resolve_ranges(self, trainer: pl.Trainer) -> None:
         dm = self._datamodule(trainer)
-        if self.input_range is None and dm is not None and hasattr(dm, "input_range"):
+        self._range, self._unnormalize = self.input_range, self.unnormalize
+        if self._range is None and dm is not None and hasattr(dm, "input_range"):
             lo, hi = dm.input_range
-            self.input_range = (float(lo), float(hi))
-        if self.unnormalize is None and dm is not None and hasattr(dm, "unnormalize"):
-            self.unnormalize = dm.unnormalize
+            self._range = (float(lo), float(hi))
+        if self._unnormalize is None and dm is not None and hasattr(dm, "unnormalize"):
+            self._unnormalize = dm.unnormalize
 
     def _images(self, x: Tensor) -> Tensor:
-        if self.unnormalize is not None:
-            return self.unnormalize(x).clamp(0, 1)
+        if self._unnormalize is not None:
+            return self._unnormalize(x).clamp(0, 1)
         flat = x.flatten(1)
         lo = flat.min(1).values.view(-1, 1, 1, 1)
         hi = flat.max(1).values.view(-1, 1, 1, 1)
@@ -553,7 +556,7 @@ class InterpretationGeneralization(Callback):
                 precision=self.precision,
                 channels_last=self.channels_last,
                 seed=self.seed,
-                input_range=self.input_range,
+                input_range=self._range,
                 segments=self.segments,
                 previous=self.previous if stage == "fit" else None,
                 topk=self.topk,
