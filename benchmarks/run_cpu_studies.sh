@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# CPU-scale versions of the five studies of docs/experiments.md on the real CIFAR-10 JPEGs
+# (configs/experiments/cpu/*.yaml: two built-in small CNNs, AdamW, 6 epochs). The numbers
+# they gave are in docs/results.md. About 30 minutes on 2 shared CPU cores.
+#
+#   mkdir -p data && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C data   # once
+#   bash benchmarks/run_cpu_studies.sh            # all studies
+#   bash benchmarks/run_cpu_studies.sh split_factor methods spectral_norm report   # a subset
+#
+# OMP_NUM_THREADS=1: on a 2-core machine shared with other jobs, torch's default of one
+# intra-op thread per core made a small-CNN training step about 8x slower (oversubscription)
+# than a single thread. Every fit's wall time is appended to runs/cpu/timings.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+CLI=${CLI:-lightning-saliency}
+CFG=configs/experiments/cpu
+mkdir -p runs/cpu
+STEPS=("$@")
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(split_factor methods spectral_norm report)
+
+fit() { # fit NAME ARGS...: one timed training run
+  local name=$1; shift
+  local t0=$SECONDS
+  nice -n 10 "$CLI" fit --trainer.enable_progress_bar false "$@"
+  echo "$name $((SECONDS - t0))s" | tee -a runs/cpu/timings.txt
+}
+
+for step in "${STEPS[@]}"; do
+  case $step in
+    split_factor) # study (a); sf2 is also the unnormalized baseline of study (d)
+      for sf in 2 4 8 16; do
+        fit split_factor/sf$sf --config $CFG/split_factor.yaml \
+          --data.init_args.split_factor $sf --trainer.logger.init_args.version sf$sf
+      done ;;
+    methods) # studies (b), (c), (e): one split-factor-2 run with all their methods
+      fit methods/sf2 --config $CFG/methods.yaml --trainer.logger.init_args.version sf2 ;;
+    spectral_norm) # study (d)
+      for c in 1 2 4 0.5; do
+        fit spectral_norm/c$c --config $CFG/spectral_norm.yaml \
+          --model.spectral_norm_factor $c --trainer.logger.init_args.version c$c
+      done ;;
+    report)
+      "$CLI" report runs/cpu/split_factor --out reports/cpu/split_factor
+      "$CLI" report runs/cpu/methods --out reports/cpu/methods
+      "$CLI" report runs/cpu/spectral_norm runs/cpu/split_factor/sf2 \
+        --out reports/cpu/spectral_norm ;;
+    *) echo "unknown step $step (split_factor, methods, spectral_norm, report)" >&2; exit 2 ;;
+  esac
+done
