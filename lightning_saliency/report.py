@@ -818,18 +818,18 @@ def _mean(values: Iterable[float | None]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def _new_figure(ncols: int) -> Any:
+def _new_figure(ncols: int, height: float = 4.0) -> Any:
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(5.2 * ncols, 4.0), layout="constrained")
+    return Figure(figsize=(5.2 * ncols, height), layout="constrained")
 
 
 def _plot_split_factor(study: Mapping[str, Any], path: Path) -> None:
-
-    fig = _new_figure(2)
-    axes = fig.subplots(1, 2)
     rows = study["rows"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    # one legend line per method: grow the figure so a long legend still fits beside it
+    fig = _new_figure(2, height=max(4.0, 0.16 * (len(methods) + 1)))
+    axes = fig.subplots(1, 2)
     for ax, col, title in zip(
         axes, ("spearman", "topk"), ("test Spearman", "test top-k"), strict=True
     ):
@@ -855,7 +855,8 @@ def _plot_split_factor(study: Mapping[str, Any], path: Path) -> None:
         ax.set_xlabel("split factor")
         ax.set_title(f"{title} vs prediction agreement")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7)
     fig.savefig(path, dpi=100)
 
 
