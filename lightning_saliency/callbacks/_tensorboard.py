@@ -63,16 +63,17 @@ def display_maps(maps: Tensor) -> Tensor:
     return (a / q).clamp(0, 1)
 
 
-def image_grid(images: Tensor, maps: Tensor, num_models: int) -> Tensor:
+def image_grid(images: Tensor, maps: Tensor, num_models: int, min_size: int = 96) -> Tensor:
     """One row per probe: the input, each model's map, then the reference column.
 
     ``maps`` is (M, N, C, H, W) for M >= num_models map sources; the last column is
     the mean of the monitored models' unit-normalized maps (their consensus), or the
-    reference model's map when M > num_models.
+    reference model's map when M > num_models. Tiles smaller than ``min_size`` pixels
+    are enlarged by an integer factor (nearest neighbour) so small images stay legible.
 
     Example:
         >>> image_grid(torch.rand(2, 1, 8, 8), torch.randn(2, 2, 1, 8, 8), 2).shape
-        torch.Size([3, 22, 42])
+        torch.Size([3, 198, 394])
     """
     from torchvision.utils import make_grid
 
@@ -89,6 +90,9 @@ def image_grid(images: Tensor, maps: Tensor, num_models: int) -> Tensor:
         ref = unit.mean(0).view_as(maps[0])
     cols.append(display_maps(ref).expand(-1, 3, -1, -1))
     tiles = torch.stack(cols, dim=1).flatten(0, 1)  # row-major: probe by probe
+    factor = -(-min_size // tiles.shape[-1])  # ceil
+    if factor > 1:
+        tiles = torch.nn.functional.interpolate(tiles, scale_factor=factor, mode="nearest")
     return make_grid(tiles, nrow=len(cols), padding=2, pad_value=1.0).clamp(0, 1)
 
 
