@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_saliency._modes import eval_mode
+
 __all__ = [
     "attribution_mode",
     "forward_scores",
@@ -252,14 +254,8 @@ def attribution_mode(model: nn.Module) -> Iterator[None]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_saliency._modes import eval_mode
 from lightning_saliency.attribution import MethodSpec, compute_attribution
 from lightning_saliency.metrics import (
     complexity,
@@ -31,7 +32,7 @@ from lightning_saliency.metrics import (
 
 from ._probes import ProbeSet
 
-__all__ = ["FAMILIES", "EpochResult", "Record", "compute_epoch", "method_seed", "restore_training"]
+__all__ = ["FAMILIES", "EpochResult", "Record", "compute_epoch", "method_seed"]
 
 #: Metric families a user can ask for; the reference-needing ones are in REFERENCE_FAMILIES.
 FAMILIES = ("gap", "agreement", "mege_reco", "quality", "drift", "prediction_agreement")
@@ -65,24 +66,6 @@ def method_seed(seed: int, label: str) -> int:
         True
     """
     return (int(seed) * 1_000_003 + zlib.crc32(label.encode())) % (2**63 - 1)
-
-
-class restore_training:
-    """Context manager: put ``modules`` in eval mode, then restore every submodule's flag."""
-
-    def __init__(self, modules: Sequence[nn.Module]) -> None:
-        self.modules = list(modules)
-        self.flags: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> restore_training:
-        self.flags = [(m, m.training) for mod in self.modules for m in mod.modules()]
-        for mod in self.modules:
-            mod.eval()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for m, flag in self.flags:
-            m.training = flag
 
 
 @torch.no_grad()
@@ -140,7 +123,7 @@ def compute_epoch(
     bs = batch_size or 256
     records: list[Record] = []
 
-    with restore_training(all_models):
+    with eval_mode(*all_models):
         logits = _logits(all_models, x, bs)  # (M, N, classes)
     preds = logits.argmax(-1)
     if target == "label":
@@ -208,12 +191,12 @@ def compute_epoch(
             )
         maps_t = torch.stack(maps)  # (M, N, C, H, W)
         maps_out[label] = maps_t
-        nmaps = normalize_maps(maps_t.flatten(0, 1)).view_as(maps_t) if normalize else maps_t
 
         rec = functools.partial(_add, records, label)
 
         # Interpretation loss against the reference, and the gap.
         if "gap" in fam and has_ref:
+            nmaps = normalize_maps(maps_t.flatten(0, 1)).view_as(maps_t) if normalize else maps_t
             losses = {"train": [], "test": [], "gap": []}
             for k in range(k_models):
                 if k_models >= 2:

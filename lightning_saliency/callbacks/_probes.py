@@ -120,10 +120,6 @@ class ProbeSet:
     images: Tensor | None = None  # unnormalized [0, 1] copies for segmentation and display
     indices: dict[str, list[int]] = field(default_factory=dict)
 
-    @property
-    def num_models(self) -> int:
-        return self.seen.shape[0]
-
     def part(self, name: str) -> slice:
         return self.slices[name]
 

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
+from lightning_saliency._modes import eval_mode
 from lightning_saliency.attribution import (
     MethodSpec,
     method_needs_input_range,
@@ -381,12 +382,10 @@ class InterpretationGeneralization(Callback):
 
     @torch.no_grad()
     def _check_models(self, models: list[nn.Module], probes: ProbeSet) -> None:
-        from ._compute import restore_training
-
         x = probes.x[:2]
         outs = []
         checked = models + ([self._reference_module] if self._reference_module is not None else [])
-        with restore_training(checked), isolate_rng():
+        with eval_mode(*checked), isolate_rng():
             for m in checked:
                 dev = next((p.device for p in m.parameters()), torch.device("cpu"))
                 outs.append(m(x.to(dev)))

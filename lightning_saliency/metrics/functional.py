@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_saliency._modes import eval_mode
+
 __all__ = [
     "complexity",
     "l2_distance",
@@ -600,17 +602,6 @@ def mege_reco(
 
 
 # -------------------------------------------------------------------- muFidelity
-def _set_eval(model: nn.Module) -> dict[nn.Module, bool]:
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    return flags
-
-
-def _restore(flags: dict[nn.Module, bool]) -> None:
-    for m, training in flags.items():
-        m.training = training
-
-
 def mu_fidelity(
     model: nn.Module | Callable[[Tensor], Tensor],
     x: Tensor,
@@ -704,20 +695,15 @@ def mu_fidelity(
     chunk = batch_size or max(n, 1)
     sample_of_row = torch.arange(n, device=x.device).repeat_interleave(num_subsets)
     flat_mask = mask.reshape(rows, 1, h, w)
-    flags = _set_eval(model) if isinstance(model, nn.Module) else {}
-    try:
-        with torch.no_grad():
-            full = model(x)[torch.arange(n, device=x.device), target].to(dtype)
-            masked_out = []
-            for start in range(0, rows, chunk):
-                sl = slice(start, start + chunk)
-                s_idx = sample_of_row[sl]
-                xm = torch.where(flat_mask[sl], base[s_idx], x[s_idx])
-                masked_out.append(
-                    model(xm)[torch.arange(xm.shape[0], device=x.device), target[s_idx]]
-                )
-            masked = torch.cat(masked_out).to(dtype).view(n, num_subsets)
-    finally:
-        _restore(flags)
+    modules = (model,) if isinstance(model, nn.Module) else ()
+    with eval_mode(*modules), torch.no_grad():
+        full = model(x)[torch.arange(n, device=x.device), target].to(dtype)
+        masked_out = []
+        for start in range(0, rows, chunk):
+            sl = slice(start, start + chunk)
+            s_idx = sample_of_row[sl]
+            xm = torch.where(flat_mask[sl], base[s_idx], x[s_idx])
+            masked_out.append(model(xm)[torch.arange(xm.shape[0], device=x.device), target[s_idx]])
+        masked = torch.cat(masked_out).to(dtype).view(n, num_subsets)
     drop = full.unsqueeze(1) - masked
     return _pearson_rows(drop, attr_sum)

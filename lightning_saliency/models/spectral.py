@@ -13,14 +13,15 @@ output dimension first (dim 1 for transposed convolutions) and everything else f
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
+
+from lightning_saliency._modes import eval_mode
 
 __all__ = ["apply_spectral_norm", "capacity", "spectral_layers", "spectral_norms"]
 
@@ -74,19 +75,6 @@ def _weight_matrix(module: nn.Module, weight: Tensor) -> Tensor:
     if isinstance(module, _TRANSPOSED):
         weight = weight.transpose(0, 1)
     return weight.reshape(weight.shape[0], -1)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode; restore each one's own ``training`` flag after."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        for m, _ in flags:
-            m.training = False
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _has_spectral_norm(module: nn.Module) -> bool:
@@ -156,7 +144,7 @@ def apply_spectral_norm(model: nn.Module, factor: float, n_power_iterations: int
 def _layer_stats(model: nn.Module) -> list[tuple[str, float, float]]:
     """``(name, ||W||_2, ||W||_{2,1})`` of each layer's effective weight, read in eval mode."""
     stats = []
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         for name, module in spectral_layers(model):
             w = _weight_matrix(module, module.weight).detach().to(torch.float64)
             sigma = float(torch.linalg.matrix_norm(w, ord=2))
