@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
@@ -343,13 +344,21 @@ def run_throughput(
 def run_memory_budget(device: torch.device, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """SmoothGrad over many probes and draws under a memory budget: must chunk, not OOM."""
     from lightning_saliency.attribution import smooth_grad
+    from lightning_saliency.attribution._core import activation_memory, chunk_rows
 
     n, draws, budget = cfg["budget_probes"], cfg["budget_draws"], cfg["budget_mb"]
     images, labels = make_inputs(n, 32, None, seed=3)
     x, target = normalize(images).to(device), labels.to(device)
-    model = build_model("resnet18_32", 32, seed=0).to(device)
+    from lightning_saliency.models import build_backbone
+
+    torch.manual_seed(0)
+    models = {  # timm's ImageNet stem, and the CIFAR stem of the studies (about 10x the memory)
+        "resnet18": build_model("resnet18_32", 32, seed=0),
+        "cifar:resnet18": build_backbone("cifar:resnet18", num_classes=10).eval(),
+    }
     results = []
-    for bf16 in (False, True):
+    for (name, model), bf16 in itertools.product(models.items(), (False, True)):
+        model.to(device)
         net = copy.deepcopy(model).to(memory_format=torch.channels_last) if bf16 else model
 
         def fn(net: nn.Module = net, bf16: bool = bf16) -> Tensor:
@@ -366,6 +375,7 @@ def run_memory_budget(device: torch.device, cfg: dict[str, Any]) -> list[dict[st
             )
 
         entry: dict[str, Any] = {
+            "model": name,
             "probes": n,
             "draws": draws,
             "memory_budget_mb": budget,
@@ -373,7 +383,12 @@ def run_memory_budget(device: torch.device, cfg: dict[str, Any]) -> list[dict[st
         }
         try:
             out, times, peak = time_call(fn, device, 0, 1)
+            per_row, _ = activation_memory(
+                net, x, precision="bf16" if bf16 else "32", channels_last=bf16
+            )
             entry.update(
+                rows_per_chunk=chunk_rows(net, x, None, budget, "bf16" if bf16 else "32", bf16),
+                row_mb=per_row / 2**20,
                 completed=bool(torch.isfinite(out).all()) and tuple(out.shape) == tuple(x.shape),
                 seconds=times[0],
                 maps_per_s=n / times[0],
@@ -383,6 +398,9 @@ def run_memory_budget(device: torch.device, cfg: dict[str, Any]) -> list[dict[st
         except torch.OutOfMemoryError as err:  # reported, not hidden
             entry.update(completed=False, error=f"OutOfMemoryError: {err}"[:300])
         results.append(entry)
+        del net
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return results
 
 
@@ -481,15 +499,16 @@ def markdown(results: dict[str, Any]) -> str:
     if results["memory_budget"]:
         lines += [
             "",
-            "| SmoothGrad probes x draws | budget MB | precision | completed | seconds "
-            "| maps/s | peak MB |",
-            "|---|---:|---|---|---:|---:|---:|",
+            "| model | SmoothGrad probes x draws | budget MB | precision | completed "
+            "| seconds | maps/s | peak MB | MB per row | rows per chunk |",
+            "|---|---|---:|---|---|---:|---:|---:|---:|---:|",
         ]
         for r in results["memory_budget"]:
             lines.append(
-                f"| {r['probes']} x {r['draws']} | {_fmt(r['memory_budget_mb'])} "
+                f"| {r['model']} | {r['probes']} x {r['draws']} | {_fmt(r['memory_budget_mb'])} "
                 f"| {r['precision']} | {r['completed']} | {_fmt(r.get('seconds'), 2)} "
-                f"| {_fmt(r.get('maps_per_s'))} | {_fmt(r.get('peak_mem_mb'))} |"
+                f"| {_fmt(r.get('maps_per_s'))} | {_fmt(r.get('peak_mem_mb'))} "
+                f"| {_fmt(r.get('row_mb'), 3)} | {_fmt(r.get('rows_per_chunk'))} |"
             )
     if results["segmentation"]:
         lines += [

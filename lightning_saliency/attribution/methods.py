@@ -10,7 +10,9 @@ Common keyword arguments (see :mod:`._core` for the guarantees):
 * ``precision``: ``"32"`` or ``"bf16"`` (bf16 autocast on CUDA only; ignored on CPU);
 * ``channels_last``: channels-last chunks on CUDA (ignored on CPU);
 * ``batch_size``: max rows of the expanded batch (N x samples x steps) per chunk;
-* ``memory_budget_mb``: derive the chunk size from a memory budget instead.
+* ``memory_budget_mb``: derive the chunk size from a memory budget instead (default: a
+  quarter of the free CUDA memory, 1024 MB on CPU), divided by the bytes the model keeps
+  for backward per row (:func:`._core.activation_memory`).
 
 Definitions (``/DESIGN.md``): with f_c the target score and g = grad f_c,
 
@@ -50,9 +52,9 @@ from lightning_saliency.attribution._core import (
     check_nonneg_float,
     check_output,
     check_target,
+    chunk_rows,
     forward_scores,
     input_gradients,
-    rows_per_chunk,
     select_scores,
 )
 
@@ -610,10 +612,10 @@ def grad_cam(
     check_choice("output", output, OUTPUTS)
     check_choice("precision", precision, PRECISIONS)
     n, c, h, w = x.shape
-    chunk = rows_per_chunk(batch_size, memory_budget_mb, x)
     with attribution_mode(model):
         xd = x.detach().clone()
         tgt = check_target(target, n, x.device)
+        chunk = chunk_rows(model, xd, batch_size, memory_budget_mb, precision, channels_last)
         module = _resolve_layer(model, layer, xd)
         acc_dtype = torch.promote_types(x.dtype, torch.float32)
         parts = []
