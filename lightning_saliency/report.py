@@ -32,6 +32,7 @@ import csv
 import inspect
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -136,7 +137,16 @@ def find_runs(path: str | os.PathLike[str]) -> list[Path]:
             f"{str(root)!r} is not a run folder: no {_CSV_NAME} or config.yaml in it or below "
             "it; expected a run's log folder (e.g. runs/<name>/version_0) or a folder of them"
         )
-    return sorted(found)
+    return sorted(found, key=_natural_key)
+
+
+def _natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
+    """Sort key putting ``sf2`` before ``sf16`` and ``version_9`` before ``version_10``."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.split(r"(\d+)", str(path))
+        if part
+    )
 
 
 class _RunLoader(yaml.SafeLoader):
