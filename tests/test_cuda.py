@@ -1,0 +1,172 @@
+"""GPU correctness: CUDA maps equal CPU maps in fp32, the bf16 and channels-last paths really
+run and stay close to fp32, the memory budget holds on the card, and the callback monitors a
+GPU fit. Skipped without CUDA (CI has none); on the lent GPU machine run
+``python3 -m pytest -q tests/test_cuda.py`` (docs/benchmarks.md, "GPU session")."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+
+from lightning_saliency.attribution import (
+    grad_cam,
+    grad_x_input,
+    integrated_gradients,
+    simple_grad,
+    smooth_grad,
+)
+from lightning_saliency.attribution._core import ACTIVATION_HEADROOM, activation_memory
+from lightning_saliency.callbacks import InterpretationGeneralization
+from lightning_saliency.data import DigitsDataModule
+from lightning_saliency.metrics import spearman, ssim
+from lightning_saliency.models import DisjointEnsemble, build_backbone
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture
+def no_tf32() -> Iterator[None]:
+    """fp32 comparisons need true fp32 convolutions and matmuls (cuDNN allows TF32 by default)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return build_backbone(name, num_classes=10).eval()
+
+
+def _batch(n: int = 16) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _rel_close(got: Tensor, want: Tensor, tol: float) -> None:
+    scale = want.abs().max().clamp_min(1e-12)
+    assert float((got - want).abs().max() / scale) <= tol
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet18"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        simple_grad,
+        grad_x_input,
+        lambda m, x, t: integrated_gradients(m, x, t, steps=8, rule="gauss_legendre"),
+        grad_cam,
+    ],
+    ids=["simple_grad", "grad_x_input", "integrated_gradients", "grad_cam"],
+)
+def test_fp32_maps_on_cuda_equal_cpu(no_tf32: None, backbone: str, method) -> None:
+    model = _model(backbone)
+    x, t = _batch()
+    want = method(model, x, t)
+    got = method(model.cuda(), x.cuda(), t.cuda())
+    assert got.is_cuda and got.dtype == torch.float32 and got.is_contiguous()
+    _rel_close(got.cpu(), want, 1e-4)
+
+
+def test_smooth_grad_on_cuda_is_reproducible_and_chunk_independent(no_tf32: None) -> None:
+    model = _model("small_cnn").cuda()
+    x, t = (v.cuda() for v in _batch())
+    a = smooth_grad(model, x, t, sigma=0.3, samples=8, seed=5)
+    b = smooth_grad(model, x, t, sigma=0.3, samples=8, seed=5)
+    c = smooth_grad(model, x, t, sigma=0.3, samples=8, seed=5, batch_size=7)
+    assert torch.equal(a, b)
+    _rel_close(c, a, 1e-5)
+    # the noise is drawn on the GPU from its own generator: the global CUDA RNG is untouched
+    state = torch.cuda.get_rng_state()
+    smooth_grad(model, x, t, sigma=0.3, samples=8, seed=5)
+    assert torch.equal(state, torch.cuda.get_rng_state())
+
+
+def test_bf16_and_channels_last_really_run_and_stay_close_to_fp32(no_tf32: None) -> None:
+    model = _model("resnet18").cuda().to(memory_format=torch.channels_last)
+    x, t = (v.cuda() for v in _batch(64))
+    seen: list[tuple[torch.dtype, bool]] = []
+    conv = model.conv1
+    hook = conv.register_forward_hook(
+        lambda m, a, o: seen.append(
+            (o.dtype, a[0].is_contiguous(memory_format=torch.channels_last))
+        )
+    )
+    try:
+        fast = simple_grad(model, x, t, precision="bf16", channels_last=True)
+    finally:
+        hook.remove()
+    slow = simple_grad(model, x, t)
+    # measurement passes and the real chunk all ran in bf16 on channels-last inputs
+    assert seen and all(dtype == torch.bfloat16 and cl for dtype, cl in seen)
+    assert fast.dtype == torch.float32 and fast.is_contiguous()
+    rho = spearman(fast, slow)
+    sim = ssim(fast, slow)
+    assert float(rho.mean()) > 0.9, float(rho.mean())
+    assert float(sim.mean()) > 0.8, float(sim.mean())
+
+
+def test_memory_budget_holds_on_cuda() -> None:
+    model = _model("cifar:resnet18").cuda()
+    x, t = (v.cuda() for v in _batch(256))
+    budget_mb = 512.0
+    per_row, fixed = activation_memory(model, x)
+    rows = int((budget_mb * 2**20 - fixed) // (per_row * ACTIVATION_HEADROOM))
+    assert rows < 256 * 8  # the budget forces chunks
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    maps = smooth_grad(model, x, t, sigma=0.2, samples=8, memory_budget_mb=budget_mb)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    assert bool(torch.isfinite(maps).all())
+    # the chunk plus the inputs, noise blocks and accumulators (a few copies of x)
+    assert peak <= budget_mb * 2**20 + 8 * x.numel() * 4, peak / 2**20
+
+
+def test_callback_monitors_a_bf16_gpu_fit(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = DisjointEnsemble(
+        backbone="small_cnn", num_classes=10, in_chans=1, image_size=16, num_models=2
+    )
+    data = DigitsDataModule(image_size=16, split_factor=2, num_models=2, batch_size=64)
+    cb = InterpretationGeneralization(
+        methods=[
+            "simple_grad",
+            {"method": "smooth_grad", "sigma": 0.3, "samples": 4},
+            {"method": "simple_grad", "superpixel": "slic"},
+        ],
+        num_train_probes=8,
+        num_test_probes=8,
+        precision="bf16",
+        channels_last=True,
+        log_images_every_n_epochs=1,
+    )
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        callbacks=[cb],
+        logger=TensorBoardLogger(str(tmp_path), name="tb"),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, data)
+    with (Path(trainer.logger.log_dir) / "interpretation_metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted({int(r["epoch"]) for r in rows}) == [0, 1]
+    losses = [float(r["value"]) for r in rows if r["metric"] == "loss"]
+    assert losses and all(math.isfinite(v) and 0.0 <= v <= 2.0 for v in losses)
+    assert all(p.device.type == "cuda" for p in model.parameters())
