@@ -15,12 +15,15 @@
 #   tests          the CUDA tests (tests/test_cuda.py and the two CUDA metric tests)
 #   bench          benchmarks/attribution_throughput.py on CUDA (issue 3)
 #   overhead       benchmarks/callback_overhead.py on CUDA (issue 4)
-#   split_factor   study (a): configs/experiments/split_factor.yaml, sf 2 4 8 16
+#   split_factor   study (a): configs/experiments/split_factor.yaml, sf 2 4 8 16, each with
+#                  EPOCHS x sf / 2 epochs (the same number of optimizer steps: docs/results.md
+#                  (a') shows that equal epochs confound data size with training length)
 #   spectral_norm  study (d): configs/experiments/spectral_norm.yaml, c in $FACTORS
 #                  (baseline: split_factor/sf2, the same models without normalization)
 #   methods        studies (b), (c), (e): configs/experiments/methods.yaml (one run)
 #   report         lightning-saliency report for every study found under runs/
-# Environment: EPOCHS (10; a multiple of 2: the callback monitors at EPOCHS/2 and EPOCHS),
+# Environment: EPOCHS (10; a multiple of 2: validation and the callback run at EPOCHS/2 and
+# EPOCHS),
 # FACTORS ("0.5 1 4"), WORKERS (12), TRAIN_PRECISION (bf16-mixed), DEADLINE (seconds from
 # the start of this script after which no new fit starts and a running one is told to stop:
 # 540), ACC (gpu), DATA (/tmp/cifar10: where the archive is unpacked), RUNS (runs), REPORTS
@@ -93,15 +96,16 @@ fit() {  # fit NAME ARGS...: one training run, skipped when the deadline is near
     echo "skipped $name: ${remaining}s left before the deadline" | tee -a "$OUT/session.log"
     return 0
   fi
-  local t0=$SECONDS status=0 limit=$((remaining - 30))
+  local t0=$SECONDS status=0 limit=$((remaining - 30)) epochs=${E:-$EPOCHS}
   "$PY" -m lightning_saliency.cli fit "$@" --trainer.accelerator "$ACC" \
-    --trainer.max_epochs "$EPOCHS" --trainer.precision "$TRAIN_PRECISION" \
-    --trainer.callbacks.init_args.every_n_epochs $((EPOCHS / 2)) \
+    --trainer.max_epochs "$epochs" --trainer.precision "$TRAIN_PRECISION" \
+    --trainer.callbacks.init_args.every_n_epochs $((epochs / 2)) \
+    --trainer.check_val_every_n_epoch $((epochs / 2)) \
     --trainer.max_time "$(printf '00:00:%02d:%02d' $((limit / 60)) $((limit % 60)))" \
     --trainer.enable_checkpointing false --trainer.logger.init_args.save_dir "$RUNS" \
     --trainer.enable_progress_bar false --data.init_args.root "$DATA" \
     --data.init_args.num_workers "$WORKERS" "${EXTRA[@]}" >>"$OUT/fits.log" 2>&1 || status=$?
-  echo "$name epochs=$EPOCHS precision=$TRAIN_PRECISION status=$status $((SECONDS - t0))s" \
+  echo "$name epochs=$epochs precision=$TRAIN_PRECISION status=$status $((SECONDS - t0))s" \
     | tee -a "$OUT/session.log"
   pack
 }
@@ -126,9 +130,9 @@ for step in "${STEPS[@]}"; do
     overhead)
       "$PY" benchmarks/callback_overhead.py --data "$DATA" --device cuda --epochs 4 \
         --workers "$WORKERS" --out "$OUT/overhead.json" 2>&1 | tee "$OUT/overhead.log" ;;
-    split_factor)
+    split_factor)  # the same number of optimizer steps for every sf: EPOCHS x sf / 2 epochs
       for sf in 2 4 8 16; do
-        fit split_factor/sf$sf --config configs/experiments/split_factor.yaml \
+        E=$((EPOCHS * sf / 2)) fit split_factor/sf$sf --config configs/experiments/split_factor.yaml \
           --data.init_args.split_factor $sf --trainer.logger.init_args.version sf$sf
       done ;;
     spectral_norm)

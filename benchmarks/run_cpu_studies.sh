@@ -6,6 +6,7 @@
 #   mkdir -p data && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C data   # once
 #   bash benchmarks/run_cpu_studies.sh            # all studies
 #   bash benchmarks/run_cpu_studies.sh split_factor methods spectral_norm report   # a subset
+#   bash benchmarks/run_cpu_studies.sh split_factor_steps report_steps   # study (a), equal steps
 #
 # OMP_NUM_THREADS=1: on a 2-core machine shared with other jobs, torch's default of one
 # intra-op thread per core made a small-CNN training step about 8x slower (oversubscription)
@@ -33,6 +34,15 @@ for step in "${STEPS[@]}"; do
         fit split_factor/sf$sf --config $CFG/split_factor.yaml \
           --data.init_args.split_factor $sf --trainer.logger.init_args.version sf$sf
       done ;;
+    split_factor_steps) # study (a) with the same number of optimizer steps (about 3,900) for
+      # every split factor: max_epochs grows with sf, monitored at 25/50/75/100% of training
+      for sf in 2 4 8 16; do
+        e=$((10 * sf)); q=$((e / 4))
+        fit split_factor_steps/sf$sf --config $CFG/split_factor.yaml \
+          --data.init_args.split_factor $sf --trainer.max_epochs $e \
+          --trainer.check_val_every_n_epoch $q --trainer.callbacks.init_args.every_n_epochs $q \
+          --trainer.logger.init_args.name split_factor_steps --trainer.logger.init_args.version sf$sf
+      done ;;
     methods) # studies (b), (c), (e): one split-factor-2 run with all their methods
       fit methods/sf2 --config $CFG/methods.yaml --trainer.logger.init_args.version sf2 ;;
     spectral_norm) # study (d)
@@ -45,6 +55,9 @@ for step in "${STEPS[@]}"; do
       "$CLI" report runs/cpu/methods --out reports/cpu/methods
       "$CLI" report runs/cpu/spectral_norm runs/cpu/split_factor/sf2 \
         --out reports/cpu/spectral_norm ;;
-    *) echo "unknown step $step (split_factor, methods, spectral_norm, report)" >&2; exit 2 ;;
+    report_steps)
+      "$CLI" report runs/cpu/split_factor_steps --out reports/cpu/split_factor_steps ;;
+    *) echo "unknown step $step (split_factor, split_factor_steps, methods, spectral_norm," \
+         "report, report_steps)" >&2; exit 2 ;;
   esac
 done
