@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_saliency._modes import eval_mode
-from lightning_saliency.attribution import MethodSpec, compute_attribution
+from lightning_saliency.attribution import MethodSpec, compute_attribution, group_by_segments
 from lightning_saliency.metrics import (
     complexity,
     l2_distance,
@@ -89,6 +89,13 @@ def _mean(t: Tensor) -> float:
     return float(finite.mean()) if finite.numel() else float("nan")
 
 
+def _ssim_window(h: int, w: int) -> int | None:
+    """SSIM's default window (11 px) where the maps are large enough, else the largest odd
+    size that fits (8x8 digits: 7), so small images are scored instead of failing."""
+    side = min(h, w)
+    return None if side >= 11 else (side if side % 2 else side - 1)
+
+
 def compute_epoch(
     models: Sequence[nn.Module],
     probes: ProbeSet,
@@ -143,6 +150,7 @@ def compute_epoch(
         return torch.cat([torch.arange(s.start, s.stop, device=x.device) for s in parts])
 
     pairs = list(itertools.combinations(range(len(all_models)), 2)) if has_ref else []
+    ssim_window = _ssim_window(*x.shape[-2:])
 
     if "prediction_agreement" in fam and len(all_models) >= 2:
         for split in ("train", "test"):
@@ -165,31 +173,50 @@ def compute_epoch(
                 )
             )
 
+    # Pixel maps per (method, params), computed once per epoch: a super-pixel spec is the
+    # grouping of its pixel twin's maps (the same noise draws), so "smooth_grad" and
+    # "smooth_grad + slic" cost one attribution pass and differ only by the grouping.
+    pixel_maps: dict[tuple[str, object], Tensor] = {}
+
+    def maps_of(spec: MethodSpec) -> Tensor:
+        key = (spec.method, spec.params)
+        if key not in pixel_maps:
+            twin = MethodSpec(spec.method, spec.params)  # canonical label: seeds the noise
+            maps = []
+            for model in all_models:
+                gen = torch.Generator(device=x.device).manual_seed(method_seed(seed, twin.label))
+                maps.append(
+                    compute_attribution(
+                        twin,
+                        model,
+                        x,
+                        tgt,
+                        generator=gen,
+                        input_range=input_range,
+                        precision=precision,
+                        channels_last=channels_last,
+                        batch_size=batch_size,
+                    )
+                )
+            pixel_maps[key] = torch.stack(maps)  # (M, N, C, H, W)
+        return pixel_maps[key]
+
     maps_out: dict[str, Tensor] = {}
     gaps: dict[str, float] = {}
     for spec in specs:
         label = spec.label
         seg = None
-        if spec.superpixel is not None and segments is not None:
-            seg = segments.get(label)
-        maps = []
-        for model in all_models:
-            gen = torch.Generator(device=x.device).manual_seed(method_seed(seed, label))
-            maps.append(
-                compute_attribution(
-                    spec,
-                    model,
-                    x,
-                    tgt,
-                    segments=seg,
-                    generator=gen,
-                    input_range=input_range,
-                    precision=precision,
-                    channels_last=channels_last,
-                    batch_size=batch_size,
+        if spec.superpixel is not None:
+            seg = segments.get(label) if segments is not None else None
+            if seg is None:
+                raise ValueError(
+                    f"spec {label!r} groups by super-pixels but no segmentation of the probes "
+                    "was given for it"
                 )
-            )
-        maps_t = torch.stack(maps)  # (M, N, C, H, W)
+        maps_t = maps_of(spec)
+        if seg is not None:
+            reduction = spec.superpixel["reduction"]  # type: ignore[index]
+            maps_t = torch.stack([group_by_segments(m, seg, reduction=reduction) for m in maps_t])
         maps_out[label] = maps_t
 
         rec = functools.partial(_add, records, label)
@@ -236,7 +263,7 @@ def compute_epoch(
                     vals["l2"].append(_mean(l2_distance(a, b, normalize=normalize)))
                     vals["spearman"].append(_mean(spearman(a, b)))
                     vals["topk"].append(_mean(topk_intersection(a, b, k=topk)))
-                    vals["ssim"].append(_mean(ssim(a, b)))
+                    vals["ssim"].append(_mean(ssim(a, b, win_size=ssim_window)))
                 for metric, v in vals.items():
                     rec("pairs", split, metric, sum(v) / len(v), f"interp/{label}/{split}/{metric}")
 

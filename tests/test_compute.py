@@ -1,0 +1,111 @@
+"""compute_epoch (the callback's pure core): super-pixel specs reuse their pixel twin's maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lightning_saliency.attribution import (
+    group_by_segments,
+    resolve_method,
+    segment,
+    segmenter_args,
+    smooth_grad,
+)
+from lightning_saliency.callbacks._compute import compute_epoch, method_seed
+from lightning_saliency.callbacks._probes import ProbeSet
+
+
+class Counting(nn.Module):
+    """A small CNN that counts the input rows it sees."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+        )
+        self.rows = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.rows += x.shape[0]
+        return self.net(x)
+
+
+def _probes() -> tuple[ProbeSet, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(9, 3, 8, 8, generator=g)
+    y = torch.randint(0, 3, (9,), generator=g)
+    x = (images - 0.5) / 0.25
+    probes = ProbeSet.build([(x[:3], y[:3]), (x[3:6], y[3:6])], (x[6:], y[6:]))
+    probes.images = images
+    return probes, images
+
+
+PIXEL = {"method": "smooth_grad", "noise_level": 0.2, "samples": 4}
+GROUPED = {**PIXEL, "superpixel": "slic"}
+
+
+def _run(specs: list, models: list[nn.Module]):
+    probes, images = _probes()
+    resolved = [resolve_method(s) for s in specs]
+    segments = {
+        s.label: segment(images, **segmenter_args(s)) for s in resolved if s.superpixel is not None
+    }
+    result = compute_epoch(
+        models,
+        probes,
+        resolved,
+        segments=segments,
+        input_range=(-2.0, 2.0),
+        batch_size=64,  # no memory measurement: the row counts are the attribution passes
+        seed=3,
+    )
+    return result, probes, segments, resolved
+
+
+def test_superpixel_spec_is_the_grouping_of_its_pixel_twin() -> None:
+    models = [Counting(0), Counting(1)]
+    result, probes, segments, (pixel, grouped) = _run([PIXEL, GROUPED], models)
+    px, sp = result.maps[pixel.label], result.maps[grouped.label]
+    seg = segments[grouped.label]
+    for k in range(2):
+        torch.testing.assert_close(sp[k], group_by_segments(px[k], seg), rtol=0, atol=0)
+    # the pixel maps themselves are SmoothGrad with the method's own seed, for each model
+    for k, model in enumerate(models):
+        gen = torch.Generator().manual_seed(method_seed(3, pixel.label))
+        want = smooth_grad(model, probes.x, probes.y, noise_level=0.2, samples=4,
+                           input_range=(-2.0, 2.0), generator=gen)  # fmt: skip
+        torch.testing.assert_close(px[k], want)
+
+
+def test_the_grouped_twin_costs_no_second_attribution_pass() -> None:
+    alone = [Counting(0), Counting(1)]
+    _run([PIXEL], alone)
+    both = [Counting(0), Counting(1)]
+    _run([PIXEL, GROUPED], both)
+    assert [m.rows for m in both] == [m.rows for m in alone]
+    # and a grouped spec without its pixel twin in the list costs one pass, not zero
+    only = [Counting(0), Counting(1)]
+    result, *_ = _run([GROUPED], only)
+    assert [m.rows for m in only] == [m.rows for m in alone]
+    assert set(result.maps) == {resolve_method(GROUPED).label}
+
+
+def test_missing_segmentation_is_a_clear_error() -> None:
+    probes, _ = _probes()
+    with pytest.raises(ValueError, match="no segmentation of the probes"):
+        compute_epoch([Counting(0), Counting(1)], probes, [resolve_method(GROUPED)])
+
+
+def test_small_maps_get_a_fitting_ssim_window() -> None:
+    # 8x8 maps are smaller than SSIM's 11-pixel window: the largest odd window (7) is used
+    from lightning_saliency.metrics import ssim
+
+    result, probes, _, (pixel,) = _run([PIXEL], [Counting(0), Counting(1)])
+    maps = result.maps[pixel.label]
+    test = probes.part("test")
+    want = float(ssim(maps[0, test], maps[1, test], win_size=7).mean())
+    got = [r.value for r in result.records if r.tag == f"interp/{pixel.label}/test/ssim"]
+    assert got == [pytest.approx(want, abs=1e-6)]
