@@ -127,9 +127,12 @@ for step in "${STEPS[@]}"; do
     bench)
       "$PY" benchmarks/attribution_throughput.py --device cuda --data "$DATA/test" \
         --out "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.md" ;;
-    overhead)
+    overhead)  # the callback's defaults (fp32 passes), then with bf16 + channels_last passes
       "$PY" benchmarks/callback_overhead.py --data "$DATA" --device cuda --epochs 4 \
-        --workers "$WORKERS" --out "$OUT/overhead.json" 2>&1 | tee "$OUT/overhead.log" ;;
+        --workers "$WORKERS" --out "$OUT/overhead.json" 2>&1 | tee "$OUT/overhead.log"
+      "$PY" benchmarks/callback_overhead.py --data "$DATA" --device cuda --epochs 4 \
+        --workers "$WORKERS" --attr-precision bf16 --channels-last \
+        --out "$OUT/overhead_bf16.json" 2>&1 | tee -a "$OUT/overhead.log" ;;
     split_factor)  # the same number of optimizer steps for every sf: EPOCHS x sf / 2 epochs
       for sf in 2 4 8 16; do
         E=$((EPOCHS * sf / 2)) fit split_factor/sf$sf --config configs/experiments/split_factor.yaml \
