@@ -7,6 +7,7 @@
 #   bash benchmarks/run_cpu_studies.sh            # all studies
 #   bash benchmarks/run_cpu_studies.sh split_factor methods spectral_norm report   # a subset
 #   bash benchmarks/run_cpu_studies.sh split_factor_steps report_steps   # study (a), equal steps
+#   bash benchmarks/run_cpu_studies.sh overfit report_overfit   # study (b)'s gap, overfit models
 #
 # OMP_NUM_THREADS=1: on a 2-core machine shared with other jobs, torch's default of one
 # intra-op thread per core made a small-CNN training step about 8x slower (oversubscription)
@@ -43,6 +44,13 @@ for step in "${STEPS[@]}"; do
           --trainer.check_val_every_n_epoch $q --trainer.callbacks.init_args.every_n_epochs $q \
           --trainer.logger.init_args.name split_factor_steps --trainer.logger.init_args.version sf$sf
       done ;;
+    overfit) # study (b)'s gap claim needs models that overfit: split factor 16 without
+      # augmentation, 160 epochs (about 4,000 steps), SmoothGrad sigma sweep with 20 draws
+      fit overfit/sf16 --config $CFG/split_factor.yaml --data.init_args.split_factor 16 \
+        --data.init_args.augment false --trainer.max_epochs 160 \
+        --trainer.check_val_every_n_epoch 40 --trainer.callbacks.init_args.every_n_epochs 40 \
+        --trainer.callbacks.init_args.methods "[simple_grad, $(printf '{method: smooth_grad, sigma: %s, samples: 20}, ' 0.1 0.2 0.5 1.0 | sed 's/, $//')]" \
+        --trainer.logger.init_args.name overfit --trainer.logger.init_args.version sf16 ;;
     methods) # studies (b), (c), (e): one split-factor-2 run with all their methods
       fit methods/sf2 --config $CFG/methods.yaml --trainer.logger.init_args.version sf2 ;;
     spectral_norm) # study (d)
@@ -57,7 +65,9 @@ for step in "${STEPS[@]}"; do
         --out reports/cpu/spectral_norm ;;
     report_steps)
       "$CLI" report runs/cpu/split_factor_steps --out reports/cpu/split_factor_steps ;;
-    *) echo "unknown step $step (split_factor, split_factor_steps, methods, spectral_norm," \
-         "report, report_steps)" >&2; exit 2 ;;
+    report_overfit)
+      "$CLI" report runs/cpu/overfit --out reports/cpu/overfit ;;
+    *) echo "unknown step $step (split_factor, split_factor_steps, overfit, methods," \
+         "spectral_norm, report, report_steps, report_overfit)" >&2; exit 2 ;;
   esac
 done
