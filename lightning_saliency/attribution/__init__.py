@@ -16,7 +16,12 @@ torch.Size([2, 3, 2, 2])
 
 from __future__ import annotations
 
-from lightning_saliency.attribution._core import forward_scores, input_gradients, path_nodes
+from lightning_saliency.attribution._core import (
+    activation_memory,
+    forward_scores,
+    input_gradients,
+    path_nodes,
+)
 from lightning_saliency.attribution.methods import (
     adapt_grad,
     adapt_sigma,
@@ -48,6 +53,7 @@ from lightning_saliency.attribution.superpixels import (
 __all__ = [
     "SEGMENTERS",
     "MethodSpec",
+    "activation_memory",
     "adapt_grad",
     "adapt_sigma",
     "adaptgrad_paper_specs",

@@ -12,7 +12,7 @@ Common keyword arguments (see :mod:`._core` for the guarantees):
 * ``batch_size``: max rows of the expanded batch (N x samples x steps) per chunk;
 * ``memory_budget_mb``: derive the chunk size from a memory budget instead (default: a
   quarter of the free CUDA memory, 1024 MB on CPU), divided by the bytes the model keeps
-  for backward per row (:func:`._core.activation_memory`).
+  for backward per row (:func:`activation_memory`).
 
 Definitions (``/DESIGN.md``): with f_c the target score and g = grad f_c,
 
