@@ -20,7 +20,8 @@
 #                  (a') shows that equal epochs confound data size with training length)
 #   spectral_norm  study (d): configs/experiments/spectral_norm.yaml, c in $FACTORS
 #                  (baseline: split_factor/sf2, the same models without normalization)
-#   methods        studies (b), (c), (e): configs/experiments/methods.yaml (one run)
+#   methods        studies (b), (c), (e): configs/experiments/methods.yaml (one run), then
+#                  benchmarks/bf16_map_agreement.py on its two trained models
 #   report         lightning-saliency report for every study found under runs/
 # Environment: EPOCHS (10; a multiple of 2: validation and the callback run at EPOCHS/2 and
 # EPOCHS),
@@ -89,22 +90,23 @@ EOF
 
 left() { echo $((DEADLINE - (SECONDS - START))); }
 
-fit() {  # fit NAME ARGS...: one training run, skipped when the deadline is near
-  local name=$1; shift
+fit() {  # fit NAME CONFIG ARGS...: one training run, skipped when the deadline is near
+  local name=$1 config=$2; shift 2
   local remaining; remaining=$(left)
   if (( remaining < 60 )); then
     echo "skipped $name: ${remaining}s left before the deadline" | tee -a "$OUT/session.log"
     return 0
   fi
   local t0=$SECONDS status=0 limit=$((remaining - 30)) epochs=${E:-$EPOCHS}
-  "$PY" -m lightning_saliency.cli fit "$@" --trainer.accelerator "$ACC" \
+  "$PY" -m lightning_saliency.cli fit --config "$config" --trainer.accelerator "$ACC" \
     --trainer.max_epochs "$epochs" --trainer.precision "$TRAIN_PRECISION" \
     --trainer.callbacks.init_args.every_n_epochs $((epochs / 2)) \
     --trainer.check_val_every_n_epoch $((epochs / 2)) \
     --trainer.max_time "$(printf '00:00:%02d:%02d' $((limit / 60)) $((limit % 60)))" \
     --trainer.enable_checkpointing false --trainer.logger.init_args.save_dir "$RUNS" \
     --trainer.enable_progress_bar false --data.init_args.root "$DATA" \
-    --data.init_args.num_workers "$WORKERS" "${EXTRA[@]}" >>"$OUT/fits.log" 2>&1 || status=$?
+    --data.init_args.num_workers "$WORKERS" "$@" "${EXTRA[@]}" >>"$OUT/fits.log" 2>&1 \
+    || status=$?
   echo "$name epochs=$epochs precision=$TRAIN_PRECISION status=$status $((SECONDS - t0))s" \
     | tee -a "$OUT/session.log"
   pack
@@ -135,17 +137,22 @@ for step in "${STEPS[@]}"; do
         --out "$OUT/overhead_bf16.json" 2>&1 | tee -a "$OUT/overhead.log" ;;
     split_factor)  # the same number of optimizer steps for every sf: EPOCHS x sf / 2 epochs
       for sf in 2 4 8 16; do
-        E=$((EPOCHS * sf / 2)) fit split_factor/sf$sf --config configs/experiments/split_factor.yaml \
+        E=$((EPOCHS * sf / 2)) fit split_factor/sf$sf configs/experiments/split_factor.yaml \
           --data.init_args.split_factor $sf --trainer.logger.init_args.version sf$sf
       done ;;
     spectral_norm)
       for c in $FACTORS; do
-        fit spectral_norm/c$c --config configs/experiments/spectral_norm.yaml \
+        fit spectral_norm/c$c configs/experiments/spectral_norm.yaml \
           --model.spectral_norm_factor "$c" --trainer.logger.init_args.version c$c
       done ;;
-    methods)
-      fit methods/sf2 --config configs/experiments/methods.yaml \
-        --trainer.logger.init_args.version sf2 ;;
+    methods)  # then bf16 against fp32 maps on these trained models (issue 3's 0.01 target)
+      fit methods/sf2 configs/experiments/methods.yaml \
+        --trainer.logger.init_args.version sf2 --trainer.enable_checkpointing true
+      if compgen -G "$RUNS/methods/sf2/checkpoints/*.ckpt" >/dev/null; then
+        "$PY" benchmarks/bf16_map_agreement.py "$RUNS/methods/sf2" --data "$DATA/test" \
+          --device "$([ "$ACC" = cpu ] && echo cpu || echo cuda)" --probes 256 \
+          --out "$OUT/bf16_trained.json" 2>&1 | tee -a "$OUT/session.log"
+      fi ;;
     report)
       for study in split_factor spectral_norm methods; do
         [ -d "$RUNS/$study" ] || continue

@@ -3,6 +3,7 @@ checks, one fit of a study config, what it packs for the trip back, and the repo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -73,7 +74,7 @@ def test_a_study_fit_is_packed_and_reported(tmp_path: Path) -> None:
         "--trainer.callbacks.init_args.num_test_probes 2 "
         "--trainer.callbacks.init_args.log_images_every_n_epochs 0",
     }
-    done = _run(env, "spectral_norm", "report")
+    done = _run(env, "spectral_norm", "methods", "report")
     assert done.returncode == 0, done.stdout + done.stderr
     session = (out / "session.log").read_text()
     assert "spectral_norm/c1 epochs=2 precision=32-true status=0" in session, session
@@ -86,6 +87,17 @@ def test_a_study_fit_is_packed_and_reported(tmp_path: Path) -> None:
         names = tar.getnames()
     assert "runs/spectral_norm/c1/interpretation_metrics.csv" in names
     assert "runs/spectral_norm/c1/config.yaml" in names
+    # the methods run keeps its checkpoint for the bf16 check, but does not pack it
+    assert list((runs / "methods" / "sf2").rglob("*.ckpt"))
+    bf16 = json.loads((out / "bf16_trained.json").read_text())
+    assert bf16["models"] == 2 and bf16["bf16_path"].startswith("CPU autocast")
+    for row in bf16["rows"]:
+        assert row["delta_spearman_pair"] == row["pair_spearman_bf16"] - row["pair_spearman_fp32"]
+        assert -1.0 <= row["spearman_same"] <= 1.0
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        packed = tar.getnames()
+    assert "runs/methods/sf2/interpretation_metrics.csv" in packed
+    assert not [n for n in packed if n.endswith(".ckpt")]
     report = (reports / "spectral_norm" / "report.md").read_text()
     assert "## (d)" in report and "c1" in report
     with tarfile.open(out / "reports.tar.gz") as tar:
