@@ -8,6 +8,7 @@
 #   bash benchmarks/run_cpu_studies.sh split_factor methods spectral_norm report   # a subset
 #   bash benchmarks/run_cpu_studies.sh split_factor_steps report_steps   # study (a), equal steps
 #   bash benchmarks/run_cpu_studies.sh overfit report_overfit   # study (b)'s gap, overfit models
+#   bash benchmarks/run_cpu_studies.sh spectral_norm_nobn report_nobn   # study (d) without BN
 #
 # OMP_NUM_THREADS=1: on a 2-core machine shared with other jobs, torch's default of one
 # intra-op thread per core made a small-CNN training step about 8x slower (oversubscription)
@@ -51,6 +52,14 @@ for step in "${STEPS[@]}"; do
         --trainer.check_val_every_n_epoch 40 --trainer.callbacks.init_args.every_n_epochs 40 \
         --trainer.callbacks.init_args.methods "[simple_grad, $(printf '{method: smooth_grad, sigma: %s, samples: 20}, ' 0.1 0.2 0.5 1.0 | sed 's/, $//')]" \
         --trainer.logger.init_args.name overfit --trainer.logger.init_args.version sf16 ;;
+    spectral_norm_nobn) # study (d) without BatchNorm, which otherwise undoes the convs'
+      # normalization: unnormalized baseline and c = 4, 2, 1, 0.5, 6 epochs each
+      for c in none 4 2 1 0.5; do
+        sn=(); [ $c != none ] && sn=(--model.spectral_norm_factor $c)
+        fit spectral_norm_nobn/c$c --config $CFG/spectral_norm.yaml "${sn[@]}" \
+          --model.backbone_kwargs '{batch_norm: false}' \
+          --trainer.logger.init_args.name spectral_norm_nobn --trainer.logger.init_args.version c$c
+      done ;;
     methods) # studies (b), (c), (e): one split-factor-2 run with all their methods
       fit methods/sf2 --config $CFG/methods.yaml --trainer.logger.init_args.version sf2 ;;
     spectral_norm) # study (d)
@@ -67,7 +76,10 @@ for step in "${STEPS[@]}"; do
       "$CLI" report runs/cpu/split_factor_steps --out reports/cpu/split_factor_steps ;;
     report_overfit)
       "$CLI" report runs/cpu/overfit --out reports/cpu/overfit ;;
+    report_nobn)
+      "$CLI" report runs/cpu/spectral_norm_nobn --out reports/cpu/spectral_norm_nobn ;;
     *) echo "unknown step $step (split_factor, split_factor_steps, overfit, methods," \
-         "spectral_norm, report, report_steps, report_overfit)" >&2; exit 2 ;;
+         "spectral_norm, spectral_norm_nobn, report, report_steps, report_overfit," \
+         "report_nobn)" >&2; exit 2 ;;
   esac
 done
