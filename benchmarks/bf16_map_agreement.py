@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_saliency.attribution import compute_attribution, resolve_method
-from lightning_saliency.data import CIFAR10_MEAN, CIFAR10_STD
+from lightning_saliency.data import CIFAR10_MEAN, CIFAR10_STD, ImageFolderDataModule
 from lightning_saliency.metrics import spearman, ssim
 from lightning_saliency.models import DisjointEnsemble
 
@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = list(ensemble.models)
     x, y = load_probes(args.data, args.probes)
     x, y = x.to(device), y.to(device)
-    lo = float(((0 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)).min())
-    hi = float(((1 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)).max())
+    # the input space's bounds, as the DataModule that trained the models derives them
+    lo, hi = ImageFolderDataModule(
+        root=str(Path(args.data).parent), mean=CIFAR10_MEAN, std=CIFAR10_STD
+    ).input_range
 
     def maps(spec: Any, model: nn.Module, bf16: bool) -> Tensor:
         kwargs: dict[str, Any] = {"input_range": (lo, hi)}

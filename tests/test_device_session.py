@@ -92,8 +92,9 @@ def test_a_study_fit_is_packed_and_reported(tmp_path: Path) -> None:
     bf16 = json.loads((out / "bf16_trained.json").read_text())
     assert bf16["models"] == 2 and bf16["bf16_path"].startswith("CPU autocast")
     for row in bf16["rows"]:
+        # bf16 really ran (the maps are not their fp32 selves) and stayed close to fp32
+        assert 0.5 < row["spearman_same"] < 1.0, row
         assert row["delta_spearman_pair"] == row["pair_spearman_bf16"] - row["pair_spearman_fp32"]
-        assert -1.0 <= row["spearman_same"] <= 1.0
     with tarfile.open(out / "runs.tar.gz") as tar:
         packed = tar.getnames()
     assert "runs/methods/sf2/interpretation_metrics.csv" in packed

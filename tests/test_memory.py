@@ -12,7 +12,6 @@ from lightning_saliency.attribution._core import (
     ACTIVATION_HEADROOM,
     activation_memory,
     chunk_rows,
-    rows_per_chunk,
 )
 from lightning_saliency.models import build_backbone
 
@@ -104,8 +103,8 @@ def test_cifar_stem_resnet_needs_far_more_than_the_fallback_factor() -> None:
     input_row = 3 * 32 * 32 * 4
     # the 32x32 stem keeps many 64-channel 32x32 maps: about 380x the input row, not 64x
     assert per_row > 300 * input_row
-    # and a budget therefore gives fewer rows than the input-size rule would
-    assert chunk_rows(model, x, None, 256.0) < rows_per_chunk(None, 256.0, x)
+    # and a budget therefore gives fewer rows than the old 64x-the-input rule did
+    assert chunk_rows(model, x, None, 256.0) < 256 * MB // (64 * input_row)
 
 
 def test_chunks_follow_the_budget_and_the_peak_stays_inside_it() -> None:

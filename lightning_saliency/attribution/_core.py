@@ -67,8 +67,6 @@ PRECISIONS: tuple[str, ...] = ("32", "bf16")
 RULES: tuple[str, ...] = ("riemann", "gauss_legendre")
 REDUCTIONS: tuple[str, ...] = ("mean", "mean_square", "var", "none")
 
-#: Fallback when no model is at hand: bytes kept for backward per byte of input row.
-ACTIVATION_FACTOR = 64
 #: Peak memory of a forward/backward chunk over the bytes autograd saves for its backward
 #: (:func:`activation_memory`); torch's profiler measured 1.00-1.14 on CPU for a small CNN,
 #: ResNet-18 at 32x32 (CIFAR stem) and 224x224, and ViT-Tiny.
@@ -219,34 +217,6 @@ def _budget_bytes(memory_budget_mb: float | None, x: Tensor) -> float:
     return DEFAULT_CPU_BUDGET_MB * 2**20
 
 
-def rows_per_chunk(
-    batch_size: int | None,
-    memory_budget_mb: float | None,
-    x: Tensor,
-    row_bytes: float | None = None,
-    fixed_bytes: float = 0.0,
-) -> int:
-    """Rows of the expanded batch per forward/backward chunk.
-
-    ``batch_size`` wins; otherwise the budget (``memory_budget_mb``, default a quarter of
-    the free CUDA memory or 1024 MB on CPU) less ``fixed_bytes``, divided by
-    ``ACTIVATION_HEADROOM`` x ``row_bytes`` (the bytes one row keeps for backward, see
-    :func:`activation_memory`; without it ``ACTIVATION_FACTOR`` x the bytes of an input row).
-
-    >>> rows_per_chunk(None, 1.0, torch.zeros(1, 1, 8, 8), row_bytes=2**14)
-    51
-    """
-    if batch_size is not None:
-        return check_positive_int("batch_size", batch_size)
-    budget = _budget_bytes(memory_budget_mb, x)
-    if row_bytes is None:
-        row_bytes = x[0].numel() * x.element_size() * ACTIVATION_FACTOR
-        headroom = 1.0
-    else:
-        headroom = ACTIVATION_HEADROOM
-    return max(1, int((budget - fixed_bytes) // (row_bytes * headroom)))
-
-
 #: model -> {(row shape, dtype, device, precision, channels_last): (per-row, fixed) bytes}
 _MEMORY_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[int, int]]] = (
     weakref.WeakKeyDictionary()
@@ -317,17 +287,27 @@ def chunk_rows(
     precision: str = "32",
     channels_last: bool = False,
 ) -> int:
-    """Rows per chunk: ``batch_size``, or the budget over :func:`activation_memory`'s figures."""
+    """Rows of the expanded batch per forward/backward chunk.
+
+    ``batch_size`` wins; otherwise the budget (``memory_budget_mb``, default a quarter of
+    the free CUDA memory or 1024 MB on CPU), less :func:`activation_memory`'s fixed bytes,
+    divided by ``ACTIVATION_HEADROOM`` x its bytes per row. The budget is validated before
+    the model runs.
+
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))  # keeps its 256-byte input row
+    >>> chunk_rows(net, torch.zeros(1, 1, 8, 8), None, 1.0)  # 2**20 // (1.25 * 256)
+    3276
+    """
     if batch_size is not None:
         return check_positive_int("batch_size", batch_size)
-    _budget_bytes(memory_budget_mb, x)  # validate before running the model
+    budget = _budget_bytes(memory_budget_mb, x)
     per_row, fixed = activation_memory(
         model,
         x,
-        precision=precision,
-        channels_last=channels_last,  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
+        channels_last=channels_last,
     )
-    return rows_per_chunk(None, memory_budget_mb, x, row_bytes=per_row, fixed_bytes=fixed)
+    return max(1, int((budget - fixed) // (per_row * ACTIVATION_HEADROOM)))
 
 
 def path_nodes(steps: int, rule: Rule = "riemann") -> tuple[list[float], list[float]]:
@@ -570,9 +550,9 @@ def _row_gradients_fitting(
 ) -> Tensor:
     """:func:`_row_gradients`, halving the chunk when CUDA runs out of memory.
 
-    The memory budget is an estimate (activations of ``ACTIVATION_FACTOR`` x the input
-    bytes per row); a model that needs more gets smaller chunks instead of an error. The
-    rows are independent in eval mode, so the result is the same.
+    The budget rests on :func:`activation_memory`'s estimate; kernels that need more
+    (workspaces, fragmentation) get smaller chunks instead of an error. The rows are
+    independent in eval mode, so the result is the same.
     """
     try:
         return _row_gradients(model, rows, target, output, precision, channels_last)
@@ -622,8 +602,6 @@ def _expanded_pass(
     check_choice("precision", precision, PRECISIONS)
     n = x.shape[0]
     device = x.device
-    if batch_size is None:
-        _budget_bytes(memory_budget_mb, x)  # validate before running the model
     with attribution_mode(model):
         xd = x.detach().clone()
         tgt = check_target(target, n, device)
@@ -777,19 +755,16 @@ def forward_scores(
     check_input(x)
     check_choice("output", output, OUTPUTS)
     check_choice("precision", precision, PRECISIONS)
-    if batch_size is None:
-        _budget_bytes(memory_budget_mb, x)  # validate before running the model
     with attribution_mode(model):
         xd = x.detach().clone()
         tgt = check_target(target, x.shape[0], x.device)
         chunk = chunk_rows(model, xd, batch_size, memory_budget_mb, precision, channels_last)
-    with attribution_mode(model), torch.no_grad():
         parts = []
         for c0 in range(0, x.shape[0], chunk):
             rows = xd[c0 : c0 + chunk]
             if channels_last and rows.is_cuda:
                 rows = rows.contiguous(memory_format=torch.channels_last)
-            with _autocast(precision, rows.device):
+            with torch.no_grad(), _autocast(precision, rows.device):
                 out = model(rows)
             check_output(out, rows.shape[0], tgt[c0 : c0 + chunk])
             parts.append(select_scores(out, tgt[c0 : c0 + chunk], output))
