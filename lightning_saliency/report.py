@@ -36,7 +36,7 @@ import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -46,6 +46,7 @@ from lightning_saliency.attribution import smooth_grad as _smooth_grad
 __all__ = [
     "CSV_HEADER",
     "REPORT_FIELDS",
+    "STAGES",
     "STUDIES",
     "build_studies",
     "find_runs",
@@ -57,6 +58,9 @@ __all__ = [
 
 #: Header of the callback's ``interpretation_metrics.csv``.
 CSV_HEADER: tuple[str, ...] = ("epoch", "step", "method", "model", "split", "metric", "value")
+#: Stages whose rows a report can read (``split`` is ``"validate:test"`` etc. outside fit).
+STAGES: tuple[str, ...] = ("fit", "validate", "test")
+Stage = Literal["fit", "validate", "test"]
 #: Columns of ``report.csv``.
 REPORT_FIELDS: tuple[str, ...] = (
     "study",
@@ -275,21 +279,31 @@ def _label_to_spec(label: str) -> MethodSpec | None:
 
 
 def load_run(
-    path: str | os.PathLike[str], epoch: int | None = None, name: str | None = None
+    path: str | os.PathLike[str],
+    epoch: int | None = None,
+    name: str | None = None,
+    stage: Stage = "fit",
 ) -> dict[str, Any]:
     """Load one run folder into a plain dict.
 
     Keys: ``name``, ``path``, ``epoch`` (the epoch read: the last one unless ``epoch`` is
-    given), ``epochs`` (all monitored fit epochs), ``split_factor``, ``num_models``,
-    ``spectral_norm_factor``, ``backbone``, ``specs`` (label -> :class:`MethodSpec`, from the
-    callback's ``methods`` in ``config.yaml``, else recovered from the labels) and
-    ``metrics`` (``(method, model, split, metric) -> value`` at that epoch; of duplicated
-    rows the first counts; validate/test-stage rows are ignored).
+    given), ``epochs`` (all monitored epochs of that stage), ``stage``, ``split_factor``,
+    ``num_models``, ``spectral_norm_factor``, ``backbone``, ``specs`` (label ->
+    :class:`MethodSpec`, from the callback's ``methods`` in ``config.yaml``, else recovered
+    from the labels) and ``metrics`` (``(method, model, split, metric) -> value`` at that
+    epoch; of duplicated rows the first counts).
+
+    ``stage`` picks the rows: ``"fit"`` (the default) those written while training;
+    ``"validate"`` or ``"test"`` those of ``lightning-saliency validate/test`` runs, for
+    example a trained checkpoint evaluated with other methods (``--ckpt_path``); their
+    epoch is the checkpoint's.
 
     >>> run = load_run("runs/default/version_0")  # doctest: +SKIP
     >>> run["metrics"][("simple_grad", "mean", "test", "loss")]  # doctest: +SKIP
     0.71
     """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"run folder {str(folder)!r} does not exist")
@@ -297,6 +311,7 @@ def load_run(
     if not csv_path.is_file():
         raise ValueError(f"run folder {str(folder)!r} has no {_CSV_NAME}")
     by_epoch: dict[int, dict[Key, float]] = {}
+    stages_seen: set[str] = set()
     with csv_path.open(newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -313,8 +328,12 @@ def load_run(
                     f"got {len(row)}: {row!r}"
                 )
             ep, _step, method, model, split, metric, value = row
-            if ":" in split:
-                continue  # validate/test-stage rows
+            row_stage, _, bare = split.rpartition(":")
+            row_stage = row_stage or "fit"  # fit rows carry no prefix
+            stages_seen.add(row_stage)
+            if row_stage != stage:
+                continue
+            split = bare
             try:
                 e, v = int(ep), float(value)
             except ValueError as err:
@@ -324,7 +343,11 @@ def load_run(
                 ) from err
             by_epoch.setdefault(e, {}).setdefault((method, model, split, metric), v)
     if not by_epoch:
-        raise ValueError(f"{str(csv_path)!r} has no fit-stage rows")
+        hint = ""
+        others = sorted(stages_seen - {stage})
+        if others:
+            hint = f"; it has {', '.join(others)}-stage rows (--stage {others[0]})"
+        raise ValueError(f"{str(csv_path)!r} has no {stage}-stage rows{hint}")
     epochs = sorted(by_epoch)
     if epoch is None:
         chosen = epochs[-1]
@@ -349,6 +372,7 @@ def load_run(
         "path": str(folder),
         "epoch": chosen,
         "epochs": epochs,
+        "stage": stage,
         **facts,
         "specs": specs,
         "metrics": metrics,
@@ -356,7 +380,9 @@ def load_run(
 
 
 def load_runs(
-    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], epoch: int | None = None
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    epoch: int | None = None,
+    stage: Stage = "fit",
 ) -> list[dict[str, Any]]:
     """Find and load every run at or under ``paths`` (see :func:`load_run` for one run).
 
@@ -386,7 +412,7 @@ def load_runs(
     if len(resolved) == 1:
         common = common.parent
     return [
-        load_run(f, epoch=epoch, name=r.relative_to(common).as_posix())
+        load_run(f, epoch=epoch, name=r.relative_to(common).as_posix(), stage=stage)
         for f, r in zip(folders, resolved, strict=True)
     ]
 
@@ -1047,6 +1073,9 @@ def write_report(runs: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[s
     studies = build_studies(runs)
 
     md = ["# lightning-saliency report", "", "## Runs", ""]
+    stages = sorted({r.get("stage", "fit") for r in runs} - {"fit"})
+    if stages:
+        md += [f"Rows of the {', '.join(stages)} stage (a trained checkpoint evaluated).", ""]
     md += [
         "| run | epoch | epochs | backbone | models | split factor | spectral-norm factor "
         "| methods |",
@@ -1088,7 +1117,7 @@ def write_report(runs: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[s
 
 # =========================================================================== CLI
 def main(argv: list[str] | None = None) -> None:
-    """``lightning-saliency report RUN_DIR [RUN_DIR ...] --out OUT_DIR [--epoch N]``.
+    """``lightning-saliency report RUN_DIR [RUN_DIR ...] --out OUT_DIR [--epoch N] [--stage S]``.
 
     >>> main(["runs/split_factor", "--out", "reports/split_factor"])  # doctest: +SKIP
     """
@@ -1110,9 +1139,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="monitored epoch to read from every run (default: each run's last)",
     )
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="fit",
+        help="rows to read: those written while training (fit, the default) or by a "
+        "`lightning-saliency validate/test` run of a trained checkpoint",
+    )
     args = parser.parse_args(argv)
     try:
-        runs = load_runs(args.runs, epoch=args.epoch)
+        runs = load_runs(args.runs, epoch=args.epoch, stage=args.stage)
         report = write_report(runs, args.out)
     except ValueError as err:
         parser.error(str(err))

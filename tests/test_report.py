@@ -486,6 +486,39 @@ def test_bad_rows_and_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         load_runs(empty)
 
 
+def test_stage_reads_validate_rows_of_a_checkpoint_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `validate --ckpt_path` run has only ``validate:``-prefixed rows: the default (fit)
+    report refuses it and names the stage to ask for; ``--stage validate`` reads exactly
+    those rows, with the prefix stripped, and ignores the fit rows beside them."""
+    rows = [
+        (3, "-", "pairs", "validate:test", "prediction_agreement", 0.8),
+        (3, "simple_grad", "pairs", "validate:test", "spearman", 0.3125),
+        (3, "simple_grad", "pairs", "validate:test", "topk", 0.25),
+        (3, "simple_grad", "pairs", "test:test", "spearman", 0.9),
+    ]
+    run = make_run(tmp_path / "runs" / "sf2", rows, methods=["simple_grad"])
+    err = _error(capsys, [str(run), "--out", str(tmp_path / "o")])
+    assert "no fit-stage rows" in err and "test, validate-stage rows (--stage test)" in err
+    main([str(run), "--out", str(tmp_path / "o"), "--stage", "validate"])
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "Rows of the validate stage" in md
+    assert "| 2 | sf2 | simple_grad | 0.3125 | 0.2500 | 0.8000 |" in section(md, "a")
+    (run_dict,) = load_runs(run, stage="test")
+    assert run_dict["metrics"] == {("simple_grad", "pairs", "test", "spearman"): 0.9}
+    assert run_dict["epochs"] == [3] and run_dict["stage"] == "test"
+    # fit rows are not read under --stage validate
+    mixed = make_run(
+        tmp_path / "m", [*rows, (3, "simple_grad", "pairs", "test", "spearman", 0.5)],
+        methods=["simple_grad"],
+    )  # fmt: skip
+    (fit_run,) = load_runs(mixed)
+    assert fit_run["metrics"] == {("simple_grad", "pairs", "test", "spearman"): 0.5}
+    with pytest.raises(ValueError, match="stage must be one of fit, validate, test"):
+        load_runs(mixed, stage="predict")  # type: ignore[arg-type]
+
+
 def test_write_report_with_no_runs_and_output_file(tmp_path: Path) -> None:
     report = write_report([], tmp_path / "out")
     md = report.read_text()
