@@ -9,6 +9,8 @@
 #   bash benchmarks/run_cpu_studies.sh split_factor_steps report_steps   # study (a), equal steps
 #   bash benchmarks/run_cpu_studies.sh overfit report_overfit   # study (b)'s gap, overfit models
 #   bash benchmarks/run_cpu_studies.sh spectral_norm_nobn report_nobn   # study (d) without BN
+#   OMP_NUM_THREADS=2 bash benchmarks/run_cpu_studies.sh resnet18_split_factor \
+#     resnet18_methods resnet18_spectral_norm report_resnet18   # ResNet-18, CPU-sized (2 h)
 #
 # OMP_NUM_THREADS=1: on a 2-core machine shared with other jobs, torch's default of one
 # intra-op thread per core made a small-CNN training step about 8x slower (oversubscription)
@@ -19,6 +21,11 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 CLI=${CLI:-lightning-saliency}
 CFG=configs/experiments/cpu
 mkdir -p runs/cpu
+# the ResNet-18 steps: the GPU configs on the CPU (a bf16-mixed step of 2 x 128 images took
+# 1.3 s with 2 threads here, against 3.4 s in fp32)
+R18=(--trainer.accelerator cpu --trainer.precision bf16-mixed --trainer.enable_model_summary false
+  --data.init_args.num_workers 1 --trainer.logger.init_args.save_dir runs/cpu)
+SG16="method: smooth_grad, noise_level: 0.2, samples: 16"
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(split_factor methods spectral_norm report)
 
@@ -60,6 +67,43 @@ for step in "${STEPS[@]}"; do
           --model.backbone_kwargs '{batch_norm: false}' \
           --trainer.logger.init_args.name spectral_norm_nobn --trainer.logger.init_args.version c$c
       done ;;
+    resnet18_split_factor) # study (a) with the GPU configs' ResNet-18 (CIFAR stem), scaled
+      # to a CPU: bf16-mixed training, the same number of optimizer steps for every sf
+      # (1.5 x sf epochs, about 585 per model), monitored once, at the last epoch; SFS
+      # picks split factors
+      for sf in ${SFS:-2 4 8 16}; do
+        e=$((3 * sf / 2))
+        fit resnet18_split_factor/sf$sf --config configs/experiments/split_factor.yaml \
+          "${R18[@]}" --data.init_args.split_factor $sf --trainer.max_epochs $e \
+          --trainer.check_val_every_n_epoch $e --trainer.callbacks.init_args.every_n_epochs $e \
+          --trainer.logger.init_args.name resnet18_split_factor --trainer.logger.init_args.version sf$sf
+      done ;;
+    resnet18_spectral_norm) # study (d) with ResNet-18, as above at sf 2 (3 epochs); the
+      # unnormalized baseline is resnet18_split_factor/sf2
+      for c in 0.5 1 4; do
+        fit resnet18_spectral_norm/c$c --config configs/experiments/spectral_norm.yaml \
+          "${R18[@]}" --model.spectral_norm_factor $c --trainer.max_epochs 3 \
+          --trainer.check_val_every_n_epoch 3 --trainer.callbacks.init_args.every_n_epochs 3 \
+          --trainer.logger.init_args.name resnet18_spectral_norm --trainer.logger.init_args.version c$c
+      done ;;
+    resnet18_methods) # studies (b), (c), (e) on the trained resnet18_split_factor/sf2 models:
+      # their last checkpoint evaluated (validate) with a CPU-sized subset of methods.yaml
+      # (no SmoothGrad/AdaptGrad over IG, which cost 256 passes per probe; sigma x 1 or 20
+      # draws); report it with --stage validate
+      ck=$(ls runs/cpu/resnet18_split_factor/sf2/checkpoints/*.ckpt | tail -1)
+      sg=$(for s in 0.1 0.2 0.5 1.0 2.0 5.0; do for n in 1 20; do
+        printf '{method: smooth_grad, sigma: %s, samples: %s}, ' $s $n; done; done)
+      sp=$(for a in slic quickshift felzenszwalb watershed; do printf '{method: simple_grad, superpixel: %s}, {%s, superpixel: %s}, ' $a "$SG16" $a; done)
+      t0=$SECONDS
+      nice -n 10 "$CLI" validate --config configs/experiments/methods.yaml "${R18[@]}" \
+        --trainer.precision 32-true --trainer.enable_progress_bar false --ckpt_path "$ck" \
+        --trainer.callbacks.init_args.methods "[simple_grad, $sg {$SG16}, $sp
+          {method: adapt_grad, confidence: 0.95, samples: 16}, grad_x_input,
+          {$SG16, base: grad_x_input}, {method: adapt_grad, confidence: 0.95, samples: 16, base: grad_x_input},
+          {method: integrated_gradients, steps: 16, baseline: min},
+          {method: integrated_gradients, steps: 16, baseline: max}]" \
+        --trainer.logger.init_args.name resnet18_methods --trainer.logger.init_args.version sf2
+      echo "resnet18_methods/sf2 (validate) $((SECONDS - t0))s" | tee -a runs/cpu/timings.txt ;;
     methods) # studies (b), (c), (e): one split-factor-2 run with all their methods
       fit methods/sf2 --config $CFG/methods.yaml --trainer.logger.init_args.version sf2 ;;
     spectral_norm) # study (d)
@@ -76,10 +120,20 @@ for step in "${STEPS[@]}"; do
       "$CLI" report runs/cpu/split_factor_steps --out reports/cpu/split_factor_steps ;;
     report_overfit)
       "$CLI" report runs/cpu/overfit --out reports/cpu/overfit ;;
+    report_resnet18)
+      "$CLI" report runs/cpu/resnet18_split_factor --out reports/cpu/resnet18_split_factor
+      if [ -d runs/cpu/resnet18_spectral_norm ]; then
+        "$CLI" report runs/cpu/resnet18_spectral_norm runs/cpu/resnet18_split_factor/sf2 \
+          --out reports/cpu/resnet18_spectral_norm
+      fi
+      if [ -d runs/cpu/resnet18_methods ]; then
+        "$CLI" report runs/cpu/resnet18_methods --stage validate --out reports/cpu/resnet18_methods
+      fi ;;
     report_nobn)
       "$CLI" report runs/cpu/spectral_norm_nobn --out reports/cpu/spectral_norm_nobn ;;
     *) echo "unknown step $step (split_factor, split_factor_steps, overfit, methods," \
-         "spectral_norm, spectral_norm_nobn, report, report_steps, report_overfit," \
-         "report_nobn)" >&2; exit 2 ;;
+         "spectral_norm, spectral_norm_nobn, resnet18_split_factor, resnet18_methods," \
+         "resnet18_spectral_norm, report, report_steps, report_overfit, report_nobn," \
+         "report_resnet18)" >&2; exit 2 ;;
   esac
 done
