@@ -1,0 +1,107 @@
+"""benchmarks/run_cpu_studies.sh with a stand-in for the CLI: the command lines it builds for
+the ResNet-18 studies (equal optimizer steps, the post-hoc methods run) and its bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_saliency.attribution import resolve_method
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "run_cpu_studies.sh"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+FAKE_CLI = """\
+import json, os, sys
+with open(os.environ["CALLS"], "a") as fh:
+    fh.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+def _drive(tmp_path: Path, *steps: str, **env: str) -> tuple[int, str, list[list[str]]]:
+    """Run a copy of the driver in ``tmp_path`` (its runs/ go there); the CLI only records."""
+    (tmp_path / "benchmarks").mkdir(parents=True, exist_ok=True)
+    shutil.copy(SCRIPT, tmp_path / "benchmarks" / SCRIPT.name)
+    cli = tmp_path / "cli"
+    cli.write_text(f"#!{sys.executable}\n{FAKE_CLI}")
+    cli.chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    proc = subprocess.run(
+        ["bash", str(tmp_path / "benchmarks" / SCRIPT.name), *steps],
+        env={**os.environ, "CLI": str(cli), "CALLS": str(calls), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return proc.returncode, proc.stderr, [json.loads(line) for line in lines]
+
+
+def _opt(argv: list[str], name: str) -> str:
+    """The value of the last ``name`` option (later options win in LightningCLI)."""
+    return argv[len(argv) - 1 - argv[::-1].index(name) + 1]
+
+
+def test_resnet18_split_factor_gives_every_split_the_same_steps(tmp_path: Path) -> None:
+    rc, err, calls = _drive(tmp_path, "resnet18_split_factor")
+    assert rc == 0, err
+    assert [c[0] for c in calls] == ["fit"] * 4
+    for call, sf in zip(calls, (2, 4, 8, 16), strict=True):
+        assert _opt(call, "--data.init_args.split_factor") == str(sf)
+        epochs = int(_opt(call, "--trainer.max_epochs"))
+        # 50,000 / sf / 128 batches per epoch per model: 1.5 x sf epochs is ~586 steps
+        assert epochs * (50_000 // sf) // 128 in range(580, 590)
+        assert _opt(call, "--trainer.callbacks.init_args.every_n_epochs") == str(epochs)
+        assert _opt(call, "--trainer.check_val_every_n_epoch") == str(epochs)
+        assert _opt(call, "--trainer.precision") == "bf16-mixed"
+        assert _opt(call, "--config") == "configs/experiments/split_factor.yaml"
+        assert (REPO / _opt(call, "--config")).is_file()
+    timings = (tmp_path / "runs" / "cpu" / "timings.txt").read_text().splitlines()
+    assert [t.split()[0] for t in timings] == [
+        f"resnet18_split_factor/sf{s}" for s in (2, 4, 8, 16)
+    ]
+    rc, err, calls = _drive(tmp_path / "sub", "resnet18_split_factor", SFS="8")
+    assert rc == 0 and [_opt(c, "--data.init_args.split_factor") for c in calls] == ["8"]
+
+
+def test_resnet18_methods_validates_the_sf2_checkpoint_with_valid_specs(tmp_path: Path) -> None:
+    rc, err, calls = _drive(tmp_path, "resnet18_methods")
+    assert rc != 0 and "resnet18_split_factor/sf2/checkpoints" in err  # no checkpoint yet
+    assert calls == []
+    ckpts = tmp_path / "runs" / "cpu" / "resnet18_split_factor" / "sf2" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "epoch=2-step=588.ckpt").touch()
+    rc, err, calls = _drive(tmp_path, "resnet18_methods")
+    assert rc == 0, err
+    ((cmd, *argv),) = calls
+    assert cmd == "validate"
+    assert _opt(argv, "--ckpt_path").endswith("sf2/checkpoints/epoch=2-step=588.ckpt")
+    assert _opt(argv, "--trainer.precision") == "32-true"  # the maps in fp32
+    specs = [
+        resolve_method(m)
+        for m in yaml.safe_load(_opt(argv, "--trainer.callbacks.init_args.methods"))
+    ]
+    labels = [s.label for s in specs]
+    assert len(labels) == len(set(labels)) == 28
+    # study (b): a sigma sweep at 1 and 20 draws; (c): every segmenter, both methods;
+    # (e): AdaptGrad beside SmoothGrad on grad and grad x input
+    sigmas = {(s.params["sigma"], s.params["samples"]) for s in specs if "sigma" in s.params}
+    assert sigmas == {(v, n) for v in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0) for n in (1, 20)}
+    for alg in ("slic", "quickshift", "felzenszwalb", "watershed"):
+        assert {"simple_grad_sp-" + alg, "smooth_grad_nl0.2_sp-" + alg} <= set(labels)
+    assert {"adapt_grad_c0.95", "adapt_grad_c0.95_gxi", "smooth_grad_nl0.2_gxi"} <= set(labels)
+
+
+def test_unknown_step_names_the_known_ones(tmp_path: Path) -> None:
+    rc, err, calls = _drive(tmp_path, "nonsense")
+    assert rc == 2 and "unknown step nonsense" in err and "resnet18_methods" in err
+    assert calls == []
