@@ -296,7 +296,7 @@ def load_run(
     ``stage`` picks the rows: ``"fit"`` (the default) those written while training;
     ``"validate"`` or ``"test"`` those of ``lightning-saliency validate/test`` runs, for
     example a trained checkpoint evaluated with other methods (``--ckpt_path``); their
-    epoch is the checkpoint's.
+    epoch column is 0 (``trainer.validate`` does not restore the training epoch).
 
     >>> run = load_run("runs/default/version_0")  # doctest: +SKIP
     >>> run["metrics"][("simple_grad", "mean", "test", "loss")]  # doctest: +SKIP
