@@ -4,70 +4,61 @@ Study (c) groups *signed* scores (the gradient along each segment's indicator, a
 003). This script takes a trained two-model ensemble checkpoint, computes ``simple_grad`` on
 held-out images, and compares the two models' maps four ways: pixel maps, segment sums and
 means of the signed map, and segment sums and means of ``|map|``; it also prints the median
-over segments of ``|sum g| / sum |g|`` (1: no cancellation inside a segment; 0: complete).
+over pixels of their segment's ``|sum g| / sum |g|`` (1: nothing cancels inside a segment;
+0: everything does).
 The numbers are in docs/results.md (ResNet-18 on the CPU, study (c)).
 
     python benchmarks/superpixel_cancellation.py runs/cpu/resnet18_split_factor/sf2 \
-        --data data/cifar10 --probes 64
+        --data data/cifar10/test --probes 64
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bf16_map_agreement import find_checkpoint, load_probes
 
 from lightning_saliency.attribution import group_by_segments, segment, simple_grad
-from lightning_saliency.data import ImageFolderDataModule
+from lightning_saliency.data import CIFAR10_MEAN, CIFAR10_STD, ImageFolderDataModule
 from lightning_saliency.metrics import l2_distance, spearman, ssim
 from lightning_saliency.models import DisjointEnsemble
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-
-def _checkpoint(run: Path) -> Path:
-    if run.is_file():
-        return run
-    found = sorted((run / "checkpoints").glob("*.ckpt"))
-    if not found:
-        raise SystemExit(f"no checkpoint in {run / 'checkpoints'}")
-    return found[-1]
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", type=Path, help="a run folder with checkpoints/, or a .ckpt file")
-    p.add_argument("--data", default="data/cifar10", help="ImageFolder root with test/")
+    p.add_argument(
+        "run", type=Path, help="a DisjointEnsemble checkpoint, or a run folder holding one"
+    )
+    p.add_argument("--data", required=True, help="ImageFolder split, e.g. data/cifar10/test")
     p.add_argument("--probes", type=int, default=64, help="held-out images (default 64)")
     p.add_argument("--algorithm", default="slic", help="segmenter (default slic)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the probe draw")
     args = p.parse_args(argv)
 
-    ens = DisjointEnsemble.load_from_checkpoint(_checkpoint(args.run), map_location="cpu")
+    ens = DisjointEnsemble.load_from_checkpoint(find_checkpoint(args.run), map_location="cpu")
     ens.eval()
     if len(ens.models) < 2:
         raise SystemExit("the checkpoint needs at least two models")
-    dm = ImageFolderDataModule(root=args.data, mean=CIFAR_MEAN, std=CIFAR_STD)
-    dm.setup("fit")
-    held = dm.heldout_dataset()
-    gen = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(len(held), generator=gen)[: args.probes].tolist()
-    x = torch.stack([held[i][0] for i in idx])
-    y = torch.tensor([int(held[i][1]) for i in idx])
+    x, y = load_probes(args.data, args.probes)
+    dm = ImageFolderDataModule(root=str(Path(args.data).parent), mean=CIFAR10_MEAN, std=CIFAR10_STD)
     a, b = (simple_grad(m, x, y) for m in list(ens.models)[:2])
     seg = segment(dm.unnormalize(x).clamp(0, 1), args.algorithm)
 
+    grouped = {
+        "sum": tuple(group_by_segments(m, seg) for m in (a, b)),
+        "sum_abs": tuple(group_by_segments(m.abs(), seg) for m in (a, b)),
+    }
     variants = {
         "pixel": (a, b),
-        "segment sum, signed": tuple(group_by_segments(m, seg) for m in (a, b)),
+        "segment sum, signed": grouped["sum"],
         "segment mean, signed": tuple(group_by_segments(m, seg, "mean") for m in (a, b)),
-        "segment sum of |map|": tuple(group_by_segments(m.abs(), seg) for m in (a, b)),
+        "segment sum of |map|": grouped["sum_abs"],
         "segment mean of |map|": tuple(group_by_segments(m.abs(), seg, "mean") for m in (a, b)),
     }
     out: dict[str, dict[str, float]] = {}
-    print(f"{args.probes} held-out probes, {args.algorithm}, simple_grad, models 0 and 1")
+    print(f"{len(x)} held-out probes, {args.algorithm}, simple_grad, models 0 and 1")
     print(f"{'maps':24s} {'SSIM':>7s} {'L2':>7s} {'Spearman':>9s}")
     for name, (u, v) in variants.items():
         row = {
@@ -77,15 +68,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         }
         out[name] = row
         print(f"{name:24s} {row['ssim']:7.4f} {row['l2']:7.4f} {row['spearman']:9.4f}")
+    # |sum g| / sum |g| of each pixel's segment (a median over pixels, so size-weighted)
     kept = [
-        (group_by_segments(m, seg).abs() / group_by_segments(m.abs(), seg).clamp_min(1e-12))
-        .flatten()
-        .median()
-        .item()
-        for m in (a, b)
+        (signed.abs() / mag.clamp_min(1e-12)).flatten().median().item()
+        for signed, mag in zip(grouped["sum"], grouped["sum_abs"], strict=True)
     ]
     segments = sum(int(s.unique().numel()) for s in seg) / len(seg)
-    print(f"median |sum g| / sum |g| per segment: {kept[0]:.3f} / {kept[1]:.3f} (models 0 / 1)")
+    print(
+        f"median over pixels of their segment's |sum g| / sum |g|: {kept[0]:.3f} / {kept[1]:.3f} (models 0 / 1)"
+    )
     print(f"segments per image: {segments:.1f}")
     out["cancellation"] = {"model_0": kept[0], "model_1": kept[1], "segments": segments}
     return out
