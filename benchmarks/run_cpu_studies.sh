@@ -29,12 +29,13 @@ SG16="method: smooth_grad, noise_level: 0.2, samples: 16"
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(split_factor methods spectral_norm report)
 
-fit() { # fit NAME ARGS...: one timed training run
-  local name=$1; shift
+timed() { # timed SUBCOMMAND NAME ARGS...: one timed CLI run (fit, validate, ...)
+  local sub=$1 name=$2; shift 2
   local t0=$SECONDS
-  nice -n 10 "$CLI" fit --trainer.enable_progress_bar false "$@"
+  nice -n 10 "$CLI" "$sub" --trainer.enable_progress_bar false "$@"
   echo "$name $((SECONDS - t0))s" | tee -a runs/cpu/timings.txt
 }
+fit() { timed fit "$@"; } # fit NAME ARGS...: one timed training run
 
 for step in "${STEPS[@]}"; do
   case $step in
@@ -94,16 +95,14 @@ for step in "${STEPS[@]}"; do
       sg=$(for s in 0.1 0.2 0.5 1.0 2.0 5.0; do for n in 1 20; do
         printf '{method: smooth_grad, sigma: %s, samples: %s}, ' $s $n; done; done)
       sp=$(for a in slic quickshift felzenszwalb watershed; do printf '{method: simple_grad, superpixel: %s}, {%s, superpixel: %s}, ' $a "$SG16" $a; done)
-      t0=$SECONDS
-      nice -n 10 "$CLI" validate --config configs/experiments/methods.yaml "${R18[@]}" \
-        --trainer.precision 32-true --trainer.enable_progress_bar false --ckpt_path "$ck" \
+      timed validate resnet18_methods/sf2 --config configs/experiments/methods.yaml "${R18[@]}" \
+        --trainer.precision 32-true --ckpt_path "$ck" \
         --trainer.callbacks.init_args.methods "[simple_grad, $sg {$SG16}, $sp
           {method: adapt_grad, confidence: 0.95, samples: 16}, grad_x_input,
           {$SG16, base: grad_x_input}, {method: adapt_grad, confidence: 0.95, samples: 16, base: grad_x_input},
           {method: integrated_gradients, steps: 16, baseline: min},
           {method: integrated_gradients, steps: 16, baseline: max}]" \
-        --trainer.logger.init_args.name resnet18_methods --trainer.logger.init_args.version sf2
-      echo "resnet18_methods/sf2 (validate) $((SECONDS - t0))s" | tee -a runs/cpu/timings.txt ;;
+        --trainer.logger.init_args.name resnet18_methods --trainer.logger.init_args.version sf2 ;;
     methods) # studies (b), (c), (e): one split-factor-2 run with all their methods
       fit methods/sf2 --config $CFG/methods.yaml --trainer.logger.init_args.version sf2 ;;
     spectral_norm) # study (d)

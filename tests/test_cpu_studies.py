@@ -86,6 +86,8 @@ def test_resnet18_methods_validates_the_sf2_checkpoint_with_valid_specs(tmp_path
     assert cmd == "validate"
     assert _opt(argv, "--ckpt_path").endswith("sf2/checkpoints/epoch=2-step=588.ckpt")
     assert _opt(argv, "--trainer.precision") == "32-true"  # the maps in fp32
+    timings = (tmp_path / "runs" / "cpu" / "timings.txt").read_text().split()
+    assert timings[0] == "resnet18_methods/sf2" and timings[1].endswith("s")
     specs = [
         resolve_method(m)
         for m in yaml.safe_load(_opt(argv, "--trainer.callbacks.init_args.methods"))
