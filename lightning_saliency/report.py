@@ -40,7 +40,12 @@ from typing import Any, Literal
 
 import yaml
 
-from lightning_saliency.attribution import MethodSpec, available_methods, resolve_method
+from lightning_saliency.attribution import (
+    GROUP_REDUCTIONS,
+    MethodSpec,
+    available_methods,
+    resolve_method,
+)
 from lightning_saliency.attribution import smooth_grad as _smooth_grad
 
 __all__ = [
@@ -267,8 +272,8 @@ def _label_to_spec(label: str) -> MethodSpec | None:
     if sp_part is not None:
         parts = sp_part.split("-")
         superpixel = {"algorithm": parts[0]}
-        if len(parts) == 2 and parts[1] == "mean":
-            superpixel["reduction"] = "mean"
+        if len(parts) == 2 and parts[1] in GROUP_REDUCTIONS:
+            superpixel["reduction"] = parts[1]
         elif len(parts) > 1:
             return None
     try:

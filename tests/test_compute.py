@@ -45,6 +45,7 @@ def _probes() -> tuple[ProbeSet, Tensor]:
 
 PIXEL = {"method": "smooth_grad", "noise_level": 0.2, "samples": 4}
 GROUPED = {**PIXEL, "superpixel": "slic"}
+GROUPED_ABS = {**PIXEL, "superpixel": {"algorithm": "slic", "reduction": "abs_sum"}}
 
 
 def _run(specs: list, models: list[nn.Module]):
@@ -78,6 +79,20 @@ def test_superpixel_spec_is_the_grouping_of_its_pixel_twin() -> None:
         want = smooth_grad(model, probes.x, probes.y, noise_level=0.2, samples=4,
                            input_range=(-2.0, 2.0), generator=gen)  # fmt: skip
         torch.testing.assert_close(px[k], want)
+
+
+def test_magnitude_grouping_groups_the_twins_absolute_maps() -> None:
+    models = [Counting(0), Counting(1)]
+    result, _, segments, (pixel, signed, mass) = _run([PIXEL, GROUPED, GROUPED_ABS], models)
+    alone = [Counting(0), Counting(1)]
+    _run([PIXEL], alone)
+    assert [m.rows for m in models] == [m.rows for m in alone]  # no extra pass
+    assert mass.label == "smooth_grad_nl0.2_n4_sp-slic-abs_sum"
+    px, sp = result.maps[pixel.label], result.maps[mass.label]
+    for k in range(2):
+        want = group_by_segments(px[k].abs(), segments[mass.label])
+        torch.testing.assert_close(sp[k], want, rtol=0, atol=0)
+    assert not torch.equal(sp, result.maps[signed.label])
 
 
 def test_the_grouped_twin_costs_no_second_attribution_pass() -> None:

@@ -103,6 +103,35 @@ def test_resnet18_methods_validates_the_sf2_checkpoint_with_valid_specs(tmp_path
     assert {"adapt_grad_c0.95", "adapt_grad_c0.95_gxi", "smooth_grad_nl0.2_gxi"} <= set(labels)
 
 
+def test_superpixel_mass_pairs_signed_and_magnitude_grouping(tmp_path: Path) -> None:
+    rc, err, calls = _drive(tmp_path, "superpixel_mass")
+    assert rc != 0 and "methods/sf2/checkpoints" in err and calls == []
+    for run in ("methods", "resnet18_split_factor"):
+        ckpts = tmp_path / "runs" / "cpu" / run / "sf2" / "checkpoints"
+        ckpts.mkdir(parents=True)
+        (ckpts / "last.ckpt").touch()
+    rc, err, calls = _drive(tmp_path, "superpixel_mass")
+    assert rc == 0, err
+    small, r18 = calls
+    for (cmd, *argv), run, version in zip(
+        calls, ("methods", "resnet18_split_factor"), ("small_cnn", "resnet18"), strict=True
+    ):
+        assert cmd == "validate"
+        assert _opt(argv, "--ckpt_path") == f"runs/cpu/{run}/sf2/checkpoints/last.ckpt"
+        assert _opt(argv, "--trainer.logger.init_args.version") == version
+        specs = [
+            resolve_method(m)
+            for m in yaml.safe_load(_opt(argv, "--trainer.callbacks.init_args.methods"))
+        ]
+        labels = {s.label for s in specs}
+        assert len(specs) == len(labels) == 18
+        for alg in ("slic", "quickshift", "felzenszwalb", "watershed"):
+            for base in ("simple_grad", "smooth_grad_nl0.2"):
+                assert {f"{base}_sp-{alg}", f"{base}_sp-{alg}-abs_sum"} <= labels
+    assert _opt(r18[1:], "--trainer.precision") == "32-true"
+    assert _opt(small[1:], "--config") == "configs/experiments/cpu/methods.yaml"
+
+
 def test_unknown_step_names_the_known_ones(tmp_path: Path) -> None:
     rc, err, calls = _drive(tmp_path, "nonsense")
     assert rc == 2 and "unknown step nonsense" in err and "resnet18_methods" in err

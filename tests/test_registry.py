@@ -101,6 +101,21 @@ def test_available_methods() -> None:
             },
             "simple_grad_sp-slic-mean-compactness5-n_segments40",
         ),
+        (
+            {
+                "method": "smooth_grad",
+                "noise_level": 0.2,
+                "superpixel": {"algorithm": "watershed", "reduction": "abs_sum"},
+            },
+            "smooth_grad_nl0.2_sp-watershed-abs_sum",
+        ),
+        (
+            {
+                "method": "simple_grad",
+                "superpixel": {"algorithm": "slic", "reduction": "abs_mean", "n_segments": 40},
+            },
+            "simple_grad_sp-slic-abs_mean-n_segments40",
+        ),
         ({"method": "smooth_grad", "sigma": 0.2, "label": "my-sg.0"}, "my-sg.0"),
     ],
 )
@@ -319,7 +334,7 @@ def test_compute_attribution_groups_by_segments(setup: tuple) -> None:
     with pytest.raises(ValueError, match="pass segments"):
         compute_attribution(spec, model, x, t)
     maps = simple_grad(model, x, t)
-    for reduction in ("sum", "mean"):
+    for reduction in ("sum", "mean", "abs_sum", "abs_mean"):
         entry = {
             "method": "simple_grad",
             "superpixel": {"algorithm": "slic", "reduction": reduction},
@@ -329,8 +344,9 @@ def test_compute_attribution_groups_by_segments(setup: tuple) -> None:
         for n in range(2):
             for s in segments[n].unique():
                 mask = segments[n] == s
-                score = maps[n][:, mask].sum()
-                if reduction == "mean":
+                values = maps[n][:, mask]
+                score = (values.abs() if reduction.startswith("abs_") else values).sum()
+                if reduction.endswith("mean"):
                     score = score / (maps.shape[1] * mask.sum())
                 expected[n][:, mask] = score
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

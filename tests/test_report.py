@@ -382,6 +382,7 @@ def test_run_without_config_recovers_specs_from_labels(tmp_path: Path) -> None:
                 "sigma": 1.0,
                 "superpixel": {"algorithm": "slic", "reduction": "mean"},
             },
+            {"method": "simple_grad", "superpixel": {"algorithm": "slic", "reduction": "abs_sum"}},
             {"method": "adapt_grad", "confidence": 0.99, "base": "grad_x_input", "samples": 8},
         )
     ]
@@ -400,7 +401,11 @@ def test_run_without_config_recovers_specs_from_labels(tmp_path: Path) -> None:
     assert "integrated_gradients_st32_gl" not in run["specs"]
     assert ("integrated_gradients_st32_gl", "pairs", "test", "ssim") in run["metrics"]
     c = build_studies([run])["superpixel"]["rows"]
-    assert [(r["method"], r["segmenter"]) for r in c] == [("simple_grad", "slic")]
+    # both groupings of simple_grad (signed and magnitude) are rows of study (c)
+    assert [(r["method"], r["segmenter"]) for r in c] == [
+        ("simple_grad", "slic"),
+        ("simple_grad", "slic-abs_sum"),
+    ]
 
 
 def test_config_with_default_methods(tmp_path: Path) -> None:

@@ -49,7 +49,9 @@ def _loop_reference(maps: torch.Tensor, segments: torch.Tensor, reduction: str) 
         for s in segments[n].unique():
             mask = segments[n] == s
             values = maps[n][:, mask].double()
-            score = values.sum() if reduction == "sum" else values.mean()
+            if reduction.startswith("abs_"):
+                values = values.abs()
+            score = values.sum() if reduction.endswith("sum") else values.mean()
             out[n][:, mask] = score
     return out
 
@@ -66,9 +68,25 @@ def test_group_hand_computed() -> None:
     torch.testing.assert_close(group_by_segments(maps, segments), expected_sum)
     expected_mean = torch.tensor([[1.0, 1.0, 0.125], [0.75, 0.75, 0.125]]).expand(1, 2, 2, 3)
     torch.testing.assert_close(group_by_segments(maps, segments, reduction="mean"), expected_mean)
+    # magnitudes: segment 0: 1+2+0+1 = 4; segment 5: 3+4+2+2 = 11; segment 2: .5+1+1+0 = 2.5
+    expected_abs = torch.tensor([[4.0, 4.0, 2.5], [11.0, 11.0, 2.5]]).expand(1, 2, 2, 3)
+    torch.testing.assert_close(group_by_segments(maps, segments, reduction="abs_sum"), expected_abs)
+    torch.testing.assert_close(
+        group_by_segments(maps, segments, reduction="abs_mean"), expected_abs / 4
+    )
 
 
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_signed_grouping_cancels_where_magnitude_grouping_does_not() -> None:
+    """A segment whose pixels pull in opposite directions: signed score 0, mass kept."""
+    maps = torch.tensor([[[[5.0, -5.0], [0.5, 0.25]]]])
+    segments = torch.tensor([[[0, 0], [1, 1]]])
+    signed = group_by_segments(maps, segments)[0, 0]
+    mass = group_by_segments(maps, segments, reduction="abs_sum")[0, 0]
+    assert signed.tolist() == [[0.0, 0.0], [0.75, 0.75]]  # the strong segment ranks lowest
+    assert mass.tolist() == [[10.0, 10.0], [0.75, 0.75]]  # and highest by its mass
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "abs_sum", "abs_mean"])
 def test_group_matches_loop_reference(reduction: str) -> None:
     gen = torch.Generator().manual_seed(0)
     maps = torch.randn(3, 3, 9, 7, generator=gen)
@@ -110,9 +128,16 @@ def test_group_invariants_total_and_constancy() -> None:
     # the plain sum is the total only with the "mean" reduction
     grouped_mean = group_by_segments(maps, segments, reduction="mean")
     torch.testing.assert_close(grouped_mean.sum(dim=(1, 2, 3)), totals)
+    # the magnitude reductions keep the total of |maps| the same two ways, and are >= 0
+    masses = maps.abs().sum(dim=(1, 2, 3))
+    grouped_abs = group_by_segments(maps, segments, reduction="abs_sum")
+    torch.testing.assert_close((grouped_abs / size).sum(dim=(1, 2, 3)), masses)
+    grouped_abs_mean = group_by_segments(maps, segments, reduction="abs_mean")
+    torch.testing.assert_close(grouped_abs_mean.sum(dim=(1, 2, 3)), masses)
+    assert (grouped_abs >= 0).all() and (grouped_abs_mean >= 0).all()
 
     # constant within every segment and over channels
-    for g in (grouped, grouped_mean):
+    for g in (grouped, grouped_mean, grouped_abs, grouped_abs_mean):
         for n in range(4):
             for s in segments[n].unique():
                 values = g[n][:, segments[n] == s]

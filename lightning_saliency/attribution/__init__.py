@@ -44,6 +44,7 @@ from lightning_saliency.attribution.registry import (
     segmenter_args,
 )
 from lightning_saliency.attribution.superpixels import (
+    GROUP_REDUCTIONS,
     SEGMENTERS,
     default_segment_params,
     group_by_segments,
@@ -51,6 +52,7 @@ from lightning_saliency.attribution.superpixels import (
 )
 
 __all__ = [
+    "GROUP_REDUCTIONS",
     "SEGMENTERS",
     "MethodSpec",
     "activation_memory",

@@ -21,14 +21,15 @@ Label grammar (``MethodSpec.label``; characters ``[A-Za-z0-9_.-]`` only)::
                 "r" NUM "to" NUM        input_range stored in the spec
                 "lsm"                   output = "log_softmax"
                 "at-" LAYER             grad_cam layer (dotted module name)
-    sp-token := "mean" (reduction = "mean")  then  KEY VALUE for each segmenter
-                parameter, sorted by key (e.g. "n_segments40")
+    sp-token := the reduction unless "sum" ("mean", "abs_sum" or "abs_mean")  then
+                KEY VALUE for each segmenter parameter, sorted by key (e.g. "n_segments40")
     NUM      := shortest repr of the float with a trailing ".0" and any "+" removed
                 (0.2, 1, 1e-05, -0.5); INT := decimal; booleans are "true"/"false"
 
 Examples: ``simple_grad``, ``smooth_grad_s0.2``, ``smooth_grad_s0.2_sp-slic``,
 ``smooth_grad_s0.1_gxi``, ``adapt_grad_c0.95``, ``integrated_gradients_st32_gl``,
-``smooth_grad_nl0.2_ig_bmin``, ``grad_cam_at-layer4``, ``simple_grad_sp-slic-mean-n_segments40``.
+``smooth_grad_nl0.2_ig_bmin``, ``grad_cam_at-layer4``, ``simple_grad_sp-slic-mean-n_segments40``,
+``smooth_grad_nl0.2_sp-slic-abs_sum``.
 Equal configurations (after canonicalization) get equal labels and different ones
 different labels; an explicit ``"label"`` in the config replaces the generated one.
 """
@@ -64,7 +65,11 @@ from lightning_saliency.attribution.methods import (
     smooth_grad,
     var_grad,
 )
-from lightning_saliency.attribution.superpixels import SEGMENTERS, group_by_segments
+from lightning_saliency.attribution.superpixels import (
+    GROUP_REDUCTIONS,
+    SEGMENTERS,
+    group_by_segments,
+)
 
 __all__ = [
     "MethodSpec",
@@ -112,7 +117,6 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "grad_cam": {"layer": None, "output": "logit"},
 }
 _ALWAYS_SHOWN = ("sigma", "noise_level", "confidence")
-_REDUCTIONS = ("sum", "mean")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -269,7 +273,7 @@ def _canonical_superpixel(superpixel: Any) -> FrozenParams | None:
             f"unknown super-pixel algorithm {algorithm!r}; known: {sorted(SEGMENTERS)}"
         )
     reduction = sp.pop("reduction", "sum")
-    check_choice("superpixel reduction", reduction, _REDUCTIONS)
+    check_choice("superpixel reduction", reduction, GROUP_REDUCTIONS)
     unknown = sorted(set(sp) - set(SEGMENTERS[algorithm]))
     if unknown:
         raise ValueError(

@@ -161,7 +161,8 @@ def figures(records: Sequence[Any], specs: Sequence[Any]) -> dict[str, Any]:
                 pairs.append((twin, s.label))
     if pairs:
         fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-        names = [p for p, _ in pairs]
+        # the grouping is part of the name: one pixel method may have several groupings
+        names = [f"{p}\n{q.split('_sp-', 1)[-1]}" for p, q in pairs]
         idx = [float(i) for i in range(len(pairs))]
         for ax, metric in zip(axes, ("gap", "test/ssim"), strict=True):
             ax.bar(
