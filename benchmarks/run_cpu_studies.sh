@@ -11,6 +11,7 @@
 #   bash benchmarks/run_cpu_studies.sh spectral_norm_nobn report_nobn   # study (d) without BN
 #   OMP_NUM_THREADS=2 bash benchmarks/run_cpu_studies.sh resnet18_split_factor \
 #     resnet18_methods resnet18_spectral_norm report_resnet18   # ResNet-18, CPU-sized (2 h)
+#   bash benchmarks/run_cpu_studies.sh superpixel_mass report_superpixel_mass   # needs methods, resnet18_split_factor
 #
 # OMP_NUM_THREADS=1: on a 2-core machine shared with other jobs, torch's default of one
 # intra-op thread per core made a small-CNN training step about 8x slower (oversubscription)
@@ -103,6 +104,23 @@ for step in "${STEPS[@]}"; do
           {method: integrated_gradients, steps: 16, baseline: min},
           {method: integrated_gradients, steps: 16, baseline: max}]" \
         --trainer.logger.init_args.name resnet18_methods --trainer.logger.init_args.version sf2 ;;
+    superpixel_mass) # study (c) with signed and magnitude (abs_sum) super-pixel grouping,
+      # on the trained sf-2 models of the small CNN (methods/sf2) and of ResNet-18
+      # (resnet18_split_factor/sf2), their last checkpoints evaluated (validate), maps in fp32;
+      # report each with --stage validate
+      sp=$(for a in slic quickshift felzenszwalb watershed; do for r in sum abs_sum; do
+        printf '{method: simple_grad, superpixel: {algorithm: %s, reduction: %s}}, ' $a $r
+        printf '{%s, superpixel: {algorithm: %s, reduction: %s}}, ' "$SG16" $a $r; done; done)
+      ms="[simple_grad, {$SG16}, ${sp%, }]"
+      ck=$(ls runs/cpu/methods/sf2/checkpoints/*.ckpt | tail -1)
+      timed validate superpixel_mass/small_cnn --config $CFG/methods.yaml --ckpt_path "$ck" \
+        --trainer.callbacks.init_args.methods "$ms" \
+        --trainer.logger.init_args.name superpixel_mass --trainer.logger.init_args.version small_cnn
+      ck=$(ls runs/cpu/resnet18_split_factor/sf2/checkpoints/*.ckpt | tail -1)
+      timed validate superpixel_mass/resnet18 --config configs/experiments/methods.yaml \
+        "${R18[@]}" --trainer.precision 32-true --ckpt_path "$ck" \
+        --trainer.callbacks.init_args.methods "$ms" \
+        --trainer.logger.init_args.name superpixel_mass --trainer.logger.init_args.version resnet18 ;;
     methods) # studies (b), (c), (e): one split-factor-2 run with all their methods
       fit methods/sf2 --config $CFG/methods.yaml --trainer.logger.init_args.version sf2 ;;
     spectral_norm) # study (d)
@@ -130,9 +148,14 @@ for step in "${STEPS[@]}"; do
       fi ;;
     report_nobn)
       "$CLI" report runs/cpu/spectral_norm_nobn --out reports/cpu/spectral_norm_nobn ;;
+    report_superpixel_mass)
+      for v in small_cnn resnet18; do
+        "$CLI" report runs/cpu/superpixel_mass/$v --stage validate \
+          --out reports/cpu/superpixel_mass/$v
+      done ;;
     *) echo "unknown step $step (split_factor, split_factor_steps, overfit, methods," \
          "spectral_norm, spectral_norm_nobn, resnet18_split_factor, resnet18_methods," \
-         "resnet18_spectral_norm, report, report_steps, report_overfit, report_nobn," \
-         "report_resnet18)" >&2; exit 2 ;;
+         "resnet18_spectral_norm, superpixel_mass, report, report_steps, report_overfit," \
+         "report_nobn, report_resnet18, report_superpixel_mass)" >&2; exit 2 ;;
   esac
 done
