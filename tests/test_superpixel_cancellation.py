@@ -57,6 +57,8 @@ def test_identical_models_agree_perfectly_every_way(toy: Path) -> None:
     for name in ("pixel", "segment sum, signed", "segment sum of |map|", "segment mean of |map|"):
         assert out[name]["ssim"] == pytest.approx(1.0, abs=1e-5), name
         assert out[name]["l2"] == pytest.approx(0.0, abs=1e-5), name
+        # the chance level pairs a map with the other model's map of another image
+        assert out[name]["ssim_chance"] < 0.999 and out[name]["l2_chance"] > 1e-3, name
     c = out["cancellation"]
     assert c["model_0"] == pytest.approx(c["model_1"])
     assert 0.0 <= c["model_0"] <= 1.0 and c["segments"] > 1
