@@ -599,6 +599,10 @@ def _study_superpixel(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             ssim_s = _get(run, label, "pairs", "test", "ssim")
             mege_p = _get(run, pixel, "pairs", "train", "mege")
             mege_s = _get(run, label, "pairs", "train", "mege")
+            # SSIM of mismatched probes (runs since the chance level was logged, else None):
+            # grouping alone raises it, so compare the SSIM each gains above it
+            chance_p = _get(run, pixel, "pairs", "test", "ssim_chance")
+            chance_s = _get(run, label, "pairs", "test", "ssim_chance")
             rows.append(
                 {
                     "run": run["name"],
@@ -608,6 +612,11 @@ def _study_superpixel(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                     "ssim_pixel": ssim_p,
                     "ssim_superpixel": ssim_s,
                     "ssim_diff": _diff(ssim_s, ssim_p),
+                    "ssim_chance_pixel": chance_p,
+                    "ssim_chance_superpixel": chance_s,
+                    "ssim_above_chance_diff": _diff(
+                        _diff(ssim_s, chance_s), _diff(ssim_p, chance_p)
+                    ),
                     "mege_pixel": mege_p,
                     "mege_superpixel": mege_s,
                     "mege_diff": _diff(mege_s, mege_p),
@@ -624,6 +633,9 @@ def _study_superpixel(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "ssim_pixel",
             "ssim_superpixel",
             "ssim_diff",
+            "ssim_chance_pixel",
+            "ssim_chance_superpixel",
+            "ssim_above_chance_diff",
             "mege_pixel",
             "mege_superpixel",
             "mege_diff",
@@ -637,6 +649,9 @@ def _study_superpixel(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "test SSIM pixel",
             "test SSIM super-pixel",
             "SSIM sp - px",
+            "SSIM chance pixel",
+            "SSIM chance super-pixel",
+            "SSIM above chance, sp - px",
             "MeGe pixel",
             "MeGe super-pixel",
             "MeGe sp - px",
@@ -817,6 +832,8 @@ def _tidy_rows(name: str, study: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "ssim_test",
                 r["ssim_superpixel"],
             )
+            for kind, method in (("pixel", r["method"]), ("superpixel", r["superpixel_method"])):
+                add(method, "segmenter", seg, kind, "ssim_chance", r[f"ssim_chance_{kind}"])
             add(r["method"], "segmenter", seg, "pixel", "mege", r["mege_pixel"])
             add(
                 r["superpixel_method"], "segmenter", seg, "superpixel", "mege", r["mege_superpixel"]

@@ -132,6 +132,7 @@ def test_logs_every_tag_family_to_csv_and_tensorboard(tmp_path: Path) -> None:
             f"interp/{lb}/{s}/{m}"
             for s in ("train", "test")
             for m in ("l2", "spearman", "topk", "ssim")
+            for m in (m, m + "_chance")
         ]
     missing = [t for t in expected if t not in scalars]
     assert not missing, missing

@@ -124,3 +124,45 @@ def test_small_maps_get_a_fitting_ssim_window() -> None:
     want = float(ssim(maps[0, test], maps[1, test], win_size=7).mean())
     got = [r.value for r in result.records if r.tag == f"interp/{pixel.label}/test/ssim"]
     assert got == [pytest.approx(want, abs=1e-6)]
+
+
+def _record(result, tag: str) -> float:
+    (value,) = [r.value for r in result.records if r.tag == tag]
+    return value
+
+
+def test_chance_level_pairs_each_probe_with_the_next_ones_map() -> None:
+    """``{metric}_chance``: model 0's map of probe n against model 1's map of probe n+1
+    (cyclically within the split); a grouped spec groups the latter by probe n's segments."""
+    from lightning_saliency.metrics import l2_distance, ssim
+
+    result, _, segments, (pixel, grouped) = _run([PIXEL, GROUPED_ABS], [Counting(0), Counting(1)])
+    test = torch.arange(6, 9)
+    nxt = torch.tensor([8, 6, 7])  # the test rows rolled by one
+    px = result.maps[pixel.label]
+    want = float(l2_distance(px[0, test], px[1, nxt]).mean())
+    assert _record(result, f"interp/{pixel.label}/test/l2_chance") == pytest.approx(want, abs=1e-6)
+    assert _record(result, f"interp/{pixel.label}/test/l2") == pytest.approx(
+        float(l2_distance(px[0, test], px[1, test]).mean()), abs=1e-6
+    )
+    seg = segments[grouped.label][test]
+    b = group_by_segments(px[1, nxt].abs(), seg)  # the pixel twin's maps, magnitude-grouped
+    a = result.maps[grouped.label][0, test]
+    want = float(ssim(a, b, win_size=7).mean())
+    assert _record(result, f"interp/{grouped.label}/test/ssim_chance") == pytest.approx(
+        want, abs=1e-6
+    )
+    # train split: the two models' own probes (rows 0-5) rolled together
+    tr = torch.arange(0, 6)
+    want = float(l2_distance(px[0, tr], px[1, tr.roll(1)]).mean())
+    assert _record(result, f"interp/{pixel.label}/train/l2_chance") == pytest.approx(want, abs=1e-6)
+
+
+def test_identical_models_agree_fully_but_not_by_chance() -> None:
+    twins = [Counting(0), Counting(0)]
+    result, *_, (pixel,) = _run([PIXEL], twins)
+    for split in ("train", "test"):
+        assert _record(result, f"interp/{pixel.label}/{split}/ssim") == pytest.approx(1.0)
+        assert _record(result, f"interp/{pixel.label}/{split}/l2") == pytest.approx(0.0, abs=1e-6)
+        assert _record(result, f"interp/{pixel.label}/{split}/ssim_chance") < 0.9
+        assert _record(result, f"interp/{pixel.label}/{split}/l2_chance") > 0.1

@@ -260,16 +260,28 @@ def test_superpixel_study_pairs_each_method_with_its_pixel_twin(tmp_path: Path) 
             (3, lb, "pairs", "train", "mege", mege),
             (3, lb, "pairs", "train", "ssim", 0.0),
         ]
+    # chance levels for simple_grad and its slic grouping only: above chance the grouped
+    # map gains (0.35 - 0.2) - (0.1 - 0.05) = 0.1, less than its raw 0.25
+    rows += [
+        (3, "simple_grad", "pairs", "test", "ssim_chance", 0.05),
+        (3, "simple_grad_sp-slic", "pairs", "test", "ssim_chance", 0.2),
+    ]
     make_run(tmp_path / "sp", rows, methods=methods)
     out = tmp_path / "out"
     main([str(tmp_path / "sp"), "--out", str(out)])
     c = section((out / "report.md").read_text(), "c")
     assert (
-        "| sp | simple_grad | slic | 0.1000 | 0.3500 | 0.2500 | 0.4000 | 0.5000 | 0.1000 "
-        "| n/a | n/a |"
+        "| sp | simple_grad | slic | 0.1000 | 0.3500 | 0.2500 | 0.0500 | 0.2000 | 0.1000 "
+        "| 0.4000 | 0.5000 | 0.1000 | n/a | n/a |"
     ) in c
-    assert "| sp | simple_grad | watershed | 0.1000 | 0.2500 | 0.1500 | 0.4000 | nan | nan |" in c
-    assert "| sp | smooth_grad_nl0.2 | slic | 0.2000 | 0.5000 | 0.3000 | 0.4500 | 0.6000 |" in c
+    assert (
+        "| sp | simple_grad | watershed | 0.1000 | 0.2500 | 0.1500 | 0.0500 | n/a | n/a "
+        "| 0.4000 | nan | nan |"
+    ) in c
+    assert (
+        "| sp | smooth_grad_nl0.2 | slic | 0.2000 | 0.5000 | 0.3000 | n/a | n/a | n/a "
+        "| 0.4500 | 0.6000 |"
+    ) in c
     assert "adapt_grad" not in c
     assert_png(out / "superpixel.png")
     got = {
@@ -278,6 +290,8 @@ def test_superpixel_study_pairs_each_method_with_its_pixel_twin(tmp_path: Path) 
         if r["study"] == "superpixel"
     }
     assert float(got[("simple_grad_sp-slic", "slic", "superpixel", "ssim_test")]) == 0.35
+    assert float(got[("simple_grad_sp-slic", "slic", "superpixel", "ssim_chance")]) == 0.2
+    assert ("smooth_grad_nl0.2", "slic", "pixel", "ssim_chance") not in got  # not logged
     assert float(got[("simple_grad", "watershed", "pixel", "mege")]) == 0.4
     assert math.isnan(float(got[("simple_grad_sp-watershed", "watershed", "superpixel", "mege")]))
 

@@ -213,9 +213,9 @@ def compute_epoch(
                     f"spec {label!r} groups by super-pixels but no segmentation of the probes "
                     "was given for it"
                 )
-        maps_t = maps_of(spec)
+        maps_t = pixel_t = maps_of(spec)
+        reduction = spec.superpixel["reduction"] if seg is not None else "sum"  # type: ignore[index]
         if seg is not None:
-            reduction = spec.superpixel["reduction"]  # type: ignore[index]
             maps_t = torch.stack([group_by_segments(m, seg, reduction=reduction) for m in maps_t])
         maps_out[label] = maps_t
 
@@ -256,14 +256,33 @@ def compute_epoch(
         # Agreement between models (or model and reference) on each probe set.
         if "agreement" in fam and has_ref:
             for split in ("train", "test"):
-                vals: dict[str, list[float]] = {"l2": [], "spearman": [], "topk": [], "ssim": []}
+                vals: dict[str, list[float]] = {}
                 for i, j in pairs:
                     r = rows_of((i, j), split)
-                    a, b = maps_t[i, r], maps_t[j, r]
-                    vals["l2"].append(_mean(l2_distance(a, b, normalize=normalize)))
-                    vals["spearman"].append(_mean(spearman(a, b)))
-                    vals["topk"].append(_mean(topk_intersection(a, b, k=topk)))
-                    vals["ssim"].append(_mean(ssim(a, b, win_size=ssim_window)))
+                    # chance level: model j's maps of the next probe (cyclically), no
+                    # probe paired with itself; NaN with fewer than two probes. A grouped
+                    # spec groups that map by probe r's segments, so that the pair shares
+                    # the segmentation (a super-pixel's size alone makes maps agree)
+                    chance = None
+                    if r.numel() >= 2:
+                        other = r.roll(1)
+                        chance = (
+                            maps_t[j, other]
+                            if seg is None
+                            else group_by_segments(
+                                pixel_t[j, other], seg[r.to(seg.device)], reduction=reduction
+                            )
+                        )
+                    a = maps_t[i, r]
+                    for suffix, b in (("", maps_t[j, r]), ("_chance", chance)):
+                        for metric, fn in (
+                            ("l2", lambda u, v: l2_distance(u, v, normalize=normalize)),
+                            ("spearman", spearman),
+                            ("topk", lambda u, v: topk_intersection(u, v, k=topk)),
+                            ("ssim", lambda u, v: ssim(u, v, win_size=ssim_window)),
+                        ):
+                            value = float("nan") if b is None else _mean(fn(a, b))
+                            vals.setdefault(metric + suffix, []).append(value)
                 for metric, v in vals.items():
                     rec("pairs", split, metric, sum(v) / len(v), f"interp/{label}/{split}/{metric}")
 

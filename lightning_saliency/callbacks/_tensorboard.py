@@ -28,8 +28,12 @@ def custom_scalars_layout(labels: Sequence[str]) -> dict[str, dict[str, list[Any
             [f"interp/{lb}/gap_reduction" for lb in labels],
         ],
     }
+    # each agreement chart beside its chance level (the maps of mismatched probes)
     agreement = {
-        f"{split} {metric}": ["Multiline", [f"interp/{lb}/{split}/{metric}" for lb in labels]]
+        f"{split} {metric}": [
+            "Multiline",
+            [f"interp/{lb}/{split}/{m}" for lb in labels for m in (metric, metric + "_chance")],
+        ]
         for split in ("train", "test")
         for metric in ("l2", "spearman", "topk", "ssim")
     }
