@@ -483,11 +483,23 @@ def _study_split_factor(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                     "spearman": sp,
                     "topk": tk,
                     "prediction_agreement": pa,
+                    # agreement of maps of different probes (None for runs that predate it)
+                    "spearman_chance": _get(run, label, "pairs", "test", "spearman_chance"),
+                    "topk_chance": _get(run, label, "pairs", "test", "topk_chance"),
                 }
             )
     rows.sort(key=lambda r: (r["method"], r["split_factor"], r["run"]))
     return {
-        "columns": ["split_factor", "run", "method", "spearman", "topk", "prediction_agreement"],
+        "columns": [
+            "split_factor",
+            "run",
+            "method",
+            "spearman",
+            "topk",
+            "prediction_agreement",
+            "spearman_chance",
+            "topk_chance",
+        ],
         "headers": [
             "split factor",
             "run",
@@ -495,6 +507,8 @@ def _study_split_factor(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "test Spearman",
             "test top-k",
             "test prediction agreement",
+            "test Spearman chance",
+            "test top-k chance",
         ],
         "rows": rows,
         "x": "split_factor",
@@ -502,6 +516,8 @@ def _study_split_factor(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "spearman": "spearman_test",
             "topk": "topk_test",
             "prediction_agreement": "prediction_agreement_test",
+            "spearman_chance": "spearman_chance_test",
+            "topk_chance": "topk_chance_test",
         },
         "needs": "runs with a split factor and test spearman/topk rows",
     }

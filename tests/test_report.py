@@ -168,6 +168,23 @@ def test_split_factor_study_tables_csv_and_plot(split_factor_runs: Path, tmp_pat
     assert {r["x"] for r in rows if r["run"] == "sf8"} == {"8"}
 
 
+def test_split_factor_study_shows_chance_levels_when_logged(tmp_path: Path) -> None:
+    rows = [
+        (0, "-", "pairs", "test", "prediction_agreement", 0.8),
+        (0, "simple_grad", "pairs", "test", "spearman", 0.6),
+        (0, "simple_grad", "pairs", "test", "topk", 0.4),
+        (0, "simple_grad", "pairs", "test", "spearman_chance", 0.45),
+        (0, "simple_grad", "pairs", "test", "topk_chance", 0.3),
+    ]
+    make_run(tmp_path / "sf2", rows, methods=["simple_grad"], split_factor=2)
+    out = tmp_path / "out"
+    main([str(tmp_path / "sf2"), "--out", str(out)])
+    a = section((out / "report.md").read_text(), "a")
+    assert "| 2 | sf2 | simple_grad | 0.6000 | 0.4000 | 0.8000 | 0.4500 | 0.3000 |" in a
+    got = {r["metric"]: float(r["value"]) for r in read_report_csv(out)}
+    assert got["spearman_chance_test"] == 0.45 and got["topk_chance_test"] == 0.3
+
+
 def test_epoch_option_reads_that_epoch(split_factor_runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "report0"
     main(
@@ -598,9 +615,11 @@ def test_experiment_config_instantiates(
     expected = {
         "split_factor": 3,
         "smoothgrad": 1 + 6 * 4,
-        "superpixel": 2 + 2 * 4,
+        "superpixel": 2 + 2 * 4 * 2,  # 2 methods x 4 segmenters, signed and abs_sum
         "spectral_norm": 3,
         "adaptgrad": 12,
     }
     assert len(labels) == expected[name]
+    if name == "superpixel":
+        assert {"simple_grad_sp-slic", "simple_grad_sp-slic-abs_sum"} <= set(labels)
     assert Path(cli.trainer.logger.log_dir).parent == tmp_path / "runs" / name
