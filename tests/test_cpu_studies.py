@@ -132,6 +132,25 @@ def test_superpixel_mass_pairs_signed_and_magnitude_grouping(tmp_path: Path) -> 
     assert _opt(small[1:], "--config") == "configs/experiments/cpu/methods.yaml"
 
 
+def test_split_factor_chance_revalidates_each_checkpoint_with_its_split(tmp_path: Path) -> None:
+    for sf in (2, 16):
+        ckpts = tmp_path / "runs" / "cpu" / "resnet18_split_factor" / f"sf{sf}" / "checkpoints"
+        ckpts.mkdir(parents=True)
+        (ckpts / f"epoch={sf}-step=588.ckpt").touch()
+    rc, err, calls = _drive(tmp_path, "resnet18_split_factor_chance", SFS="2 16")
+    assert rc == 0, err
+    assert [c[0] for c in calls] == ["validate", "validate"]
+    for (_, *argv), sf in zip(calls, (2, 16), strict=True):
+        # the fit's config and split (so the same probes), its own checkpoint, maps in fp32
+        assert _opt(argv, "--config") == "configs/experiments/split_factor.yaml"
+        assert _opt(argv, "--data.init_args.split_factor") == str(sf)
+        assert _opt(argv, "--ckpt_path").endswith(f"sf{sf}/checkpoints/epoch={sf}-step=588.ckpt")
+        assert _opt(argv, "--trainer.precision") == "32-true"
+        assert _opt(argv, "--trainer.logger.init_args.version") == f"sf{sf}"
+    rc, err, _ = _drive(tmp_path, "resnet18_split_factor_chance", SFS="4")
+    assert rc != 0 and "sf4/checkpoints" in err  # no checkpoint: stops with ls's message
+
+
 def test_unknown_step_names_the_known_ones(tmp_path: Path) -> None:
     rc, err, calls = _drive(tmp_path, "nonsense")
     assert rc == 2 and "unknown step nonsense" in err and "resnet18_methods" in err
