@@ -8,7 +8,7 @@ over pixels of their segment's ``|sum g| / sum |g|`` (1: nothing cancels inside 
 0: everything does).
 
 Every agreement comes with a chance level: the same metric between model 0's map of image i
-and model 1's map of the *next* image, both grouped by image i's segments. The pair shares
+and model 1's map of the *previous* image, both grouped by image i's segments. The pair shares
 the segmentation, the maps' overall statistics and any spatial prior (say, a bias to the
 centre), but nothing about image i; agreement above it is what the two models share about
 the image. (Magnitude sums score a large segment high whatever the map: this is the
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         "segment sum of |map|": "abs_sum",
         "segment mean of |map|": "abs_mean",
     }
-    # model 1's map of the next image: unrelated to image i, grouped by image i's segments
+    # model 1's map of the previous image: unrelated to image i, grouped by image i's segments
     b_other = b.roll(1, dims=0)
     out: dict[str, dict[str, float]] = {}
     print(f"{len(x)} held-out probes, {args.algorithm}, simple_grad, models 0 and 1")

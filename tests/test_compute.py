@@ -131,14 +131,14 @@ def _record(result, tag: str) -> float:
     return value
 
 
-def test_chance_level_pairs_each_probe_with_the_next_ones_map() -> None:
-    """``{metric}_chance``: model 0's map of probe n against model 1's map of probe n+1
+def test_chance_level_pairs_each_probe_with_the_previous_ones_map() -> None:
+    """``{metric}_chance``: model 0's map of probe n against model 1's map of probe n-1
     (cyclically within the split); a grouped spec groups the latter by probe n's segments."""
     from lightning_saliency.metrics import l2_distance, ssim
 
     result, _, segments, (pixel, grouped) = _run([PIXEL, GROUPED_ABS], [Counting(0), Counting(1)])
     test = torch.arange(6, 9)
-    nxt = torch.tensor([8, 6, 7])  # the test rows rolled by one
+    nxt = torch.tensor([8, 6, 7])  # the test rows rolled by one: each probe's predecessor
     px = result.maps[pixel.label]
     want = float(l2_distance(px[0, test], px[1, nxt]).mean())
     assert _record(result, f"interp/{pixel.label}/test/l2_chance") == pytest.approx(want, abs=1e-6)

@@ -1,4 +1,5 @@
-"""benchmarks/superpixel_cancellation.py on a toy image folder and a saved two-model ensemble."""
+"""benchmarks/superpixel_cancellation.py and agreement_above_chance.py on a toy image folder
+and saved two-model ensembles."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from lightning_saliency.models import DisjointEnsemble
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "superpixel_cancellation.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("superpixel_cancellation", SCRIPT)
+def _load(script: Path = SCRIPT):
+    spec = importlib.util.spec_from_file_location(script.stem, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -73,3 +74,30 @@ def test_different_models_differ_and_signed_sums_cancel(toy: Path) -> None:
     assert out["cancellation"]["model_0"] < 1.0
     with pytest.raises(SystemExit, match=r"no \.ckpt file"):
         _load().main([str(toy / "data"), "--data", str(toy / "data" / "test")])
+
+
+def test_agreement_above_chance_of_identical_and_different_models(toy: Path) -> None:
+    from scipy.stats import spearmanr
+
+    script = SCRIPT.with_name("agreement_above_chance.py")
+    same = _checkpoint(toy / "same2.ckpt", same_weights=True)
+    diff = _checkpoint(toy / "diff2.ckpt", same_weights=False)
+    data = str(toy / "data" / "test")
+    out = _load(script).main([str(same), str(diff), "--data", data, "--probes", "8"])
+    s, d = out[str(same)], out[str(diff)]
+    # identical models agree fully; by chance (another image's map) they do not
+    assert s["agreement"] == pytest.approx(1.0, abs=1e-6)
+    assert s["chance"] < 0.99 and s["above"] == pytest.approx(1.0 - s["chance"], abs=1e-6)
+    assert d["agreement"] < 1.0 and d["sd"] > 0 and d["se"] == pytest.approx(d["sd"] / 8**0.5)
+
+    # the chance level, recomputed with scipy: image i's map against the previous image's
+    bench = _load()
+    x, y = bench.load_probes(data, 8)
+    ens = DisjointEnsemble.load_from_checkpoint(diff, map_location="cpu")
+    from lightning_saliency.attribution import simple_grad
+
+    a, b = (simple_grad(m.eval(), x, y).abs().sum(1).flatten(1) for m in ens.models)
+    want = np.mean([spearmanr(a[i], b[(i - 1) % 8]).statistic for i in range(8)])
+    assert d["chance"] == pytest.approx(want, abs=1e-4)
+    with pytest.raises(SystemExit, match="at least 2"):
+        _load(script).main([str(diff), "--data", data, "--probes", "1"])

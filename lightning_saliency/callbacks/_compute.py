@@ -259,7 +259,7 @@ def compute_epoch(
                 vals: dict[str, list[float]] = {}
                 for i, j in pairs:
                     r = rows_of((i, j), split)
-                    # chance level: model j's maps of the next probe (cyclically), no
+                    # chance level: model j's maps of the previous probe (cyclically), no
                     # probe paired with itself; NaN with fewer than two probes. A grouped
                     # spec groups that map by probe r's segments, so that the pair shares
                     # the segmentation (a super-pixel's size alone makes maps agree)
