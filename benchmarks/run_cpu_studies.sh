@@ -104,13 +104,20 @@ for step in "${STEPS[@]}"; do
           {method: integrated_gradients, steps: 16, baseline: min},
           {method: integrated_gradients, steps: 16, baseline: max}]" \
         --trainer.logger.init_args.name resnet18_methods --trainer.logger.init_args.version sf2 ;;
-    resnet18_split_factor_chance) # study (a)'s checkpoints evaluated again (validate, the
-      # fit's own config and probes), for the agreement chance levels logged since the fits
+    resnet18_split_factor_chance|split_factor_steps_chance) # study (a)'s checkpoints
+      # evaluated again (validate, the fit's own config and probes), for the agreement
+      # chance levels logged since the fits
+      if [ $step = resnet18_split_factor_chance ]; then
+        run=resnet18_split_factor; args=(--config configs/experiments/split_factor.yaml
+          "${R18[@]}" --trainer.precision 32-true)
+      else
+        run=split_factor_steps; args=(--config $CFG/split_factor.yaml)
+      fi
       for sf in ${SFS:-2 4 8 16}; do
-        ck=$(ls runs/cpu/resnet18_split_factor/sf$sf/checkpoints/*.ckpt | tail -1)
-        timed validate resnet18_split_factor_chance/sf$sf --config configs/experiments/split_factor.yaml \
-          "${R18[@]}" --trainer.precision 32-true --data.init_args.split_factor $sf --ckpt_path "$ck" \
-          --trainer.logger.init_args.name resnet18_split_factor_chance --trainer.logger.init_args.version sf$sf
+        ck=$(ls runs/cpu/$run/sf$sf/checkpoints/*.ckpt | tail -1)
+        timed validate ${run}_chance/sf$sf "${args[@]}" --data.init_args.split_factor $sf \
+          --ckpt_path "$ck" --trainer.logger.init_args.name ${run}_chance \
+          --trainer.logger.init_args.version sf$sf
       done ;;
     superpixel_mass) # study (c) with signed and magnitude (abs_sum) super-pixel grouping,
       # on the trained sf-2 models of the small CNN (methods/sf2) and of ResNet-18
@@ -163,7 +170,8 @@ for step in "${STEPS[@]}"; do
       done ;;
     *) echo "unknown step $step (split_factor, split_factor_steps, overfit, methods," \
          "spectral_norm, spectral_norm_nobn, resnet18_split_factor, resnet18_methods," \
-         "resnet18_spectral_norm, resnet18_split_factor_chance, superpixel_mass, report," \
+         "resnet18_spectral_norm, resnet18_split_factor_chance, split_factor_steps_chance," \
+         "superpixel_mass, report," \
          "report_steps, report_overfit," \
          "report_nobn, report_resnet18, report_superpixel_mass)" >&2; exit 2 ;;
   esac

@@ -132,22 +132,36 @@ def test_superpixel_mass_pairs_signed_and_magnitude_grouping(tmp_path: Path) -> 
     assert _opt(small[1:], "--config") == "configs/experiments/cpu/methods.yaml"
 
 
-def test_split_factor_chance_revalidates_each_checkpoint_with_its_split(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("step", "run", "config"),
+    [
+        ("resnet18_split_factor_chance", "resnet18_split_factor", "configs/experiments"),
+        ("split_factor_steps_chance", "split_factor_steps", "configs/experiments/cpu"),
+    ],
+)
+def test_split_factor_chance_revalidates_each_checkpoint_with_its_split(
+    tmp_path: Path, step: str, run: str, config: str
+) -> None:
     for sf in (2, 16):
-        ckpts = tmp_path / "runs" / "cpu" / "resnet18_split_factor" / f"sf{sf}" / "checkpoints"
+        ckpts = tmp_path / "runs" / "cpu" / run / f"sf{sf}" / "checkpoints"
         ckpts.mkdir(parents=True)
         (ckpts / f"epoch={sf}-step=588.ckpt").touch()
-    rc, err, calls = _drive(tmp_path, "resnet18_split_factor_chance", SFS="2 16")
+    rc, err, calls = _drive(tmp_path, step, SFS="2 16")
     assert rc == 0, err
     assert [c[0] for c in calls] == ["validate", "validate"]
     for (_, *argv), sf in zip(calls, (2, 16), strict=True):
-        # the fit's config and split (so the same probes), its own checkpoint, maps in fp32
-        assert _opt(argv, "--config") == "configs/experiments/split_factor.yaml"
+        # the fit's config and split (so the same probes), its own checkpoint
+        assert _opt(argv, "--config") == f"{config}/split_factor.yaml"
         assert _opt(argv, "--data.init_args.split_factor") == str(sf)
-        assert _opt(argv, "--ckpt_path").endswith(f"sf{sf}/checkpoints/epoch={sf}-step=588.ckpt")
-        assert _opt(argv, "--trainer.precision") == "32-true"
+        assert (
+            _opt(argv, "--ckpt_path")
+            == f"runs/cpu/{run}/sf{sf}/checkpoints/epoch={sf}-step=588.ckpt"
+        )
+        assert _opt(argv, "--trainer.logger.init_args.name") == f"{run}_chance"
         assert _opt(argv, "--trainer.logger.init_args.version") == f"sf{sf}"
-    rc, err, _ = _drive(tmp_path, "resnet18_split_factor_chance", SFS="4")
+        if run.startswith("resnet18"):
+            assert _opt(argv, "--trainer.precision") == "32-true"  # the maps in fp32
+    rc, err, _ = _drive(tmp_path, step, SFS="4")
     assert rc != 0 and "sf4/checkpoints" in err  # no checkpoint: stops with ls's message
 
 
