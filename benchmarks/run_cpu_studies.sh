@@ -119,6 +119,11 @@ for step in "${STEPS[@]}"; do
           --ckpt_path "$ck" --trainer.logger.init_args.name ${run}_chance \
           --trainer.logger.init_args.version sf$sf
       done ;;
+    methods_chance) # studies (b), (c), (e) of the small CNN: the methods/sf2 checkpoint
+      # evaluated again with its own config and probes, for the chance levels
+      ck=$(ls runs/cpu/methods/sf2/checkpoints/*.ckpt | tail -1)
+      timed validate methods_chance/sf2 --config $CFG/methods.yaml --ckpt_path "$ck" \
+        --trainer.logger.init_args.name methods_chance --trainer.logger.init_args.version sf2 ;;
     superpixel_mass) # study (c) with signed and magnitude (abs_sum) super-pixel grouping,
       # on the trained sf-2 models of the small CNN (methods/sf2) and of ResNet-18
       # (resnet18_split_factor/sf2), their last checkpoints evaluated (validate), maps in fp32;
@@ -171,6 +176,7 @@ for step in "${STEPS[@]}"; do
     *) echo "unknown step $step (split_factor, split_factor_steps, overfit, methods," \
          "spectral_norm, spectral_norm_nobn, resnet18_split_factor, resnet18_methods," \
          "resnet18_spectral_norm, resnet18_split_factor_chance, split_factor_steps_chance," \
+         "methods_chance," \
          "superpixel_mass, report," \
          "report_steps, report_overfit," \
          "report_nobn, report_resnet18, report_superpixel_mass)" >&2; exit 2 ;;

@@ -165,6 +165,19 @@ def test_split_factor_chance_revalidates_each_checkpoint_with_its_split(
     assert rc != 0 and "sf4/checkpoints" in err  # no checkpoint: stops with ls's message
 
 
+def test_methods_chance_revalidates_the_small_cnn_methods_run(tmp_path: Path) -> None:
+    ckpts = tmp_path / "runs" / "cpu" / "methods" / "sf2" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "epoch=5-step=1176.ckpt").touch()
+    rc, err, calls = _drive(tmp_path, "methods_chance")
+    assert rc == 0, err
+    ((cmd, *argv),) = calls
+    assert cmd == "validate"
+    assert _opt(argv, "--config") == "configs/experiments/cpu/methods.yaml"  # its own methods
+    assert _opt(argv, "--ckpt_path") == "runs/cpu/methods/sf2/checkpoints/epoch=5-step=1176.ckpt"
+    assert _opt(argv, "--trainer.logger.init_args.name") == "methods_chance"
+
+
 def test_unknown_step_names_the_known_ones(tmp_path: Path) -> None:
     rc, err, calls = _drive(tmp_path, "nonsense")
     assert rc == 2 and "unknown step nonsense" in err and "resnet18_methods" in err
