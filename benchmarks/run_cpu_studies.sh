@@ -119,6 +119,18 @@ for step in "${STEPS[@]}"; do
           --ckpt_path "$ck" --trainer.logger.init_args.name ${run}_chance \
           --trainer.logger.init_args.version sf$sf
       done ;;
+    spectral_norm_chance) # study (d)'s checkpoints (and the small CNN's unnormalized
+      # baseline split_factor/sf2) evaluated again with each run's own saved config, for the
+      # chance levels; ResNet-18's baseline is resnet18_split_factor_chance/sf2
+      for dir in runs/cpu/split_factor/sf2 runs/cpu/spectral_norm/c* runs/cpu/spectral_norm_nobn/c* \
+          runs/cpu/resnet18_spectral_norm/c*; do
+        [ -f $dir/config.yaml ] || continue
+        study=$(basename "$(dirname $dir)"); v=$(basename $dir)
+        ck=$(ls $dir/checkpoints/*.ckpt | tail -1)
+        timed validate ${study}_chance/$v --config $dir/config.yaml --ckpt_path "$ck" \
+          --trainer.precision 32-true --trainer.logger.init_args.save_dir runs/cpu \
+          --trainer.logger.init_args.name ${study}_chance --trainer.logger.init_args.version $v
+      done ;;
     methods_chance) # studies (b), (c), (e) of the small CNN: the methods/sf2 checkpoint
       # evaluated again with its own config and probes, for the chance levels
       ck=$(ls runs/cpu/methods/sf2/checkpoints/*.ckpt | tail -1)
@@ -176,7 +188,7 @@ for step in "${STEPS[@]}"; do
     *) echo "unknown step $step (split_factor, split_factor_steps, overfit, methods," \
          "spectral_norm, spectral_norm_nobn, resnet18_split_factor, resnet18_methods," \
          "resnet18_spectral_norm, resnet18_split_factor_chance, split_factor_steps_chance," \
-         "methods_chance," \
+         "methods_chance, spectral_norm_chance," \
          "superpixel_mass, report," \
          "report_steps, report_overfit," \
          "report_nobn, report_resnet18, report_superpixel_mass)" >&2; exit 2 ;;

@@ -178,6 +178,35 @@ def test_methods_chance_revalidates_the_small_cnn_methods_run(tmp_path: Path) ->
     assert _opt(argv, "--trainer.logger.init_args.name") == "methods_chance"
 
 
+def test_spectral_norm_chance_revalidates_each_run_with_its_saved_config(tmp_path: Path) -> None:
+    cpu = tmp_path / "runs" / "cpu"
+    for run in ("split_factor/sf2", "spectral_norm/c1", "spectral_norm_nobn/cnone",
+                "resnet18_spectral_norm/c4"):  # fmt: skip
+        (cpu / run / "checkpoints").mkdir(parents=True)
+        (cpu / run / "checkpoints" / "last.ckpt").touch()
+        (cpu / run / "config.yaml").write_text("seed_everything: 0\n")
+    (cpu / "spectral_norm" / "c2" / "checkpoints").mkdir(parents=True)  # no config: skipped
+    rc, err, calls = _drive(tmp_path, "spectral_norm_chance")
+    assert rc == 0, err
+    runs = []
+    for cmd, *argv in calls:
+        assert cmd == "validate"
+        config = _opt(argv, "--config")
+        run = config.removeprefix("runs/cpu/").removesuffix("/config.yaml")
+        runs.append(run)
+        assert _opt(argv, "--ckpt_path") == f"runs/cpu/{run}/checkpoints/last.ckpt"
+        study, version = run.split("/")
+        assert _opt(argv, "--trainer.logger.init_args.name") == f"{study}_chance"
+        assert _opt(argv, "--trainer.logger.init_args.version") == version
+        assert _opt(argv, "--trainer.precision") == "32-true"
+    assert runs == [
+        "split_factor/sf2",
+        "spectral_norm/c1",
+        "spectral_norm_nobn/cnone",
+        "resnet18_spectral_norm/c4",
+    ]
+
+
 def test_unknown_step_names_the_known_ones(tmp_path: Path) -> None:
     rc, err, calls = _drive(tmp_path, "nonsense")
     assert rc == 2 and "unknown step nonsense" in err and "resnet18_methods" in err
