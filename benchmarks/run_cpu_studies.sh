@@ -12,6 +12,9 @@
 #   OMP_NUM_THREADS=2 bash benchmarks/run_cpu_studies.sh resnet18_split_factor \
 #     resnet18_methods resnet18_spectral_norm report_resnet18   # ResNet-18, CPU-sized (2 h)
 #   bash benchmarks/run_cpu_studies.sh superpixel_mass report_superpixel_mass   # needs methods, resnet18_split_factor
+#   bash benchmarks/run_cpu_studies.sh split_factor_steps_chance methods_chance \
+#     spectral_norm_chance resnet18_split_factor_chance   # finished runs again, for the
+#     # agreement chance levels (validate; move an existing runs/cpu/<name>_chance aside)
 #
 # OMP_NUM_THREADS=1: on a 2-core machine shared with other jobs, torch's default of one
 # intra-op thread per core made a small-CNN training step about 8x slower (oversubscription)
