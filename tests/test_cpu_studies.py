@@ -46,6 +46,15 @@ def _drive(tmp_path: Path, *steps: str, **env: str) -> tuple[int, str, list[list
     return proc.returncode, proc.stderr, [json.loads(line) for line in lines]
 
 
+def _checkpoint(tmp_path: Path, run: str, name: str) -> Path:
+    """An empty stand-in checkpoint ``runs/cpu/<run>/checkpoints/<name>`` (the driver only
+    lists it)."""
+    ckpts = tmp_path / "runs" / "cpu" / run / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    (ckpts / name).touch()
+    return ckpts / name
+
+
 def _opt(argv: list[str], name: str) -> str:
     """The value of the last ``name`` option (later options win in LightningCLI)."""
     return argv[len(argv) - 1 - argv[::-1].index(name) + 1]
@@ -77,9 +86,7 @@ def test_resnet18_methods_validates_the_sf2_checkpoint_with_valid_specs(tmp_path
     rc, err, calls = _drive(tmp_path, "resnet18_methods")
     assert rc != 0 and "resnet18_split_factor/sf2/checkpoints" in err  # no checkpoint yet
     assert calls == []
-    ckpts = tmp_path / "runs" / "cpu" / "resnet18_split_factor" / "sf2" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    (ckpts / "epoch=2-step=588.ckpt").touch()
+    _checkpoint(tmp_path, "resnet18_split_factor/sf2", "epoch=2-step=588.ckpt")
     rc, err, calls = _drive(tmp_path, "resnet18_methods")
     assert rc == 0, err
     ((cmd, *argv),) = calls
@@ -107,9 +114,7 @@ def test_superpixel_mass_pairs_signed_and_magnitude_grouping(tmp_path: Path) -> 
     rc, err, calls = _drive(tmp_path, "superpixel_mass")
     assert rc != 0 and "methods/sf2/checkpoints" in err and calls == []
     for run in ("methods", "resnet18_split_factor"):
-        ckpts = tmp_path / "runs" / "cpu" / run / "sf2" / "checkpoints"
-        ckpts.mkdir(parents=True)
-        (ckpts / "last.ckpt").touch()
+        _checkpoint(tmp_path, f"{run}/sf2", "last.ckpt")
     rc, err, calls = _drive(tmp_path, "superpixel_mass")
     assert rc == 0, err
     small, r18 = calls
@@ -143,9 +148,7 @@ def test_split_factor_chance_revalidates_each_checkpoint_with_its_split(
     tmp_path: Path, step: str, run: str, config: str
 ) -> None:
     for sf in (2, 16):
-        ckpts = tmp_path / "runs" / "cpu" / run / f"sf{sf}" / "checkpoints"
-        ckpts.mkdir(parents=True)
-        (ckpts / f"epoch={sf}-step=588.ckpt").touch()
+        _checkpoint(tmp_path, f"{run}/sf{sf}", f"epoch={sf}-step=588.ckpt")
     rc, err, calls = _drive(tmp_path, step, SFS="2 16")
     assert rc == 0, err
     assert [c[0] for c in calls] == ["validate", "validate"]
@@ -166,9 +169,7 @@ def test_split_factor_chance_revalidates_each_checkpoint_with_its_split(
 
 
 def test_methods_chance_revalidates_the_small_cnn_methods_run(tmp_path: Path) -> None:
-    ckpts = tmp_path / "runs" / "cpu" / "methods" / "sf2" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    (ckpts / "epoch=5-step=1176.ckpt").touch()
+    _checkpoint(tmp_path, "methods/sf2", "epoch=5-step=1176.ckpt")
     rc, err, calls = _drive(tmp_path, "methods_chance")
     assert rc == 0, err
     ((cmd, *argv),) = calls
@@ -182,8 +183,7 @@ def test_spectral_norm_chance_revalidates_each_run_with_its_saved_config(tmp_pat
     cpu = tmp_path / "runs" / "cpu"
     for run in ("split_factor/sf2", "spectral_norm/c1", "spectral_norm_nobn/cnone",
                 "resnet18_spectral_norm/c4"):  # fmt: skip
-        (cpu / run / "checkpoints").mkdir(parents=True)
-        (cpu / run / "checkpoints" / "last.ckpt").touch()
+        _checkpoint(tmp_path, run, "last.ckpt")
         (cpu / run / "config.yaml").write_text("seed_everything: 0\n")
     (cpu / "spectral_norm" / "c2" / "checkpoints").mkdir(parents=True)  # no config: skipped
     rc, err, calls = _drive(tmp_path, "spectral_norm_chance")
