@@ -166,3 +166,27 @@ def test_identical_models_agree_fully_but_not_by_chance() -> None:
         assert _record(result, f"interp/{pixel.label}/{split}/l2") == pytest.approx(0.0, abs=1e-6)
         assert _record(result, f"interp/{pixel.label}/{split}/ssim_chance") < 0.9
         assert _record(result, f"interp/{pixel.label}/{split}/l2_chance") > 0.1
+
+
+def test_smoothgrad_sweep_figure_draws_each_agreement_beside_its_chance_level() -> None:
+    from lightning_saliency.callbacks._compute import Record
+    from lightning_saliency.callbacks._tensorboard import close, figures
+
+    specs = [resolve_method("simple_grad")] + [
+        resolve_method({"method": "smooth_grad", "sigma": s}) for s in (0.5, 0.1)
+    ]
+    records = []
+    for i, spec in enumerate(specs):
+        records.append(Record(f"interp/{spec.label}/gap", spec.label, "mean", "gap", "gap", 0.0))
+        for metric in ("l2", "spearman", "ssim"):
+            for suffix, value in (("", 0.5 + i / 10), ("_chance", 0.2 + i / 100)):
+                tag = f"interp/{spec.label}/test/{metric}{suffix}"
+                records.append(Record(tag, spec.label, "pairs", "test", metric + suffix, value))
+    fig = figures(records, specs)["smoothgrad_sweep"]
+    lines = {ln.get_label(): ln for ln in fig.axes[1].get_lines()}
+    assert set(lines) == {"l2", "spearman", "ssim", "l2 chance", "spearman chance", "ssim chance"}
+    # x is the noise, sorted: simple_grad (0), sigma 0.1 (record 2), sigma 0.5 (record 1)
+    assert list(lines["ssim"].get_xdata()) == [0.0, 0.1, 0.5]
+    assert list(lines["ssim chance"].get_ydata()) == pytest.approx([0.2, 0.22, 0.21])
+    assert lines["l2 chance"].get_color() == lines["l2"].get_color()
+    close(fig)

@@ -141,12 +141,23 @@ def figures(records: Sequence[Any], specs: Sequence[Any]) -> dict[str, Any]:
         ax[0].set_xlabel("SmoothGrad noise")
         ax[0].set_ylabel("interpretation gap")
         for metric in ("l2", "spearman", "ssim"):
-            ax[1].plot(
+            line = ax[1].plot(
                 xs,
                 [value.get(f"interp/{lb}/test/{metric}", float("nan")) for _, lb in points],
                 "o-",
                 label=metric,
-            )
+            )[0]
+            # its chance level (maps of different probes): heavy noise makes every map
+            # generic, which raises agreement and chance alike
+            chance = [value.get(f"interp/{lb}/test/{metric}_chance") for _, lb in points]
+            if any(c is not None for c in chance):
+                ax[1].plot(
+                    xs,
+                    [float("nan") if c is None else c for c in chance],
+                    "--",
+                    color=line.get_color(),
+                    label=f"{metric} chance",
+                )
         ax[1].set_xlabel("SmoothGrad noise")
         ax[1].set_ylabel("test agreement")
         ax[1].legend()
