@@ -34,6 +34,8 @@ from ._probes import ProbeSet
 
 __all__ = ["FAMILIES", "EpochResult", "Record", "compute_epoch", "method_seed"]
 
+#: Agreement metrics between two models' maps, each also logged as ``<metric>_chance``.
+AGREEMENT_METRICS = ("l2", "spearman", "topk", "ssim")
 #: Metric families a user can ask for; the reference-needing ones are in REFERENCE_FAMILIES.
 FAMILIES = ("gap", "agreement", "mege_reco", "quality", "drift", "prediction_agreement")
 REFERENCE_FAMILIES = ("gap", "agreement", "mege_reco")
@@ -152,6 +154,17 @@ def compute_epoch(
     pairs = list(itertools.combinations(range(len(all_models)), 2)) if has_ref else []
     ssim_window = _ssim_window(*x.shape[-2:])
 
+    def agreement(a: Tensor, b: Tensor | None) -> dict[str, float]:
+        """Mean agreement of two stacks of maps; NaN for every metric when ``b`` is None."""
+        if b is None:
+            return dict.fromkeys(AGREEMENT_METRICS, float("nan"))
+        return {
+            "l2": _mean(l2_distance(a, b, normalize=normalize)),
+            "spearman": _mean(spearman(a, b)),
+            "topk": _mean(topk_intersection(a, b, k=topk)),
+            "ssim": _mean(ssim(a, b, win_size=ssim_window)),
+        }
+
     if "prediction_agreement" in fam and len(all_models) >= 2:
         for split in ("train", "test"):
             vals = [
@@ -214,7 +227,7 @@ def compute_epoch(
                     "was given for it"
                 )
         maps_t = pixel_t = maps_of(spec)
-        reduction = spec.superpixel["reduction"] if seg is not None else "sum"  # type: ignore[index]
+        reduction = spec.superpixel["reduction"] if spec.superpixel is not None else None
         if seg is not None:
             maps_t = torch.stack([group_by_segments(m, seg, reduction=reduction) for m in maps_t])
         maps_out[label] = maps_t
@@ -266,22 +279,13 @@ def compute_epoch(
                     chance = None
                     if r.numel() >= 2:
                         other = r.roll(1)
-                        chance = (
-                            maps_t[j, other]
-                            if seg is None
-                            else group_by_segments(
-                                pixel_t[j, other], seg[r.to(seg.device)], reduction=reduction
+                        chance = maps_t[j, other]
+                        if seg is not None:
+                            chance = group_by_segments(
+                                pixel_t[j, other], seg[r.to(seg.device)], reduction
                             )
-                        )
-                    a = maps_t[i, r]
                     for suffix, b in (("", maps_t[j, r]), ("_chance", chance)):
-                        for metric, fn in (
-                            ("l2", lambda u, v: l2_distance(u, v, normalize=normalize)),
-                            ("spearman", spearman),
-                            ("topk", lambda u, v: topk_intersection(u, v, k=topk)),
-                            ("ssim", lambda u, v: ssim(u, v, win_size=ssim_window)),
-                        ):
-                            value = float("nan") if b is None else _mean(fn(a, b))
+                        for metric, value in agreement(maps_t[i, r], b).items():
                             vals.setdefault(metric + suffix, []).append(value)
                 for metric, v in vals.items():
                     rec("pairs", split, metric, sum(v) / len(v), f"interp/{label}/{split}/{metric}")

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._compute import AGREEMENT_METRICS
+
 __all__ = ["close", "custom_scalars_layout", "display_maps", "figures", "image_grid"]
 
 
@@ -35,7 +37,7 @@ def custom_scalars_layout(labels: Sequence[str]) -> dict[str, dict[str, list[Any
             [f"interp/{lb}/{split}/{m}" for lb in labels for m in (metric, metric + "_chance")],
         ]
         for split in ("train", "test")
-        for metric in ("l2", "spearman", "topk", "ssim")
+        for metric in AGREEMENT_METRICS
     }
     agreement["MeGe"] = ["Multiline", [f"interp/{lb}/mege" for lb in labels]]
     agreement["ReCo"] = ["Multiline", [f"interp/{lb}/reco" for lb in labels]]
