@@ -40,6 +40,16 @@ timed() { # timed SUBCOMMAND NAME ARGS...: one timed CLI run (fit, validate, ...
   echo "$name $((SECONDS - t0))s" | tee -a runs/cpu/timings.txt
 }
 fit() { timed fit "$@"; } # fit NAME ARGS...: one timed training run
+revalidate() { # revalidate RUN_DIR: a finished run's last checkpoint evaluated again
+  # (validate) with the run's own saved config, so the same model, split and probes, into
+  # runs/cpu/<study>_chance/<version>; maps and forward passes in fp32
+  local dir=$1 study version ck
+  study=$(basename "$(dirname "$dir")"); version=$(basename "$dir")
+  ck=$(ls "$dir"/checkpoints/*.ckpt | tail -1)
+  timed validate "${study}_chance/$version" --config "$dir/config.yaml" --ckpt_path "$ck" \
+    --trainer.precision 32-true --trainer.logger.init_args.save_dir runs/cpu \
+    --trainer.logger.init_args.name "${study}_chance" --trainer.logger.init_args.version "$version"
+}
 
 for step in "${STEPS[@]}"; do
   case $step in
@@ -107,38 +117,18 @@ for step in "${STEPS[@]}"; do
           {method: integrated_gradients, steps: 16, baseline: min},
           {method: integrated_gradients, steps: 16, baseline: max}]" \
         --trainer.logger.init_args.name resnet18_methods --trainer.logger.init_args.version sf2 ;;
-    resnet18_split_factor_chance|split_factor_steps_chance) # study (a)'s checkpoints
-      # evaluated again (validate, the fit's own config and probes), for the agreement
-      # chance levels logged since the fits
-      if [ $step = resnet18_split_factor_chance ]; then
-        run=resnet18_split_factor; args=(--config configs/experiments/split_factor.yaml
-          "${R18[@]}" --trainer.precision 32-true)
-      else
-        run=split_factor_steps; args=(--config $CFG/split_factor.yaml)
-      fi
-      for sf in ${SFS:-2 4 8 16}; do
-        ck=$(ls runs/cpu/$run/sf$sf/checkpoints/*.ckpt | tail -1)
-        timed validate ${run}_chance/sf$sf "${args[@]}" --data.init_args.split_factor $sf \
-          --ckpt_path "$ck" --trainer.logger.init_args.name ${run}_chance \
-          --trainer.logger.init_args.version sf$sf
-      done ;;
-    spectral_norm_chance) # study (d)'s checkpoints (and the small CNN's unnormalized
-      # baseline split_factor/sf2) evaluated again with each run's own saved config, for the
-      # chance levels; ResNet-18's baseline is resnet18_split_factor_chance/sf2
+    resnet18_split_factor_chance|split_factor_steps_chance) # study (a) and (a'), for the
+      # agreement chance levels logged since the fits
+      for sf in ${SFS:-2 4 8 16}; do revalidate runs/cpu/${step%_chance}/sf$sf; done ;;
+    spectral_norm_chance) # study (d) and (d') with the small CNN's unnormalized baseline
+      # split_factor/sf2 (ResNet-18's is resnet18_split_factor_chance/sf2); runs without a
+      # saved config are skipped
       for dir in runs/cpu/split_factor/sf2 runs/cpu/spectral_norm/c* runs/cpu/spectral_norm_nobn/c* \
           runs/cpu/resnet18_spectral_norm/c*; do
-        [ -f $dir/config.yaml ] || continue
-        study=$(basename "$(dirname $dir)"); v=$(basename $dir)
-        ck=$(ls $dir/checkpoints/*.ckpt | tail -1)
-        timed validate ${study}_chance/$v --config $dir/config.yaml --ckpt_path "$ck" \
-          --trainer.precision 32-true --trainer.logger.init_args.save_dir runs/cpu \
-          --trainer.logger.init_args.name ${study}_chance --trainer.logger.init_args.version $v
+        if [ -f $dir/config.yaml ]; then revalidate $dir; fi
       done ;;
-    methods_chance) # studies (b), (c), (e) of the small CNN: the methods/sf2 checkpoint
-      # evaluated again with its own config and probes, for the chance levels
-      ck=$(ls runs/cpu/methods/sf2/checkpoints/*.ckpt | tail -1)
-      timed validate methods_chance/sf2 --config $CFG/methods.yaml --ckpt_path "$ck" \
-        --trainer.logger.init_args.name methods_chance --trainer.logger.init_args.version sf2 ;;
+    methods_chance) # studies (b), (c), (e) of the small CNN
+      revalidate runs/cpu/methods/sf2 ;;
     superpixel_mass) # study (c) with signed and magnitude (abs_sum) super-pixel grouping,
       # on the trained sf-2 models of the small CNN (methods/sf2) and of ResNet-18
       # (resnet18_split_factor/sf2), their last checkpoints evaluated (validate), maps in fp32;

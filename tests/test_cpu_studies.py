@@ -138,73 +138,60 @@ def test_superpixel_mass_pairs_signed_and_magnitude_grouping(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
-    ("step", "run", "config"),
+    ("step", "runs", "env"),
     [
-        ("resnet18_split_factor_chance", "resnet18_split_factor", "configs/experiments"),
-        ("split_factor_steps_chance", "split_factor_steps", "configs/experiments/cpu"),
+        (
+            "resnet18_split_factor_chance",
+            ["resnet18_split_factor/sf2", "resnet18_split_factor/sf16"],
+            {"SFS": "2 16"},
+        ),
+        (
+            "split_factor_steps_chance",
+            ["split_factor_steps/sf2", "split_factor_steps/sf16"],
+            {"SFS": "2 16"},
+        ),
+        ("methods_chance", ["methods/sf2"], {}),
+        (
+            "spectral_norm_chance",
+            [
+                "split_factor/sf2",
+                "spectral_norm/c1",
+                "spectral_norm_nobn/cnone",
+                "resnet18_spectral_norm/c4",
+            ],
+            {},
+        ),
     ],
 )
-def test_split_factor_chance_revalidates_each_checkpoint_with_its_split(
-    tmp_path: Path, step: str, run: str, config: str
+def test_chance_steps_revalidate_each_run_from_its_saved_config(
+    tmp_path: Path, step: str, runs: list[str], env: dict[str, str]
 ) -> None:
-    for sf in (2, 16):
-        _checkpoint(tmp_path, f"{run}/sf{sf}", f"epoch={sf}-step=588.ckpt")
-    rc, err, calls = _drive(tmp_path, step, SFS="2 16")
-    assert rc == 0, err
-    assert [c[0] for c in calls] == ["validate", "validate"]
-    for (_, *argv), sf in zip(calls, (2, 16), strict=True):
-        # the fit's config and split (so the same probes), its own checkpoint
-        assert _opt(argv, "--config") == f"{config}/split_factor.yaml"
-        assert _opt(argv, "--data.init_args.split_factor") == str(sf)
-        assert (
-            _opt(argv, "--ckpt_path")
-            == f"runs/cpu/{run}/sf{sf}/checkpoints/epoch={sf}-step=588.ckpt"
-        )
-        assert _opt(argv, "--trainer.logger.init_args.name") == f"{run}_chance"
-        assert _opt(argv, "--trainer.logger.init_args.version") == f"sf{sf}"
-        if run.startswith("resnet18"):
-            assert _opt(argv, "--trainer.precision") == "32-true"  # the maps in fp32
-    rc, err, _ = _drive(tmp_path, step, SFS="4")
-    assert rc != 0 and "sf4/checkpoints" in err  # no checkpoint: stops with ls's message
-
-
-def test_methods_chance_revalidates_the_small_cnn_methods_run(tmp_path: Path) -> None:
-    _checkpoint(tmp_path, "methods/sf2", "epoch=5-step=1176.ckpt")
-    rc, err, calls = _drive(tmp_path, "methods_chance")
-    assert rc == 0, err
-    ((cmd, *argv),) = calls
-    assert cmd == "validate"
-    assert _opt(argv, "--config") == "configs/experiments/cpu/methods.yaml"  # its own methods
-    assert _opt(argv, "--ckpt_path") == "runs/cpu/methods/sf2/checkpoints/epoch=5-step=1176.ckpt"
-    assert _opt(argv, "--trainer.logger.init_args.name") == "methods_chance"
-
-
-def test_spectral_norm_chance_revalidates_each_run_with_its_saved_config(tmp_path: Path) -> None:
     cpu = tmp_path / "runs" / "cpu"
-    for run in ("split_factor/sf2", "spectral_norm/c1", "spectral_norm_nobn/cnone",
-                "resnet18_spectral_norm/c4"):  # fmt: skip
-        _checkpoint(tmp_path, run, "last.ckpt")
+    for run in runs:
+        _checkpoint(tmp_path, run, "epoch=1-step=10.ckpt")
+        _checkpoint(tmp_path, run, "epoch=2-step=20.ckpt")  # the last one is evaluated
         (cpu / run / "config.yaml").write_text("seed_everything: 0\n")
     (cpu / "spectral_norm" / "c2" / "checkpoints").mkdir(parents=True)  # no config: skipped
-    rc, err, calls = _drive(tmp_path, "spectral_norm_chance")
+    rc, err, calls = _drive(tmp_path, step, **env)
     assert rc == 0, err
-    runs = []
-    for cmd, *argv in calls:
-        assert cmd == "validate"
-        config = _opt(argv, "--config")
-        run = config.removeprefix("runs/cpu/").removesuffix("/config.yaml")
-        runs.append(run)
-        assert _opt(argv, "--ckpt_path") == f"runs/cpu/{run}/checkpoints/last.ckpt"
+    assert len(calls) == len(runs)
+    for (cmd, *argv), run in zip(calls, runs, strict=True):
         study, version = run.split("/")
+        assert cmd == "validate"
+        # the run's own saved config: the same model, split and probes as its fit
+        assert _opt(argv, "--config") == f"runs/cpu/{run}/config.yaml"
+        assert _opt(argv, "--ckpt_path") == f"runs/cpu/{run}/checkpoints/epoch=2-step=20.ckpt"
+        assert _opt(argv, "--trainer.precision") == "32-true"
+        assert _opt(argv, "--trainer.logger.init_args.save_dir") == "runs/cpu"
         assert _opt(argv, "--trainer.logger.init_args.name") == f"{study}_chance"
         assert _opt(argv, "--trainer.logger.init_args.version") == version
-        assert _opt(argv, "--trainer.precision") == "32-true"
-    assert runs == [
-        "split_factor/sf2",
-        "spectral_norm/c1",
-        "spectral_norm_nobn/cnone",
-        "resnet18_spectral_norm/c4",
-    ]
+    timings = (cpu / "timings.txt").read_text().split()
+    assert timings[0] == f"{runs[0].split('/')[0]}_chance/{runs[0].split('/')[1]}"
+
+
+def test_chance_step_without_a_checkpoint_stops(tmp_path: Path) -> None:
+    rc, err, calls = _drive(tmp_path, "split_factor_steps_chance", SFS="4")
+    assert rc != 0 and "split_factor_steps/sf4/checkpoints" in err and calls == []
 
 
 def test_unknown_step_names_the_known_ones(tmp_path: Path) -> None:
