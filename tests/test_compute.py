@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -138,15 +140,15 @@ def test_chance_level_pairs_each_probe_with_the_previous_ones_map() -> None:
 
     result, _, segments, (pixel, grouped) = _run([PIXEL, GROUPED_ABS], [Counting(0), Counting(1)])
     test = torch.arange(6, 9)
-    nxt = torch.tensor([8, 6, 7])  # the test rows rolled by one: each probe's predecessor
+    prev = torch.tensor([8, 6, 7])  # the test rows rolled by one: each probe's predecessor
     px = result.maps[pixel.label]
-    want = float(l2_distance(px[0, test], px[1, nxt]).mean())
+    want = float(l2_distance(px[0, test], px[1, prev]).mean())
     assert _record(result, f"interp/{pixel.label}/test/l2_chance") == pytest.approx(want, abs=1e-6)
     assert _record(result, f"interp/{pixel.label}/test/l2") == pytest.approx(
         float(l2_distance(px[0, test], px[1, test]).mean()), abs=1e-6
     )
     seg = segments[grouped.label][test]
-    b = group_by_segments(px[1, nxt].abs(), seg)  # the pixel twin's maps, magnitude-grouped
+    b = group_by_segments(px[1, prev].abs(), seg)  # the pixel twin's maps, magnitude-grouped
     a = result.maps[grouped.label][0, test]
     want = float(ssim(a, b, win_size=7).mean())
     assert _record(result, f"interp/{grouped.label}/test/ssim_chance") == pytest.approx(
@@ -156,6 +158,19 @@ def test_chance_level_pairs_each_probe_with_the_previous_ones_map() -> None:
     tr = torch.arange(0, 6)
     want = float(l2_distance(px[0, tr], px[1, tr.roll(1)]).mean())
     assert _record(result, f"interp/{pixel.label}/train/l2_chance") == pytest.approx(want, abs=1e-6)
+
+
+def test_chance_level_is_nan_with_a_single_probe() -> None:
+    """One test probe has no other probe to pair with: its chance level is NaN, not a
+    self-pairing (which would read as perfect agreement for identical models)."""
+    probes, _ = _probes()
+    x, y = probes.x, probes.y
+    one = ProbeSet.build([(x[:3], y[:3]), (x[3:6], y[3:6])], (x[6:7], y[6:7]))
+    spec = resolve_method("simple_grad")
+    result = compute_epoch([Counting(0), Counting(0)], one, [spec], batch_size=64)
+    assert math.isnan(_record(result, "interp/simple_grad/test/ssim_chance"))
+    assert _record(result, "interp/simple_grad/test/ssim") == pytest.approx(1.0)
+    assert _record(result, "interp/simple_grad/train/ssim_chance") < 0.9  # 6 train probes
 
 
 def test_identical_models_agree_fully_but_not_by_chance() -> None:
