@@ -58,7 +58,7 @@ def test_default_run_leaves_every_tag_family(
     )
     run = Path(cli.trainer.logger.log_dir).resolve()
     assert run.is_relative_to((tmp_path / "runs" / "default").resolve())
-    for name in ("config.yaml", "splits.json", "interpretation_metrics.csv"):
+    for name in ("config.yaml", "splits.json", "interpretation_metrics.csv", "methods.json"):
         assert (run / name).is_file(), name
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
@@ -81,19 +81,21 @@ def test_default_run_leaves_every_tag_family(
             "train_loss",
             "test_loss",
             "gap",
-            "gap_reduction",
+            "gap/lo",
             "mege",
             "reco",
-            "sparseness",
-            "complexity",
+            "test/sparseness",
+            "test/complexity",
             "drift",
             "model_0/gap",
             "train/spearman",
             "test/ssim",
             "test/topk",
             "test/l2",
+            "test/spearman_above_chance/hi",
         ):
             assert f"interp/{lb}/{suffix}" in tags, f"interp/{lb}/{suffix}"
+        assert (f"interp/{lb}/gap_reduction" in tags) == (lb != "simple_grad"), lb
     assert {"interp/prediction_agreement/train", "interp/prediction_agreement/test"} <= tags
     assert {f"interp_images/{lb}" for lb in labels} <= set(acc.Tags()["images"])
     # the ensemble learns the digits well above chance (0.1) in two epochs

@@ -40,6 +40,7 @@ import dataclasses
 import math
 import numbers
 import re
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -369,6 +370,126 @@ class MethodSpec:
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "superpixel", superpixel)
         object.__setattr__(self, "label", label)
+
+    # ------------------------------------------------------------ relations between specs
+    @property
+    def canonical_label(self) -> str:
+        """The generated label of the canonical spec (an explicit ``label`` aside).
+
+        >>> MethodSpec("smooth_grad", {"sigma": 0.2}, label="mine").canonical_label
+        'smooth_grad_s0.2'
+        """
+        return _make_label(self.method, self.params, self.superpixel)
+
+    @property
+    def pixel_twin(self) -> MethodSpec:
+        """The same method and parameters without super-pixel grouping (or explicit label).
+
+        A grouped spec's maps are its pixel twin's maps, grouped: the two share one
+        attribution pass and the same noise draws.
+
+        >>> resolve_method({"method": "smooth_grad", "sigma": 0.2, "superpixel": "slic"}).pixel_twin.label
+        'smooth_grad_s0.2'
+        """
+        return MethodSpec(self.method, self.params)
+
+    @property
+    def seed_key(self) -> str:
+        """The string that seeds this spec's noise: a frozen serialization of the pixel
+        twin's canonical parameters (grouping and labels never change the draws).
+
+        It equals the pixel twin's generated label of version 0.1 and must never change
+        for an existing spec, since it fixes every noise draw (``tests/test_registry.py``
+        pins it).
+
+        >>> resolve_method({"method": "adapt_grad", "superpixel": "slic", "label": "x"}).seed_key
+        'adapt_grad_c0.95'
+        """
+        return _make_label(self.method, self.params, None)
+
+    def noise_seed(self, seed: int) -> int:
+        """Seed of this spec's noise generator under the callback's ``seed``: the same for
+        every model (common random numbers) and for the spec's super-pixel groupings.
+
+        >>> resolve_method({"method": "smooth_grad", "sigma": 0.2}).noise_seed(0)
+        2651505951
+        """
+        return (int(seed) * 1_000_003 + zlib.crc32(self.seed_key.encode())) % (2**63 - 1)
+
+    @property
+    def is_plain_baseline(self) -> bool:
+        """Whether this is the plain logit gradient on pixels, the baseline of
+        ``gap_reduction`` and the zero-noise point of a SmoothGrad sweep.
+
+        >>> MethodSpec("simple_grad").is_plain_baseline, MethodSpec("simple_grad", {"output": "log_softmax"}).is_plain_baseline
+        (True, False)
+        """
+        return self.method == "simple_grad" and self.superpixel is None and not self.params
+
+    @property
+    def noise(self) -> tuple[str, float] | None:
+        """``("noise_level", alpha)`` or ``("sigma", s)`` for SmoothGrad/VarGrad, else None.
+
+        >>> MethodSpec("smooth_grad", {"noise_level": 0.2}).noise
+        ('noise_level', 0.2)
+        """
+        for name in ("noise_level", "sigma"):
+            if name in self.params:
+                return name, float(self.params[name])
+        return None
+
+    @property
+    def samples(self) -> int | None:
+        """Noise draws per probe of a stochastic method (its default when not given), else None.
+
+        >>> MethodSpec("adapt_grad").samples, MethodSpec("simple_grad").samples
+        (16, None)
+        """
+        if "samples" not in _DEFAULTS[self.method] or not method_is_stochastic(self):
+            return None
+        return int(self.params.get("samples", _DEFAULTS[self.method]["samples"]))
+
+    @property
+    def gradient_base(self) -> str:
+        """The gradient a method builds on: ``grad``, ``grad_x_input`` or
+        ``integrated_gradients`` (with ``_b<baseline>`` for a non-zero baseline), and
+        ``_sq`` when squared; the grouping of the AdaptGrad study.
+
+        >>> MethodSpec("adapt_grad", {"base": "integrated_gradients", "baseline": "min"}).gradient_base
+        'integrated_gradients_bmin'
+        """
+        if self.method in ("grad_x_input", "integrated_gradients"):
+            base = self.method
+        elif self.method in ("smooth_grad", "adapt_grad"):
+            base = str(self.params.get("base", "grad"))
+        else:
+            base = "grad"
+        if base == "integrated_gradients" and "baseline" in self.params:
+            base += f"_b{self.params['baseline']}"
+        if self.params.get("squared"):
+            base += "_sq"
+        return base
+
+    @property
+    def smoothgrad_curve(self) -> tuple[str, int] | None:
+        """``(noise kind, samples)`` of the SmoothGrad sweep curve this spec is a point of.
+
+        Only plain-gradient SmoothGrad on pixels with nothing but its noise scale and draw
+        count set belongs to a sweep; the curves of one run are told apart by the kind
+        of noise (``sigma`` absolute, ``noise_level`` relative) and by ``samples``. The
+        plain baseline (:attr:`is_plain_baseline`) is the zero-noise point of every curve.
+
+        >>> MethodSpec("smooth_grad", {"noise_level": 0.2, "samples": 4}).smoothgrad_curve
+        ('noise_level', 4)
+        >>> MethodSpec("smooth_grad", {"sigma": 0.2, "base": "grad_x_input"}).smoothgrad_curve is None
+        True
+        """
+        if self.method != "smooth_grad" or self.superpixel is not None:
+            return None
+        if set(self.params) - {"noise_level", "sigma", "samples"}:
+            return None
+        kind, _ = self.noise  # type: ignore[misc]  # smooth_grad always has one
+        return kind, int(self.samples or _DEFAULTS["smooth_grad"]["samples"])
 
     def to_config(self) -> dict[str, Any]:
         """A plain dict that :func:`resolve_method` turns back into an equal spec.

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_saliency.generalization import ProbeLayout
+
 __all__ = ["ProbeSet", "as_dataset", "draw_indices", "gather"]
 
 
@@ -108,25 +110,19 @@ def gather(dataset: Dataset, indices: Tensor) -> tuple[Tensor, Tensor]:
 class ProbeSet:
     """Fixed probes: per-model train probes and shared test probes, as one tensor.
 
-    ``x`` stacks the train probes of model 0, ..., model K-1 and then the test probes;
-    ``slices[name]`` gives the rows of each part (names ``"train_k"`` and ``"test"``);
-    ``seen[k, i]`` says whether row ``i`` belongs to model ``k``'s training split.
+    ``x`` stacks the train probes of model 0, ..., model K-1 and then the test probes,
+    as ``layout`` (a :class:`~lightning_saliency.generalization.ProbeLayout`) describes.
     """
 
     x: Tensor
     y: Tensor
-    slices: dict[str, slice]
-    seen: Tensor
+    layout: ProbeLayout
     images: Tensor | None = None  # unnormalized [0, 1] copies for segmentation and display
     indices: dict[str, list[int]] = field(default_factory=dict)
 
     def part(self, name: str) -> slice:
-        return self.slices[name]
-
-    def train_rows(self) -> slice:
-        """Rows of all train probes (models 0..K-1 in order)."""
-        stop = self.slices["test"].start
-        return slice(0, stop)
+        """The rows of a probe group (``"train_k"`` or ``"test"``)."""
+        return self.layout.rows(name)
 
     @classmethod
     def build(
@@ -140,18 +136,8 @@ class ProbeSet:
         shapes = {tuple(x.shape[1:]) for x in xs}
         if len(shapes) != 1:
             raise ValueError(f"all probes must share one image shape; got {sorted(shapes)}")
-        slices: dict[str, slice] = {}
-        start = 0
-        for k, x in enumerate(xs[:-1]):
-            slices[f"train_{k}"] = slice(start, start + x.shape[0])
-            start += x.shape[0]
-        slices["test"] = slice(start, start + xs[-1].shape[0])
-        n = start + xs[-1].shape[0]
-        k_models = len(train_parts)
-        seen = torch.zeros(k_models, n, dtype=torch.bool)
-        for k in range(k_models):
-            seen[k, slices[f"train_{k}"]] = True
-        return cls(torch.cat(xs), torch.cat(ys), slices, seen, indices=dict(indices or {}))
+        layout = ProbeLayout.from_sizes([x.shape[0] for x in xs[:-1]], xs[-1].shape[0])
+        return cls(torch.cat(xs), torch.cat(ys), layout, indices=dict(indices or {}))
 
     def to(self, device: torch.device) -> ProbeSet:
         self.x = self.x.to(device)

@@ -1,59 +1,18 @@
-"""TensorBoard media for the interpretation callback: layout, image grids, figures."""
+"""TensorBoard media for the interpretation callback: image grids and figures."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._compute import AGREEMENT_METRICS
+from lightning_saliency.attribution import MethodSpec
+from lightning_saliency.generalization import Estimate, MetricKey, chance
 
-__all__ = ["close", "custom_scalars_layout", "display_maps", "figures", "image_grid"]
-
-
-def custom_scalars_layout(labels: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
-    """Group the callback's tags into TensorBoard's custom-scalars dashboard.
-
-    Example:
-        >>> sorted(custom_scalars_layout(["simple_grad"]))
-        ['interpretation agreement', 'interpretation gap', 'interpretation quality']
-    """
-    gap = {
-        "gap (test - train loss)": ["Multiline", [f"interp/{lb}/gap" for lb in labels]],
-        "train loss": ["Multiline", [f"interp/{lb}/train_loss" for lb in labels]],
-        "test loss": ["Multiline", [f"interp/{lb}/test_loss" for lb in labels]],
-        "gap reduction vs simple_grad": [
-            "Multiline",
-            [f"interp/{lb}/gap_reduction" for lb in labels],
-        ],
-    }
-    # each agreement chart beside its chance level (the maps of mismatched probes)
-    agreement = {
-        f"{split} {metric}": [
-            "Multiline",
-            [f"interp/{lb}/{split}/{m}" for lb in labels for m in (metric, metric + "_chance")],
-        ]
-        for split in ("train", "test")
-        for metric in AGREEMENT_METRICS
-    }
-    agreement["MeGe"] = ["Multiline", [f"interp/{lb}/mege" for lb in labels]]
-    agreement["ReCo"] = ["Multiline", [f"interp/{lb}/reco" for lb in labels]]
-    agreement["prediction agreement"] = [
-        "Multiline",
-        ["interp/prediction_agreement/train", "interp/prediction_agreement/test"],
-    ]
-    quality = {
-        metric: ["Multiline", [f"interp/{lb}/{metric}" for lb in labels]]
-        for metric in ("sparseness", "complexity", "drift")
-    }
-    return {
-        "interpretation gap": gap,
-        "interpretation agreement": agreement,
-        "interpretation quality": quality,
-    }
+__all__ = ["close", "display_maps", "figures", "image_grid"]
 
 
 def display_maps(maps: Tensor) -> Tensor:
@@ -102,103 +61,105 @@ def image_grid(images: Tensor, maps: Tensor, num_models: int, min_size: int = 96
     return make_grid(tiles, nrow=len(cols), padding=2, pad_value=1.0).clamp(0, 1)
 
 
-_SIGMA = re.compile(r"_(?:s|nl)(\d+(?:\.\d+)?)")
+def _value(estimates: Mapping[MetricKey, Estimate], key: MetricKey) -> tuple[float, float, float]:
+    """(value, lower error, upper error) for an error bar; NaNs where not logged."""
+    e = estimates.get(key)
+    if e is None:
+        return math.nan, math.nan, math.nan
+    return e.value, e.value - e.lo, e.hi - e.value
 
 
-def _sigma_of(label: str) -> float | None:
-    m = _SIGMA.search(label)
-    return float(m.group(1)) if m else None
+def _errorbar(ax: Any, xs: list[float], estimates: Mapping, keys: list[MetricKey], **kw: Any) -> Any:
+    vals = [_value(estimates, k) for k in keys]
+    ys = [v for v, _, _ in vals]
+    err = [[lo for _, lo, _ in vals], [hi for _, _, hi in vals]]
+    if all(math.isnan(e) for row in err for e in row):
+        err = None  # type: ignore[assignment]
+    return ax.errorbar(xs, ys, yerr=err, capsize=3, **kw)
 
 
-def figures(records: Sequence[Any], specs: Sequence[Any]) -> dict[str, Any]:
-    """Matplotlib figures: gap/agreement against SmoothGrad noise; pixel vs super-pixel.
+def _sweep_curves(specs: Sequence[MethodSpec]) -> dict[tuple[str, int], list[tuple[float, str]]]:
+    """SmoothGrad curves (noise kind, draws) -> [(noise, label)], the plain gradient at 0."""
+    base = next((s.label for s in specs if s.is_plain_baseline), None)
+    curves: dict[tuple[str, int], list[tuple[float, str]]] = {}
+    for s in specs:
+        if s.smoothgrad_curve is not None:
+            curves.setdefault(s.smoothgrad_curve, []).append((s.noise[1], s.label))  # type: ignore[index]
+    for points in curves.values():
+        if base is not None:
+            points.append((0.0, base))
+        points.sort()
+    return {c: p for c, p in curves.items() if len(p) >= 2}
 
-    ``records`` are :class:`~lightning_saliency.callbacks._compute.Record` rows of one
-    epoch. Returns ``{name: figure}`` (empty when there is nothing to plot).
+
+def _sweep_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[MethodSpec], stage: str) -> Any:
+    import matplotlib.pyplot as plt
+
+    curves = _sweep_curves(specs)
+    if not curves:
+        return None
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    for (kind, samples), points in curves.items():
+        xs = [p for p, _ in points]
+        name = f"{kind}, n={samples}"
+        _errorbar(ax[0], xs, estimates, [MetricKey(lb, "mean", "gap", "gap", stage) for _, lb in points],
+                  marker="o", label=name)  # fmt: skip
+        for metric in ("spearman", "ssim"):
+            keys = [MetricKey(lb, "pairs", "test", metric, stage) for _, lb in points]
+            line = _errorbar(ax[1], xs, estimates, keys, marker="o", label=f"{metric}, {name}")
+            chance_keys = [MetricKey(lb, "pairs", "test", chance(metric), stage) for _, lb in points]
+            ax[1].plot(xs, [_value(estimates, k)[0] for k in chance_keys], "--",
+                       color=line[0].get_color(), label=f"{metric} chance, {name}")  # fmt: skip
+    ax[0].set(xlabel="SmoothGrad noise (0 = simple gradient)", ylabel="gap (closer to 0 = better)")
+    ax[1].set(xlabel="SmoothGrad noise (0 = simple gradient)", ylabel="test agreement (higher = more)")
+    ax[0].axhline(0, color="k", lw=0.5)
+    ax[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def _superpixel_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[MethodSpec], stage: str) -> Any:
+    import matplotlib.pyplot as plt
+
+    pixel = {s.pixel_twin: s.label for s in specs if s.superpixel is None}
+    pairs = [(pixel[s.pixel_twin], s) for s in specs if s.superpixel is not None and s.pixel_twin in pixel]
+    if not pairs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    names = [f"{p}\n{s.label.split('_sp-', 1)[-1]}" for p, s in pairs]
+    idx = list(range(len(pairs)))
+    for ax, (split, metric, ylabel) in zip(
+        axes, (("gap", "gap", "gap (closer to 0 = better)"), ("test", "ssim", "test SSIM (higher = more)")), strict=True
+    ):
+        for offset, kind in ((-0.2, "pixel"), (0.2, "super-pixel")):
+            keys = [MetricKey(p if kind == "pixel" else s.label, "mean" if split == "gap" else "pairs",
+                              split, metric, stage) for p, s in pairs]  # fmt: skip
+            vals = [_value(estimates, k) for k in keys]
+            ax.bar([i + offset for i in idx], [v for v, _, _ in vals], 0.4, label=kind,
+                   yerr=[[lo for _, lo, _ in vals], [hi for _, _, hi in vals]], capsize=3)  # fmt: skip
+        ax.set_xticks(idx, names, rotation=20, fontsize=7)
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def figures(
+    estimates: Mapping[MetricKey, Estimate], specs: Sequence[MethodSpec], stage: str = "fit"
+) -> dict[str, Any]:
+    """Matplotlib figures of one epoch: gap and agreement against SmoothGrad noise (one curve
+    per noise kind and draw count, 95% intervals as error bars); pixel vs super-pixel.
+
+    Returns ``{name: figure}`` (empty when there is nothing to plot).
     """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    value = {r.tag: r.value for r in records}
-    out: dict[str, Any] = {}
-
-    # SmoothGrad noise sweep (pixel methods): simple_grad is noise 0.
-    points = []
-    for s in specs:
-        if s.superpixel is not None:
-            continue
-        if s.method == "simple_grad":
-            points.append((0.0, s.label))
-        elif s.method == "smooth_grad":
-            sig = s.params.get("noise_level", s.params.get("sigma"))
-            if sig is not None and s.params.get("base", "grad") == "grad":
-                points.append((float(sig), s.label))
-    points.sort()
-    if len(points) >= 2 and any(f"interp/{lb}/gap" in value for _, lb in points):
-        fig, ax = plt.subplots(1, 2, figsize=(8, 3))
-        xs = [p for p, _ in points]
-        ax[0].plot(xs, [value.get(f"interp/{lb}/gap", float("nan")) for _, lb in points], "o-")
-        ax[0].set_xlabel("SmoothGrad noise")
-        ax[0].set_ylabel("interpretation gap")
-        for metric in ("l2", "spearman", "ssim"):
-            line = ax[1].plot(
-                xs,
-                [value.get(f"interp/{lb}/test/{metric}", float("nan")) for _, lb in points],
-                "o-",
-                label=metric,
-            )[0]
-            # its chance level (maps of different probes): heavy noise makes every map
-            # generic, which raises agreement and chance alike
-            chance = [value.get(f"interp/{lb}/test/{metric}_chance") for _, lb in points]
-            if any(c is not None for c in chance):
-                ax[1].plot(
-                    xs,
-                    [float("nan") if c is None else c for c in chance],
-                    "--",
-                    color=line.get_color(),
-                    label=f"{metric} chance",
-                )
-        ax[1].set_xlabel("SmoothGrad noise")
-        ax[1].set_ylabel("test agreement")
-        ax[1].legend()
-        fig.tight_layout()
-        out["smoothgrad_sweep"] = fig
-
-    # Pixel vs super-pixel: pair each grouped spec with its ungrouped twin.
-    pairs = []
-    by_key = {
-        (s.method, tuple(sorted(s.params.items()))): s.label for s in specs if s.superpixel is None
-    }
-    for s in specs:
-        if s.superpixel is not None:
-            twin = by_key.get((s.method, tuple(sorted(s.params.items()))))
-            if twin is not None:
-                pairs.append((twin, s.label))
-    if pairs:
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-        # the grouping is part of the name: one pixel method may have several groupings
-        names = [f"{p}\n{q.split('_sp-', 1)[-1]}" for p, q in pairs]
-        idx = [float(i) for i in range(len(pairs))]
-        for ax, metric in zip(axes, ("gap", "test/ssim"), strict=True):
-            ax.bar(
-                [i - 0.2 for i in idx],
-                [value.get(f"interp/{p}/{metric}", float("nan")) for p, _ in pairs],
-                0.4,
-                label="pixel",
-            )
-            ax.bar(
-                [i + 0.2 for i in idx],
-                [value.get(f"interp/{q}/{metric}", float("nan")) for _, q in pairs],
-                0.4,
-                label="super-pixel",
-            )
-            ax.set_xticks(idx, names, rotation=20, fontsize=7)
-            ax.set_ylabel(metric)
-        axes[0].legend()
-        fig.tight_layout()
-        out["pixel_vs_superpixel"] = fig
+    out = {}
+    for name, make in (("smoothgrad_sweep", _sweep_figure), ("pixel_vs_superpixel", _superpixel_figure)):
+        fig = make(estimates, specs, stage)
+        if fig is not None:
+            out[name] = fig
     return out
 
 

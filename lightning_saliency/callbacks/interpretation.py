@@ -10,12 +10,9 @@ SmoothGrad, AdaptGrad and super-pixel grouping shrink the gap. See
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -26,18 +23,22 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
-from lightning_saliency._modes import eval_mode
-from lightning_saliency.attribution import (
-    MethodSpec,
-    method_needs_input_range,
-    resolve_method,
-    segment,
-    segmenter_args,
+from lightning_saliency.attribution import MethodSpec, method_needs_input_range, resolve_method
+from lightning_saliency.generalization import (
+    CSV_NAME,
+    FAMILIES,
+    REFERENCE_FAMILIES,
+    EpochEvaluation,
+    compute_maps,
+    csv_row,
+    custom_scalars_layout,
+    evaluate_epoch,
+    model_logits,
 )
 
-from . import _tensorboard
-from ._compute import FAMILIES, REFERENCE_FAMILIES, EpochResult, Record, compute_epoch
-from ._probes import ProbeSet, as_dataset, draw_indices, gather
+from . import _setup, _tensorboard
+from ._probes import ProbeSet
+from ._run_files import RunRecord
 
 __all__ = ["DEFAULT_METHODS", "InterpretationGeneralization"]
 
@@ -53,10 +54,6 @@ DEFAULT_METHODS: tuple[str | dict[str, Any], ...] = (
     {"method": "simple_grad", "superpixel": "slic"},
     {"method": "smooth_grad", "noise_level": 0.2, "samples": 16, "superpixel": "slic"},
 )
-
-CSV_NAME = "interpretation_metrics.csv"
-CSV_FIELDS = ("epoch", "step", "method", "model", "split", "metric", "value")
-
 
 def _training_epoch_finished(trainer: pl.Trainer) -> bool:
     """Whether the current training epoch has run its last batch (Lightning 2.x loops)."""
@@ -76,13 +73,6 @@ def _purge_tensorboard_after(trainer: pl.Trainer, step: int) -> None:
         if isinstance(logger, TensorBoardLogger):
             writer = logger.experiment._get_file_writer()
             writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
-
-
-def _models_of(pl_module: nn.Module) -> list[nn.Module]:
-    models = getattr(pl_module, "models", None)
-    if isinstance(models, nn.ModuleList) and len(models) > 0:
-        return list(models)
-    return [pl_module]
 
 
 class InterpretationGeneralization(Callback):
@@ -231,7 +221,7 @@ class InterpretationGeneralization(Callback):
         self.final_values: dict[str, float] = {}  # tag -> value at the last monitored epoch
         self._loaded_indices: dict[str, list[int]] | None = None
         self._reference_module: nn.Module | None = None
-        self._log_dir: str | None = None
+        self._record = RunRecord(None)
         self._warned_no_tb = False
         self._layout_done = False
 
@@ -272,175 +262,62 @@ class InterpretationGeneralization(Callback):
             # A new fit starts a new run; a checkpoint restore (after setup) refills this.
             self.logged_epochs, self.final_values, self.previous = [], {}, None
             self._loaded_indices = None
-        models = _models_of(pl_module)
-        self._reference_module = self._load_reference(pl_module) if len(models) == 1 else None
+        models = _setup.models_of(pl_module)
+        self._reference_module = (
+            _setup.load_reference(self.reference, pl_module) if len(models) == 1 else None
+        )
         if len(models) >= 2 and self.reference is not None:
             raise ValueError(
                 "reference is for single-model modules; with K >= 2 models the reference is "
                 "the leave-one-out mean of the other models' maps"
             )
-        has_ref = len(models) >= 2 or self._reference_module is not None
+        self.families = self._families(len(models), self._reference_module is not None)
+        self._prepare_probes(trainer, len(models), self._loaded_indices)
+        _setup.check_models(models, self._reference_module, self.probes, self.target == "label")
+        # Every rank reads the log dir here, outside any rank-0-only branch (it may synchronize).
+        self._record = RunRecord(_setup.find_log_dir(trainer))
+
+    def _families(self, k_models: int, has_reference: bool) -> tuple[str, ...]:
+        has_ref = k_models >= 2 or has_reference
         if self.requested_metrics is None:
-            families = (
-                FAMILIES if has_ref else tuple(f for f in FAMILIES if f not in REFERENCE_FAMILIES)
-            )
             if not has_ref:
                 rank_zero_warn(
                     "InterpretationGeneralization: one model and no reference, so only "
                     "reference-free metrics (sparseness, complexity, drift) are logged; gap and "
                     "agreement metrics need K >= 2 models or a `reference`."
                 )
-        else:
-            families = self.requested_metrics
-            needs = sorted(set(families) & set(REFERENCE_FAMILIES))
-            if needs and not has_ref:
-                raise ValueError(
-                    f"metrics {needs} need a reference: train K >= 2 models (DisjointEnsemble) "
-                    "or pass `reference=` (a module or a checkpoint path)"
-                )
-            if "mege_reco" in families and len(models) < 2:
-                raise ValueError("mege_reco needs K >= 2 models trained on disjoint splits")
-        self.families = tuple(families)
-        self.probes = self._draw_probes(trainer, len(models), self._loaded_indices)
-        self._check_models(models, self.probes)
-        self._resolve_ranges(trainer)
-        if any(method_needs_input_range(s) for s in self.specs) and self._range is None:
-            self._range = (float(self.probes.x.min()), float(self.probes.x.max()))
-        self.probes.images = self._images(self.probes.x)
-        self._segment_probes()
-        # Every rank reads the log dir here, outside any rank-0-only branch (it may synchronize).
-        self._log_dir = self._find_log_dir(trainer)
-
-    def _load_reference(self, pl_module: pl.LightningModule) -> nn.Module | None:
-        ref = self.reference
-        if ref is None:
-            return None
-        if isinstance(ref, (str, os.PathLike)):
-            path = Path(ref)
-            if not path.is_file():
-                raise FileNotFoundError(f"reference checkpoint {str(path)!r} does not exist")
-            ref = type(pl_module).load_from_checkpoint(str(path), map_location="cpu")
-        if not isinstance(ref, nn.Module):
-            raise TypeError(
-                f"reference must be a module or a checkpoint path; got {type(ref).__name__}"
+                return tuple(f for f in FAMILIES if f not in REFERENCE_FAMILIES)
+            return FAMILIES
+        needs = sorted(set(self.requested_metrics) & set(REFERENCE_FAMILIES))
+        if needs and not has_ref:
+            raise ValueError(
+                f"metrics {needs} need a reference: train K >= 2 models (DisjointEnsemble) "
+                "or pass `reference=` (a module or a checkpoint path)"
             )
-        return ref
+        if "mege_reco" in self.requested_metrics and k_models < 2:
+            raise ValueError("mege_reco needs K >= 2 models trained on disjoint splits")
+        return self.requested_metrics
 
-    def _datamodule(self, trainer: pl.Trainer) -> Any:
-        return getattr(trainer, "datamodule", None)
-
-    def _draw_probes(
+    def _prepare_probes(
         self, trainer: pl.Trainer, k_models: int, loaded: dict[str, list[int]] | None
-    ) -> ProbeSet:
-        dm = self._datamodule(trainer)
-        if self.train_probes is not None or self.test_probes is not None:
-            if self.train_probes is None or self.test_probes is None:
-                raise ValueError("give both train_probes and test_probes, or neither")
-            train_sets = [as_dataset(self.train_probes)]
-            if k_models >= 2:
-                raise ValueError(
-                    "explicit probes serve single-model modules; K >= 2 models draw their "
-                    "train probes from their own splits of a DisjointSplitDataModule"
-                )
-            test_set = as_dataset(self.test_probes)
-        elif dm is not None and hasattr(dm, "split_dataset") and hasattr(dm, "heldout_dataset"):
-            if not getattr(dm, "split_indices", None):
-                dm.setup("fit")
-            n_splits = len(dm.split_indices)
-            if n_splits < k_models:
-                raise ValueError(
-                    f"the module has {k_models} models but the data module has {n_splits} splits"
-                )
-            train_sets = [dm.split_dataset(k) for k in range(k_models)]
-            test_set = dm.heldout_dataset()
-        else:
-            raise ValueError(
-                "no probes: use a lightning_saliency DisjointSplitDataModule or pass "
-                "train_probes= and test_probes= (tensors or datasets)"
-            )
-        gen = torch.Generator().manual_seed(self.seed)
-        indices: dict[str, list[int]] = {}
-        parts = []
-        for k, ds in enumerate(train_sets):
-            key = f"train_{k}"
-            idx = draw_indices(len(ds), self.num_train_probes, gen, "train")
-            if loaded is not None and key in loaded:
-                idx = torch.tensor(loaded[key], dtype=torch.long)
-            indices[key] = idx.tolist()
-            parts.append(gather(ds, idx))
-        idx = draw_indices(len(test_set), self.num_test_probes, gen, "test")
-        if loaded is not None and "test" in loaded:
-            idx = torch.tensor(loaded["test"], dtype=torch.long)
-        indices["test"] = idx.tolist()
-        test_part = gather(test_set, idx)
-        probes = ProbeSet.build(parts, test_part, indices)
-        if self.target == "label" and bool((probes.y < 0).any()):
-            raise ValueError(
-                "the probes have no labels: pass (images, labels) or use target='pred'"
-            )
-        return probes
-
-    @torch.no_grad()
-    def _check_models(self, models: list[nn.Module], probes: ProbeSet) -> None:
-        x = probes.x[:2]
-        outs = []
-        checked = models + ([self._reference_module] if self._reference_module is not None else [])
-        with eval_mode(*checked), isolate_rng():
-            for m in checked:
-                dev = next((p.device for p in m.parameters()), torch.device("cpu"))
-                outs.append(m(x.to(dev)))
-        for out in outs:
-            if not isinstance(out, Tensor) or out.ndim != 2:
-                shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise ValueError(f"the model must return 2-D logits (N, classes); got {shape}")
-        if self._reference_module is not None and outs[-1].shape[1] != outs[0].shape[1]:
-            raise ValueError(
-                f"the reference model has {outs[-1].shape[1]} output classes, the model {outs[0].shape[1]}"
-            )
-        classes = outs[0].shape[1]
-        if self.target == "label" and int(probes.y.max()) >= classes:
-            raise ValueError(
-                f"probe labels go up to {int(probes.y.max())} but the model has {classes} classes"
-            )
-
-    def _resolve_ranges(self, trainer: pl.Trainer) -> None:
-        dm = self._datamodule(trainer)
+    ) -> None:
+        """Draw (or restore) the probes, resolve the input range, segment the probes once."""
+        self.probes = _setup.draw_probes(
+            trainer, k_models, num_train=self.num_train_probes, num_test=self.num_test_probes,
+            seed=self.seed, train_probes=self.train_probes, test_probes=self.test_probes,
+            loaded=loaded, need_labels=self.target == "label",
+        )  # fmt: skip
+        dm = getattr(trainer, "datamodule", None)
         self._range, self._unnormalize = self.input_range, self.unnormalize
         if self._range is None and dm is not None and hasattr(dm, "input_range"):
             lo, hi = dm.input_range
             self._range = (float(lo), float(hi))
         if self._unnormalize is None and dm is not None and hasattr(dm, "unnormalize"):
             self._unnormalize = dm.unnormalize
-
-    def _images(self, x: Tensor) -> Tensor:
-        if self._unnormalize is not None:
-            return self._unnormalize(x).clamp(0, 1)
-        flat = x.flatten(1)
-        lo = flat.min(1).values.view(-1, 1, 1, 1)
-        hi = flat.max(1).values.view(-1, 1, 1, 1)
-        return ((x - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
-
-    def _segment_probes(self) -> None:
-        """Segment the probes once per distinct segmenter (they do not change between epochs)."""
-        assert self.probes is not None and self.probes.images is not None
-        cache: dict[str, Tensor] = {}
-        self.segments = {}
-        for spec in self.specs:
-            args = segmenter_args(spec)
-            if args is None:
-                continue
-            key = repr(sorted(args.items()))
-            if key not in cache:
-                cache[key] = segment(self.probes.images.cpu(), **args)
-            self.segments[spec.label] = cache[key]
-
-    @staticmethod
-    def _find_log_dir(trainer: pl.Trainer) -> str | None:
-        for logger in trainer.loggers:
-            d = getattr(logger, "log_dir", None)
-            if d:
-                return str(d)
-        return trainer.default_root_dir
+        if any(method_needs_input_range(s) for s in self.specs) and self._range is None:
+            self._range = (float(self.probes.x.min()), float(self.probes.x.max()))
+        self.probes.images = _setup.probe_images(self.probes.x, self._unnormalize)
+        self.segments = _setup.segment_probes(self.specs, self.probes.images)
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -450,10 +327,8 @@ class InterpretationGeneralization(Callback):
             and self.probes is not None
             and self._loaded_indices != self.probes.indices
         ):
-            models = _models_of(pl_module)
-            self.probes = self._draw_probes(trainer, len(models), self._loaded_indices)
-            self.probes.images = self._images(self.probes.x)
-            self._segment_probes()
+            k_models = len(_setup.models_of(pl_module))
+            self._prepare_probes(trainer, k_models, self._loaded_indices)
         self._to_device(pl_module)
         if trainer.is_global_zero:
             self._add_layout(trainer)
@@ -462,7 +337,7 @@ class InterpretationGeneralization(Callback):
         # Resuming (the loops' state, global_step included, is restored by now): drop what
         # the earlier run wrote after the checkpoint, so that no epoch shows twice.
         if trainer.is_global_zero and self._loaded_indices is not None:
-            self._rewrite_csv()
+            self._record.keep_fit_epochs(self.logged_epochs)
             _purge_tensorboard_after(trainer, trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -531,66 +406,54 @@ class InterpretationGeneralization(Callback):
             "seed": self.seed,
         }
 
-    def _baseline_label(self) -> str | None:
-        for s in self.specs:
-            if s.method == "simple_grad" and s.superpixel is None:
-                return s.label
-        return None
+    def _methods_record(self) -> dict[str, Any]:
+        """What ``methods.json`` holds: every method's canonical spec and the settings."""
+        settings = {**self._hparams(), "topk": self.topk, "families": list(self.families)}
+        settings.pop("methods")
+        return {"methods": [s.to_config() for s in self.specs], "settings": settings}
+
+    def evaluate(self, pl_module: pl.LightningModule, stage: str = "fit") -> EpochEvaluation:
+        """Explain the probes with every method and compute every number (no logging)."""
+        assert self.probes is not None
+        models = _setup.models_of(pl_module)
+        sources = models + ([self._reference_module] if self._reference_module is not None else [])
+        with isolate_rng(), torch.inference_mode(False), torch.enable_grad():
+            probes = self._materialize(self.probes)
+            logits = model_logits(sources, probes.x, self.batch_size or 256)
+            target = probes.y if self.target == "label" else logits[: len(models)].mean(0).argmax(-1)
+            maps = compute_maps(
+                sources, probes.x, target, self.specs, seed=self.seed, segments=self.segments,
+                input_range=self._range, precision=self.precision,
+                channels_last=self.channels_last, batch_size=self.batch_size,
+            )  # fmt: skip
+            return evaluate_epoch(
+                maps, probes.layout, self.specs, labels=probes.y, preds=logits.argmax(-1),
+                families=self.families, normalize=self.normalize, topk=self.topk,
+                previous=self.previous if stage == "fit" else None, stage=stage, seed=self.seed,
+            )  # fmt: skip
 
     def _monitor(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, stage: str
     ) -> None:
-        assert self.probes is not None
-        models = _models_of(pl_module)
-        with isolate_rng(), torch.inference_mode(False), torch.enable_grad():
-            probes = self._materialize(self.probes)
-            result = compute_epoch(
-                models,
-                probes,
-                self.specs,
-                reference=self._reference_module,
-                families=self.families,
-                normalize=self.normalize,
-                target=self.target,
-                precision=self.precision,
-                channels_last=self.channels_last,
-                seed=self.seed,
-                input_range=self._range,
-                segments=self.segments,
-                previous=self.previous if stage == "fit" else None,
-                topk=self.topk,
-                batch_size=self.batch_size,
-                baseline_label=self._baseline_label(),
-            )
+        result = self.evaluate(pl_module, stage)
+        k_models = len(_setup.models_of(pl_module))
         if stage == "fit":
-            self.previous = {k: v[: len(models)].detach().cpu() for k, v in result.maps.items()}
+            self.previous = {k: v[:k_models].detach().cpu() for k, v in result.maps.items()}
             self.logged_epochs.append(epoch)
-            self.final_values = {r.tag: float(r.value) for r in result.records}
+            self.final_values = {k.tag: e.value for k, e in result.estimates.items()}
         step = trainer.global_step
-        self._log_scalars(trainer, pl_module, result.records, stage)
-        rows = [
-            {
-                "epoch": epoch,
-                "step": step,
-                "stage": stage,
-                "tag": r.tag,
-                "method": r.method,
-                "model": r.model,
-                "split": r.split,
-                "metric": r.metric,
-                "value": r.value,
-            }
-            for r in result.records
-        ]
+        self._log_scalars(trainer, pl_module, result, stage)
         if trainer.is_global_zero:
-            self._append_csv(rows)
+            if not self._record.methods_path or not self._record.methods_path.exists():
+                self._record.write_methods(self._methods_record())
+            self._record.append(csv_row(k, e, epoch, step) for k, e in result.estimates.items())
             images_due = (
                 stage == "fit"
                 and self.log_images_every_n_epochs > 0
                 and (len(self.logged_epochs) - 1) % self.log_images_every_n_epochs == 0
             )
             if images_due or stage != "fit":
-                self._log_media(trainer, result, step)
+                self._log_media(trainer, result, step, k_models)
 
     @staticmethod
     def _materialize(probes: ProbeSet) -> ProbeSet:
@@ -598,17 +461,16 @@ class InterpretationGeneralization(Callback):
         return ProbeSet(
             x=probes.x.clone(),
             y=probes.y.clone(),
-            slices=probes.slices,
-            seen=probes.seen.clone(),
+            layout=probes.layout,
             images=None if probes.images is None else probes.images.clone(),
             indices=probes.indices,
         )
 
     def _log_scalars(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, records: list[Record], stage: str
-    ) -> None:
-        prefix = "" if stage == "fit" else f"{stage}/"
-        metrics = {f"{prefix}{r.tag}": float(r.value) for r in records}
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: EpochEvaluation,
+        stage: str,
+    ) -> None:  # fmt: skip
+        metrics = {t: float(v) for k, e in result.estimates.items() for t, v in k.scalars(e).items()}
         has_tb = any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
         if not has_tb and not self._warned_no_tb:
             self._warned_no_tb = True
@@ -627,76 +489,27 @@ class InterpretationGeneralization(Callback):
             for name, value in metrics.items():
                 pl_module.log(name, value, rank_zero_only=True)
 
-    # ------------------------------------------------------------------ files and media
-    def _csv_path(self) -> Path | None:
-        return None if self._log_dir is None else Path(self._log_dir) / CSV_NAME
-
-    def _append_csv(self, rows: list[dict[str, Any]]) -> None:
-        path = self._csv_path()
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        seen: set[tuple[str, ...]] = set()
-        with path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            for row in rows:
-                out = dict(row)
-                if row.get("stage", "fit") != "fit":
-                    out["split"] = f"{row['stage']}:{row['split']}"
-                # a tag that repeats another row (interp/L/sparseness = its test value) once
-                key = tuple(str(out[f]) for f in ("method", "model", "split", "metric"))
-                if key not in seen:
-                    seen.add(key)
-                    writer.writerow(out)
-
-    def _rewrite_csv(self) -> None:
-        """On (re)start, make the CSV hold exactly the training epochs this callback logged.
-
-        Rows of epochs after the checkpoint (a run that went on past its last checkpoint
-        and then failed) are dropped, so a resumed run writes each epoch once; rows of
-        ``validate``/``test`` stages are kept.
-        """
-        path = self._csv_path()
-        if path is None or not path.exists():
-            return
-        keep_epochs = set(self.logged_epochs)
-        with path.open(newline="") as fh:
-            rows = [
-                r
-                for r in csv.DictReader(fh)
-                if ":" in r.get("split", "")
-                or (r.get("epoch", "").isdigit() and int(r["epoch"]) in keep_epochs)
-            ]
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(path)
-
+    # ------------------------------------------------------------------ media
     def _add_layout(self, trainer: pl.Trainer) -> None:
         if self._layout_done:
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_custom_scalars(
-                    _tensorboard.custom_scalars_layout([s.label for s in self.specs])
-                )
+                layout = custom_scalars_layout([s.label for s in self.specs])
+                logger.experiment.add_custom_scalars(layout)
         self._layout_done = True
 
-    def _log_media(self, trainer: pl.Trainer, result: EpochResult, step: int) -> None:
+    def _log_media(
+        self, trainer: pl.Trainer, result: EpochEvaluation, step: int, k_models: int
+    ) -> None:
         tbs = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not tbs or self.probes is None or self.probes.images is None:
             return
         test = self.probes.part("test")
-        n = min(self.num_images, test.stop - test.start)
-        rows = slice(test.start, test.start + n)
-        k_models = len(result.preds) if self._reference_module is None else len(result.preds) - 1
+        rows = slice(test.start, test.start + min(self.num_images, test.stop - test.start))
         try:
-            figures = _tensorboard.figures(result.records, self.specs)
+            stage = next(iter(result.estimates)).stage if result.estimates else "fit"
+            figures = _tensorboard.figures(result.estimates, self.specs, stage)
         except Exception as err:  # a broken figure must never stop training
             warnings.warn(
                 f"InterpretationGeneralization: could not draw figures: {err}", stacklevel=2

@@ -1,4 +1,5 @@
-"""compute_epoch (the callback's pure core): super-pixel specs reuse their pixel twin's maps."""
+"""compute_maps + evaluate_epoch (the core the callback calls): super-pixel specs reuse their
+pixel twin's maps; chance levels; every number has its interval."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from lightning_saliency.attribution import (
     segmenter_args,
     smooth_grad,
 )
-from lightning_saliency.callbacks._compute import compute_epoch, method_seed
 from lightning_saliency.callbacks._probes import ProbeSet
+from lightning_saliency.generalization import compute_maps, evaluate_epoch, model_logits
 
 
 class Counting(nn.Module):
@@ -50,6 +51,15 @@ GROUPED = {**PIXEL, "superpixel": "slic"}
 GROUPED_ABS = {**PIXEL, "superpixel": {"algorithm": "slic", "reduction": "abs_sum"}}
 
 
+def compute_epoch(models, probes, specs, *, segments=None, input_range=None, batch_size=None,
+                  seed=0):  # fmt: skip
+    """What the callback does each epoch: logits, maps, then every number."""
+    maps = compute_maps(models, probes.x, probes.y, specs, seed=seed, segments=segments,
+                        input_range=input_range, batch_size=batch_size)  # fmt: skip
+    preds = model_logits(models, probes.x).argmax(-1)
+    return evaluate_epoch(maps, probes.layout, specs, labels=probes.y, preds=preds)
+
+
 def _run(specs: list, models: list[nn.Module]):
     probes, images = _probes()
     resolved = [resolve_method(s) for s in specs]
@@ -77,7 +87,7 @@ def test_superpixel_spec_is_the_grouping_of_its_pixel_twin() -> None:
         torch.testing.assert_close(sp[k], group_by_segments(px[k], seg), rtol=0, atol=0)
     # the pixel maps themselves are SmoothGrad with the method's own seed, for each model
     for k, model in enumerate(models):
-        gen = torch.Generator().manual_seed(method_seed(3, pixel.label))
+        gen = torch.Generator().manual_seed(pixel.noise_seed(3))
         want = smooth_grad(model, probes.x, probes.y, noise_level=0.2, samples=4,
                            input_range=(-2.0, 2.0), generator=gen)  # fmt: skip
         torch.testing.assert_close(px[k], want)
@@ -113,7 +123,9 @@ def test_the_grouped_twin_costs_no_second_attribution_pass() -> None:
 def test_missing_segmentation_is_a_clear_error() -> None:
     probes, _ = _probes()
     with pytest.raises(ValueError, match="no segmentation of the probes"):
-        compute_epoch([Counting(0), Counting(1)], probes, [resolve_method(GROUPED)])
+        compute_epoch(
+            [Counting(0), Counting(1)], probes, [resolve_method(GROUPED)], input_range=(-2.0, 2.0)
+        )
 
 
 def test_small_maps_get_a_fitting_ssim_window() -> None:
@@ -124,12 +136,11 @@ def test_small_maps_get_a_fitting_ssim_window() -> None:
     maps = result.maps[pixel.label]
     test = probes.part("test")
     want = float(ssim(maps[0, test], maps[1, test], win_size=7).mean())
-    got = [r.value for r in result.records if r.tag == f"interp/{pixel.label}/test/ssim"]
-    assert got == [pytest.approx(want, abs=1e-6)]
+    assert _record(result, f"interp/{pixel.label}/test/ssim") == pytest.approx(want, abs=1e-6)
 
 
 def _record(result, tag: str) -> float:
-    (value,) = [r.value for r in result.records if r.tag == tag]
+    (value,) = [e.value for k, e in result.estimates.items() if k.tag == tag]
     return value
 
 
@@ -183,25 +194,32 @@ def test_identical_models_agree_fully_but_not_by_chance() -> None:
         assert _record(result, f"interp/{pixel.label}/{split}/l2_chance") > 0.1
 
 
-def test_smoothgrad_sweep_figure_draws_each_agreement_beside_its_chance_level() -> None:
-    from lightning_saliency.callbacks._compute import Record
+def test_smoothgrad_sweep_figure_has_one_curve_per_draw_count() -> None:
+    """The sweep figure groups points by draw count (and noise kind): two counts at the
+    same sigmas give two monotone curves, not one line that zig-zags between them."""
     from lightning_saliency.callbacks._tensorboard import close, figures
+    from lightning_saliency.generalization import Estimate, MetricKey
 
     specs = [resolve_method("simple_grad")] + [
-        resolve_method({"method": "smooth_grad", "sigma": s}) for s in (0.5, 0.1)
+        resolve_method({"method": "smooth_grad", "sigma": s, "samples": n})
+        for s in (0.5, 0.1)
+        for n in (4, 16)
     ]
-    records = []
+    estimates = {}
     for i, spec in enumerate(specs):
-        records.append(Record(f"interp/{spec.label}/gap", spec.label, "mean", "gap", "gap", 0.0))
-        for metric in ("l2", "spearman", "ssim"):
-            for suffix, value in (("", 0.5 + i / 10), ("_chance", 0.2 + i / 100)):
-                tag = f"interp/{spec.label}/test/{metric}{suffix}"
-                records.append(Record(tag, spec.label, "pairs", "test", metric + suffix, value))
-    fig = figures(records, specs)["smoothgrad_sweep"]
-    lines = {ln.get_label(): ln for ln in fig.axes[1].get_lines()}
-    assert set(lines) == {"l2", "spearman", "ssim", "l2 chance", "spearman chance", "ssim chance"}
-    # x is the noise, sorted: simple_grad (0), sigma 0.1 (record 2), sigma 0.5 (record 1)
-    assert list(lines["ssim"].get_xdata()) == [0.0, 0.1, 0.5]
-    assert list(lines["ssim chance"].get_ydata()) == pytest.approx([0.2, 0.22, 0.21])
-    assert lines["l2 chance"].get_color() == lines["l2"].get_color()
+        key = MetricKey(spec.label, "mean", "gap", "gap")
+        estimates[key] = Estimate(0.01 * i, 0.01, 0.01 * i - 0.02, 0.01 * i + 0.02, 8)
+        for metric in ("spearman", "ssim"):
+            for name, value in ((metric, 0.5 + i / 10), (f"{metric}_chance", 0.2 + i / 100)):
+                k = MetricKey(spec.label, "pairs", "test", name)
+                estimates[k] = Estimate(value, 0.01, value - 0.02, value + 0.02, 8)
+    fig = figures(estimates, specs)["smoothgrad_sweep"]
+    curves = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}  # error-bar lines
+    assert sorted(curves) == ["sigma, n=16", "sigma, n=4"]
+    for line in curves.values():  # simple_grad is every curve's noise 0; x sorted
+        assert list(line.get_xdata()) == [0.0, 0.1, 0.5]
+    # n=4 points are specs 3 (sigma 0.1) and 1 (sigma 0.5): gap 0.01 * index
+    assert list(curves["sigma, n=4"].get_ydata()) == pytest.approx([0.0, 0.03, 0.01])
+    chance = [ln for ln in fig.axes[1].get_lines() if "chance" in ln.get_label()]
+    assert len(chance) == 4  # spearman and ssim chance for each of the two curves
     close(fig)

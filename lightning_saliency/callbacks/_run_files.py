@@ -1,0 +1,82 @@
+"""The callback's record in a run folder: ``interpretation_metrics.csv`` and ``methods.json``.
+
+The CSV holds one row per :class:`~lightning_saliency.generalization.MetricKey` and
+monitored epoch (columns :data:`~lightning_saliency.generalization.CSV_FIELDS`);
+``methods.json`` holds every method's canonical spec (what
+:func:`~lightning_saliency.attribution.resolve_method` accepts) and the settings that
+shaped the numbers, so the report never parses labels back.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning_saliency.generalization import CSV_FIELDS, CSV_NAME, METHODS_NAME
+
+__all__ = ["RunRecord"]
+
+
+class RunRecord:
+    """Reads and writes the callback's files in ``folder`` (nothing when ``folder`` is None)."""
+
+    def __init__(self, folder: str | Path | None) -> None:
+        self.folder = None if folder is None else Path(folder)
+
+    @property
+    def csv_path(self) -> Path | None:
+        return None if self.folder is None else self.folder / CSV_NAME
+
+    @property
+    def methods_path(self) -> Path | None:
+        return None if self.folder is None else self.folder / METHODS_NAME
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append rows (dicts keyed by the CSV fields), writing the header to a new file."""
+        path = self.csv_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def keep_fit_epochs(self, epochs: Iterable[int]) -> None:
+        """Keep the fit-stage rows of ``epochs`` only (and every validate/test row).
+
+        On resume this drops the rows a run wrote after its checkpoint, so that each epoch
+        is written once.
+        """
+        path = self.csv_path
+        if path is None or not path.exists():
+            return
+        keep = {int(e) for e in epochs}
+        with path.open(newline="") as fh:
+            rows = [
+                r
+                for r in csv.DictReader(fh)
+                if r.get("stage", "fit") != "fit"
+                or (r.get("epoch", "").isdigit() and int(r["epoch"]) in keep)
+            ]
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
+
+    def write_methods(self, payload: Mapping[str, Any]) -> None:
+        """Write ``methods.json`` (atomically: a reader never sees half a file)."""
+        path = self.methods_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+        tmp.replace(path)

@@ -1,0 +1,118 @@
+"""Do saliency maps generalize? The paper's quantities as pure functions, with uncertainty.
+
+Lightning-free: everything here works on tensors of maps ``(M, N, C, H, W)`` (M sources:
+K models and an optional reference model; N probes laid out by a :class:`ProbeLayout`)
+and returns per-probe values, statistics built from them, and :class:`Estimate` values
+with their standard error and 95% interval. The callback and the report are thin
+clients of this package, and :class:`MetricKey` is the one schema they share.
+
+Example: the leave-one-out gap of three models from hand-made maps.
+    >>> import torch
+    >>> from lightning_saliency.generalization import (
+    ...     ProbeLayout, estimate, interpretation_gap, interpretation_loss,
+    ...     leave_one_out_reference)
+    >>> layout = ProbeLayout.from_sizes([2, 2, 2], 4)   # K = 3 models, 4 test probes
+    >>> maps = torch.randn(3, 10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    >>> loss = interpretation_loss(maps, leave_one_out_reference(maps))  # (K, N) per probe
+    >>> loss.shape
+    torch.Size([3, 10])
+    >>> e = estimate(interpretation_gap(loss, layout))
+    >>> e.n, e.lo < e.value < e.hi
+    (10, True)
+"""
+
+from __future__ import annotations
+
+from .core import (
+    MapStack,
+    agreement_values,
+    chance_partners,
+    drift,
+    gap_reduction,
+    interpretation_gap,
+    interpretation_loss,
+    leave_one_out_reference,
+    pairwise_agreement,
+    prediction_agreement,
+    quality,
+    split_statistics,
+    ssim_window,
+)
+from .epoch import EpochEvaluation, compute_maps, evaluate_epoch, model_logits
+from .layout import ProbeLayout
+from .mege import MegeReco, mege_reco_statistics
+from .schema import (
+    AGREEMENT_METRICS,
+    CSV_FIELDS,
+    CSV_NAME,
+    FAMILIES,
+    METHODS_NAME,
+    NO_METHOD,
+    QUALITY_METRICS,
+    REFERENCE_FAMILIES,
+    STAGES,
+    MetricKey,
+    above_chance,
+    chance,
+    csv_row,
+    custom_scalars_layout,
+    parse_csv_row,
+)
+from .statistics import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    Estimate,
+    ProbeStatistic,
+    Transformed,
+    bootstrap_counts,
+    estimate,
+    estimate_all,
+    t_quantile,
+)
+
+__all__ = [
+    "AGREEMENT_METRICS",
+    "BOOTSTRAP_RESAMPLES",
+    "CONFIDENCE",
+    "CSV_FIELDS",
+    "CSV_NAME",
+    "FAMILIES",
+    "METHODS_NAME",
+    "NO_METHOD",
+    "QUALITY_METRICS",
+    "REFERENCE_FAMILIES",
+    "STAGES",
+    "EpochEvaluation",
+    "Estimate",
+    "MapStack",
+    "MegeReco",
+    "MetricKey",
+    "ProbeLayout",
+    "ProbeStatistic",
+    "Transformed",
+    "above_chance",
+    "agreement_values",
+    "bootstrap_counts",
+    "chance",
+    "chance_partners",
+    "compute_maps",
+    "csv_row",
+    "custom_scalars_layout",
+    "drift",
+    "estimate",
+    "estimate_all",
+    "evaluate_epoch",
+    "gap_reduction",
+    "interpretation_gap",
+    "interpretation_loss",
+    "leave_one_out_reference",
+    "mege_reco_statistics",
+    "model_logits",
+    "pairwise_agreement",
+    "parse_csv_row",
+    "prediction_agreement",
+    "quality",
+    "split_statistics",
+    "ssim_window",
+    "t_quantile",
+]

@@ -1,0 +1,340 @@
+"""The paper's quantities as pure functions on stacks of maps, one value per probe.
+
+A *map stack* is ``(M, N, C, H, W)``: the maps of M sources (the K monitored models,
+then an optional reference model) of the N probes of a
+:class:`~lightning_saliency.generalization.ProbeLayout`. Each function returns
+per-probe values (tensors) or :class:`~lightning_saliency.generalization.ProbeStatistic`
+objects built from them, which :func:`~lightning_saliency.generalization.estimate`
+turns into a value with its standard error and interval.
+
+Example (two models, hand-made maps):
+    >>> import torch
+    >>> from lightning_saliency.generalization import ProbeLayout, estimate
+    >>> layout = ProbeLayout.from_sizes([2, 2], 2)
+    >>> maps = torch.zeros(2, 6, 1, 1, 2)
+    >>> maps[:, :, 0, 0, 0] = 1.0              # every map points along x ...
+    >>> maps[1, 4:, 0, 0, :] = 1.0             # ... but model 1's test maps are diagonal
+    >>> loss = interpretation_loss(maps, leave_one_out_reference(maps))
+    >>> [round(v, 4) for v in loss[0].tolist()]
+    [0.0, 0.0, 0.0, 0.0, 0.7654, 0.7654]
+    >>> round(estimate(interpretation_gap(loss, layout)).value, 4)
+    0.7654
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_saliency.attribution import group_by_segments
+from lightning_saliency.metrics import (
+    complexity,
+    l2_distance,
+    normalize_maps,
+    sparseness,
+    spearman,
+    ssim,
+    topk_intersection,
+)
+
+from .layout import ProbeLayout
+from .schema import AGREEMENT_METRICS, above_chance, chance
+from .statistics import ProbeStatistic, Transformed
+
+__all__ = [
+    "MapStack",
+    "agreement_values",
+    "chance_partners",
+    "drift",
+    "gap_reduction",
+    "interpretation_gap",
+    "interpretation_loss",
+    "leave_one_out_reference",
+    "pairwise_agreement",
+    "prediction_agreement",
+    "quality",
+    "split_statistics",
+    "ssim_window",
+]
+
+
+@dataclass(frozen=True)
+class MapStack:
+    """Maps of M sources of N probes, with what a chance level needs for super-pixels.
+
+    ``maps`` is ``(M, N, C, H, W)``; for a super-pixel method it holds the grouped maps,
+    ``pixel`` its pixel twin's maps and ``segments`` the ``(N, H, W)`` segmentation of the
+    probes, so that a chance pair can be grouped by the first probe's segments.
+    """
+
+    maps: Tensor
+    pixel: Tensor | None = None
+    segments: Tensor | None = None
+    reduction: str = "sum"
+
+    @property
+    def num_sources(self) -> int:
+        return self.maps.shape[0]
+
+    def partner_maps(self, j: int, rows: Tensor, partners: Tensor) -> Tensor:
+        """Source j's maps of ``partners``, grouped by the segments of ``rows`` if grouped."""
+        if self.pixel is None or self.segments is None:
+            return self.maps[j, partners]
+        seg = self.segments[rows.to(self.segments.device)]
+        return group_by_segments(self.pixel[j, partners], seg, reduction=self.reduction)
+
+
+def leave_one_out_reference(maps: Tensor, *, normalize: bool = True) -> Tensor:
+    """``(K, N, ...)`` -> ``(K, N, ...)``: the reference of model k, the mean of the other
+    models' (unit-normalized) maps, which model k's training data never shaped.
+
+    >>> m = torch.tensor([[[3.0, 4.0]], [[0.0, 2.0]], [[1.0, 0.0]]])  # K=3, N=1, D=2
+    >>> leave_one_out_reference(m)[0].tolist()
+    [[0.5, 0.5]]
+    """
+    k = maps.shape[0]
+    if k < 2:
+        raise ValueError(f"the leave-one-out reference needs K >= 2 models; got K={k}")
+    unit = normalize_maps(maps.flatten(0, 1)).view_as(maps) if normalize else maps
+    return torch.stack([unit[[j for j in range(k) if j != i]].mean(0) for i in range(k)])
+
+
+def interpretation_loss(maps: Tensor, reference: Tensor, *, normalize: bool = True) -> Tensor:
+    """``(K, N)``: ``|| n(I_k(x)) - n(ref_k(x)) ||_2`` per model and probe (n = unit norm).
+
+    ``reference`` is ``(K, N, ...)`` (e.g. :func:`leave_one_out_reference`) or ``(1, N, ...)``
+    (one reference model's maps, for every model).
+
+    >>> interpretation_loss(torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.0, 2.0]]]))
+    tensor([[1.4142]])
+    """
+    if reference.shape[0] not in (1, maps.shape[0]) or reference.shape[1:] != maps.shape[1:]:
+        raise ValueError(
+            f"reference {tuple(reference.shape)} does not match maps {tuple(maps.shape)}"
+        )
+    refs = reference.expand_as(maps) if reference.shape[0] == 1 else reference
+    return torch.stack(
+        [l2_distance(maps[k], refs[k], normalize=normalize) for k in range(maps.shape[0])]
+    )
+
+
+def split_statistics(
+    values: Tensor, layout: ProbeLayout, model: int | None = None
+) -> dict[str, ProbeStatistic]:
+    """``{"train", "test", "gap"}`` statistics of a per-(model, probe) value ``(K, N)``.
+
+    ``train``: model k's mean over its own train probes (averaged over models, or of
+    ``model`` alone); ``test``: the mean over the shared test probes; ``gap``: test minus
+    train, per model and then averaged.
+
+    >>> v = torch.tensor([[1.0, 2.0, 5.0], [0.0, 1.0, 3.0]])  # K=2, one train probe each
+    >>> s = split_statistics(v, ProbeLayout.from_sizes([1, 1], 1))
+    >>> [float(s[k].point()) for k in ("train", "test", "gap")]
+    [1.0, 4.0, 3.0]
+    """
+    models = list(range(layout.num_models)) if model is None else [model]
+    w = 1.0 / len(models)
+    train = ProbeStatistic({f"train_{k}": w * values[k, layout.train[k]] for k in models})
+    test = ProbeStatistic({"test": values[models][:, layout.test].mean(0)})
+    return {"train": train, "test": test, "gap": test - train}
+
+
+def interpretation_gap(
+    loss: Tensor, layout: ProbeLayout, model: int | None = None
+) -> ProbeStatistic:
+    """The interpretation gap, test loss minus train loss (of ``model``, or averaged).
+
+    >>> loss = torch.tensor([[0.1, 0.2, 0.5, 0.7]])  # K=1: 2 train, 2 test probes
+    >>> round(float(interpretation_gap(loss, ProbeLayout.from_sizes([2], 2)).point()), 4)
+    0.45
+    """
+    return split_statistics(loss, layout, model)["gap"]
+
+
+def gap_reduction(baseline_gap: ProbeStatistic, method_gap: ProbeStatistic) -> Transformed:
+    """``|gap(baseline)| - |gap(method)|``: how much closer to 0 the method's gap is (a gap
+    is better closer to 0, whatever its sign). Nonlinear: estimated by the bootstrap.
+
+    >>> a, b = ProbeStatistic({"test": torch.tensor([-0.3])}), ProbeStatistic({"test": torch.tensor([0.1])})
+    >>> round(float(gap_reduction(a, b).point()), 4)
+    0.2
+    """
+    return Transformed(lambda a, b: a.abs() - b.abs(), baseline_gap, method_gap)
+
+
+def ssim_window(height: int, width: int) -> int | None:
+    """SSIM's default window (11 px) where the maps are large enough, else the largest odd
+    size that fits (8x8 digits: 7), so small images are scored instead of failing.
+
+    >>> ssim_window(32, 32), ssim_window(8, 8)
+    (None, 7)
+    """
+    side = min(height, width)
+    return None if side >= 11 else (side if side % 2 else side - 1)
+
+
+def agreement_values(
+    a: Tensor,
+    b: Tensor,
+    metrics: Sequence[str] = AGREEMENT_METRICS,
+    *,
+    normalize: bool = True,
+    topk: float = 0.1,
+) -> dict[str, Tensor]:
+    """Per-probe agreement of two batches of maps for each metric of ``metrics``.
+
+    >>> v = agreement_values(torch.ones(2, 1, 3, 3), torch.ones(2, 1, 3, 3), ["l2", "topk"])
+    >>> v["l2"].tolist(), v["topk"].tolist()
+    ([0.0, 0.0], [1.0, 1.0])
+    """
+    fns: dict[str, Callable[[], Tensor]] = {
+        "l2": lambda: l2_distance(a, b, normalize=normalize),
+        "spearman": lambda: spearman(a, b),
+        "topk": lambda: topk_intersection(a, b, k=topk),
+        "ssim": lambda: ssim(a, b, win_size=ssim_window(*a.shape[-2:])),
+    }
+    unknown = sorted(set(metrics) - set(fns))
+    if unknown:
+        raise ValueError(f"unknown agreement metrics {unknown}; known: {list(fns)}")
+    return {m: fns[m]().reshape(-1) for m in metrics}
+
+
+def chance_partners(rows: Tensor) -> Tensor:
+    """The probe each probe of ``rows`` is paired with for the chance level: the previous
+    probe of the set, cyclically (never itself; needs at least two probes).
+
+    >>> chance_partners(torch.tensor([4, 5, 6])).tolist()
+    [6, 4, 5]
+    """
+    return rows.roll(1)
+
+
+def _pair_rows(layout: ProbeLayout, i: int, j: int, split: str, device: torch.device) -> tuple:
+    groups = layout.pair_groups(i, j, split)
+    parts = [layout.rows(g) for g in groups]
+    rows = torch.cat([torch.arange(p.start, p.stop, device=device) for p in parts])
+    return groups, rows, [p.stop - p.start for p in parts]
+
+
+def _pairwise(
+    layout: ProbeLayout,
+    num_sources: int,
+    split: str,
+    device: torch.device,
+    fn: Callable[[int, int, Tensor], dict[str, Tensor]],
+) -> dict[str, ProbeStatistic]:
+    """Average ``fn(i, j, rows)`` (per-probe values of each pair of sources) over the pairs
+    that contain each probe, then over the probes: one statistic per name."""
+    values: dict[str, dict[str, list[Tensor]]] = {}
+    for i, j in itertools.combinations(range(num_sources), 2):
+        groups, rows, sizes = _pair_rows(layout, i, j, split, device)
+        for name, v in fn(i, j, rows).items():
+            for g, part in zip(groups, v.split(sizes), strict=True):
+                values.setdefault(name, {}).setdefault(g, []).append(part)
+    out = {}
+    for name, by_group in values.items():
+        total = sum(parts[0].numel() for parts in by_group.values())
+        out[name] = ProbeStatistic(
+            {g: torch.stack(p).mean(0) * (p[0].numel() / total) for g, p in by_group.items()}
+        )
+    return out
+
+
+def pairwise_agreement(
+    stack: MapStack | Tensor,
+    layout: ProbeLayout,
+    split: str,
+    *,
+    metrics: Sequence[str] = AGREEMENT_METRICS,
+    chance: bool = True,
+    normalize: bool = True,
+    topk: float = 0.1,
+) -> dict[str, ProbeStatistic]:
+    """Agreement of every pair of sources on ``split`` probes, per metric; with ``chance``
+    also ``<metric>_chance`` (the same agreement between maps of *different* probes, see
+    :func:`chance_partners`) and ``<metric>_above_chance`` (the paired excess over it).
+
+    >>> maps = torch.randn(2, 6, 1, 4, 4)
+    >>> s = pairwise_agreement(maps, ProbeLayout.from_sizes([2, 2], 2), "test", metrics=["l2"])
+    >>> sorted(s)
+    ['l2', 'l2_above_chance', 'l2_chance']
+    """
+    if isinstance(stack, Tensor):
+        stack = MapStack(stack)
+    maps = stack.maps
+
+    def per_pair(i: int, j: int, rows: Tensor) -> dict[str, Tensor]:
+        out = agreement_values(
+            maps[i, rows], maps[j, rows], metrics, normalize=normalize, topk=topk
+        )
+        if not chance:
+            return out
+        if rows.numel() < 2:  # no other probe to pair with: undefined, not a self-pairing
+            nan = torch.full((rows.numel(),), float("nan"), device=maps.device)
+            rand = dict.fromkeys(metrics, nan)
+        else:
+            other = stack.partner_maps(j, rows, chance_partners(rows))
+            rand = agreement_values(maps[i, rows], other, metrics, normalize=normalize, topk=topk)
+        for m in metrics:
+            out[_chance(m)] = rand[m]
+            excess = rand[m] - out[m] if m == "l2" else out[m] - rand[m]
+            out[above_chance(m)] = excess
+        return out
+
+    return _pairwise(layout, stack.num_sources, split, maps.device, per_pair)
+
+
+_chance = chance  # the argument `chance` shadows the schema's name inside pairwise_agreement
+
+
+def prediction_agreement(preds: Tensor, layout: ProbeLayout, split: str) -> ProbeStatistic:
+    """Fraction of probes on which two sources predict the same class, over source pairs
+    (a proportion: its interval is a Wilson score interval).
+
+    >>> p = torch.tensor([[0, 1, 2, 3], [0, 1, 0, 3]])
+    >>> float(prediction_agreement(p, ProbeLayout.from_sizes([1, 1], 2), "test").point())
+    0.5
+    """
+
+    def same(i: int, j: int, rows: Tensor) -> dict[str, Tensor]:
+        return {"agree": (preds[i, rows] == preds[j, rows]).double()}
+
+    stat = _pairwise(layout, preds.shape[0], split, preds.device, same)["agree"]
+    return ProbeStatistic(stat.terms, proportion=True)
+
+
+def quality(maps: Tensor, layout: ProbeLayout, metric: str) -> dict[str, ProbeStatistic]:
+    """Train/test/gap statistics of a reference-free quality metric of the models' maps
+    (``"sparseness"``: Gini index of |map|; ``"complexity"``: entropy of |map| / sum |map|).
+
+    >>> s = quality(torch.rand(2, 6, 1, 4, 4), ProbeLayout.from_sizes([2, 2], 2), "sparseness")
+    >>> sorted(s)
+    ['gap', 'test', 'train']
+    """
+    fns = {"sparseness": sparseness, "complexity": complexity}
+    if metric not in fns:
+        raise ValueError(f"unknown quality metric {metric!r}; known: {sorted(fns)}")
+    k = layout.num_models
+    return split_statistics(torch.stack([fns[metric](maps[m]) for m in range(k)]), layout)
+
+
+def drift(
+    maps: Tensor, previous: Tensor, layout: ProbeLayout, *, normalize: bool = True
+) -> ProbeStatistic:
+    """Distance between each model's test maps and its maps of the previous monitored epoch
+    (mean over models).
+
+    >>> m = torch.ones(1, 2, 1, 2, 2)
+    >>> float(drift(m, m, ProbeLayout.from_sizes([1], 1)).point())
+    0.0
+    """
+    t = layout.test
+    per_model = [
+        l2_distance(maps[k, t], previous[k, t].to(maps.device), normalize=normalize)
+        for k in range(layout.num_models)
+    ]
+    return ProbeStatistic({"test": torch.stack(per_model).mean(0)})

@@ -1,0 +1,251 @@
+"""One monitored epoch as two pure steps: explain the probes, then evaluate the maps.
+
+:func:`compute_maps` runs every method for every model (and reference model) on the
+probes; :func:`evaluate_epoch` turns the maps into every logged number, each an
+:class:`~lightning_saliency.generalization.Estimate` under its
+:class:`~lightning_saliency.generalization.MetricKey`. Neither knows about Lightning:
+the callback decides when to call them and where the numbers go.
+
+Example (no Lightning; two tiny models on random probes):
+    >>> import torch
+    >>> from torch import nn
+    >>> from lightning_saliency.attribution import resolve_method
+    >>> from lightning_saliency.generalization import MetricKey, ProbeLayout
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> models = [nn.Sequential(nn.Flatten(), nn.Linear(16, 3)) for _ in range(2)]
+    >>> layout = ProbeLayout.from_sizes([4, 4], 4)
+    >>> x, y = torch.randn(12, 1, 4, 4), torch.randint(0, 3, (12,))
+    >>> specs = [resolve_method("simple_grad")]
+    >>> maps = compute_maps(models, x, y, specs)
+    >>> preds = model_logits(models, x).argmax(-1)
+    >>> result = evaluate_epoch(maps, layout, specs, labels=y, preds=preds)
+    >>> gap = result.estimates[MetricKey("simple_grad", "mean", "gap", "gap")]
+    >>> gap.n, gap.lo <= gap.value <= gap.hi
+    (12, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from lightning_saliency._modes import eval_mode
+from lightning_saliency.attribution import MethodSpec, compute_attribution, group_by_segments
+
+from .core import (
+    MapStack,
+    drift,
+    gap_reduction,
+    interpretation_loss,
+    leave_one_out_reference,
+    pairwise_agreement,
+    prediction_agreement,
+    quality,
+    split_statistics,
+)
+from .layout import ProbeLayout
+from .mege import mege_reco_statistics
+from .schema import FAMILIES, QUALITY_METRICS, MetricKey
+from .statistics import BOOTSTRAP_RESAMPLES, Estimate, Statistic, bootstrap_counts, estimate_all
+
+__all__ = ["EpochEvaluation", "compute_maps", "evaluate_epoch", "model_logits"]
+
+Stats = dict[MetricKey, Statistic]
+
+
+@torch.no_grad()
+def model_logits(models: Sequence[nn.Module], x: Tensor, batch_size: int = 256) -> Tensor:
+    """``(M, N, classes)`` float logits of every model, in eval mode, in chunks.
+
+    >>> model_logits([nn.Flatten()], torch.ones(3, 1, 1, 2)).shape
+    torch.Size([1, 3, 2])
+    """
+    out = []
+    with eval_mode(*models):
+        for model in models:
+            parts = [model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
+            out.append(torch.cat(parts))
+    return torch.stack(out)
+
+
+def compute_maps(
+    models: Sequence[nn.Module],
+    x: Tensor,
+    target: Tensor,
+    specs: Sequence[MethodSpec],
+    *,
+    seed: int = 0,
+    segments: Mapping[str, Tensor] | None = None,
+    input_range: tuple[float, float] | None = None,
+    precision: str = "32",
+    channels_last: bool = False,
+    batch_size: int | None = None,
+) -> dict[str, MapStack]:
+    """Every spec's maps ``(M, N, C, H, W)`` of every model, keyed by label.
+
+    A super-pixel spec is the grouping of its pixel twin's maps (one attribution pass and
+    the same noise draws for both; ``segments[label]`` is its ``(N, H, W)`` segmentation).
+    Noise comes from a generator seeded by ``spec.noise_seed(seed)``, the same for every
+    model (common random numbers).
+    """
+    options = {"input_range": input_range, "precision": precision,
+               "channels_last": channels_last, "batch_size": batch_size}  # fmt: skip
+    pixel: dict[MethodSpec, Tensor] = {}
+    out: dict[str, MapStack] = {}
+    for spec in specs:
+        twin = spec.pixel_twin
+        if twin not in pixel:
+            pixel[twin] = torch.stack([_maps(twin, m, x, target, seed, options) for m in models])
+        out[spec.label] = _grouped(spec, pixel[twin], segments)
+    return out
+
+
+def _maps(spec: MethodSpec, model: nn.Module, x: Tensor, target: Tensor, seed: int,
+          options: dict) -> Tensor:  # fmt: skip
+    gen = torch.Generator(device=x.device).manual_seed(spec.noise_seed(seed))
+    return compute_attribution(spec, model, x, target, generator=gen, **options)
+
+
+def _grouped(spec: MethodSpec, pixel: Tensor, segments: Mapping[str, Tensor] | None) -> MapStack:
+    if spec.superpixel is None:
+        return MapStack(pixel)
+    seg = None if segments is None else segments.get(spec.label)
+    if seg is None:
+        raise ValueError(
+            f"spec {spec.label!r} groups by super-pixels but no segmentation of the probes "
+            "was given for it"
+        )
+    reduction = spec.superpixel["reduction"]
+    grouped = torch.stack([group_by_segments(m, seg, reduction=reduction) for m in pixel])
+    return MapStack(grouped, pixel, seg, reduction)
+
+
+@dataclass
+class EpochEvaluation:
+    """Every number of one epoch (``estimates``), the statistics they come from (per-probe
+    values, ``statistics``), the maps (label -> ``(M, N, C, H, W)``) and the predictions."""
+
+    estimates: dict[MetricKey, Estimate]
+    statistics: Stats
+    maps: dict[str, Tensor]
+    preds: Tensor
+    methods: list[str] = field(default_factory=list)
+
+
+def _gap_stats(label: str, loss: Tensor, layout: ProbeLayout, stage: str) -> Stats:
+    out: Stats = {}
+    for k in range(layout.num_models):
+        for split, stat in split_statistics(loss, layout, k).items():
+            metric = "gap" if split == "gap" else "loss"
+            out[MetricKey(label, f"model_{k}", split, metric, stage)] = stat
+    for split, stat in split_statistics(loss, layout).items():
+        metric = "gap" if split == "gap" else "loss"
+        out[MetricKey(label, "mean", split, metric, stage)] = stat
+    return out
+
+
+def _method_stats(
+    spec: MethodSpec,
+    stack: MapStack,
+    layout: ProbeLayout,
+    families: set[str],
+    ctx: dict,
+) -> Stats:
+    """Every statistic of one method, in the order the CSV lists them."""
+    label, stage, k = spec.label, ctx["stage"], layout.num_models
+    maps, has_ref = stack.maps, stack.num_sources >= 2
+    out: Stats = {}
+    if "gap" in families and has_ref:
+        ref = leave_one_out_reference(maps[:k], normalize=ctx["normalize"]) if k >= 2 else maps[k:]
+        loss = interpretation_loss(maps[:k], ref, normalize=ctx["normalize"])
+        out.update(_gap_stats(label, loss, layout, stage))
+    if "agreement" in families and has_ref:
+        for split in ("train", "test"):
+            for metric, stat in pairwise_agreement(
+                stack, layout, split, normalize=ctx["normalize"], topk=ctx["topk"]
+            ).items():
+                out[MetricKey(label, "pairs", split, metric, stage)] = stat
+    if "mege_reco" in families and k >= 2:
+        for metric, stat in mege_reco_statistics(
+            maps, ctx["preds"], ctx["labels"], layout
+        ).items():
+            out[MetricKey(label, "pairs", "train", metric, stage)] = stat
+    if "quality" in families:
+        for metric in QUALITY_METRICS:
+            for split, stat in quality(maps, layout, metric).items():
+                out[MetricKey(label, "mean", split, metric, stage)] = stat
+    previous = ctx["previous"]
+    if "drift" in families and previous is not None and label in previous:
+        stat = drift(maps, previous[label], layout, normalize=ctx["normalize"])
+        out[MetricKey(label, "mean", "test", "drift", stage)] = stat
+    return out
+
+
+def evaluate_epoch(
+    maps: Mapping[str, MapStack | Tensor],
+    layout: ProbeLayout,
+    specs: Sequence[MethodSpec],
+    *,
+    labels: Tensor,
+    preds: Tensor,
+    families: Sequence[str] = FAMILIES,
+    normalize: bool = True,
+    topk: float = 0.1,
+    previous: Mapping[str, Tensor] | None = None,
+    stage: str = "fit",
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> EpochEvaluation:
+    """Every number of one monitored epoch, with its standard error and 95% interval.
+
+    ``maps[label]`` holds the ``(M, N, C, H, W)`` maps of the K models of ``layout`` (and,
+    with K = 1, a reference model as source M = 2); ``preds`` the ``(M, N)`` predicted
+    classes, ``labels`` the ``(N,)`` true ones; ``previous[label]`` last epoch's maps
+    (drift). The intervals cover probe-to-probe noise; the bootstrap (nonlinear
+    statistics) draws from a generator seeded by ``seed``.
+    """
+    fam = set(families)
+    stacks = {lb: m if isinstance(m, MapStack) else MapStack(m) for lb, m in maps.items()}
+    ctx = {"stage": stage, "normalize": normalize, "topk": topk, "preds": preds,
+           "labels": labels, "previous": previous}  # fmt: skip
+    stats: Stats = {}
+    if "prediction_agreement" in fam and preds.shape[0] >= 2:
+        for split in ("train", "test"):
+            stats[MetricKey.prediction_agreement(split, stage)] = prediction_agreement(
+                preds, layout, split
+            )
+    for spec in specs:
+        stats.update(_method_stats(spec, stacks[spec.label], layout, fam, ctx))
+    stats.update(_gap_reductions(specs, stats, stage))
+    gen = torch.Generator().manual_seed(int(seed))
+    counts = bootstrap_counts(
+        {g: layout.rows(g).stop - layout.rows(g).start for g in layout.groups}, gen, resamples
+    )
+    return EpochEvaluation(
+        estimates=estimate_all(stats, counts),
+        statistics=stats,
+        maps={lb: s.maps for lb, s in stacks.items()},
+        preds=preds,
+        methods=[s.label for s in specs],
+    )
+
+
+def _gap_reductions(specs: Sequence[MethodSpec], stats: Stats, stage: str) -> Stats:
+    """``|gap(plain simple_grad)| - |gap(L)|`` of every other method (needs the baseline)."""
+    base = next((s for s in specs if s.is_plain_baseline), None)
+    if base is None:
+        return {}
+    base_gap = stats.get(MetricKey(base.label, "mean", "gap", "gap", stage))
+    if base_gap is None:
+        return {}
+    out: Stats = {}
+    for spec in specs:
+        gap = stats.get(MetricKey(spec.label, "mean", "gap", "gap", stage))
+        if spec is not base and gap is not None:
+            key = MetricKey(spec.label, "mean", "gap", "gap_reduction", stage)
+            out[key] = gap_reduction(base_gap, gap)  # type: ignore[arg-type]
+    return out

@@ -1,0 +1,268 @@
+"""The one result schema: a typed key per logged number, and everything derived from it.
+
+A :class:`MetricKey` names one number of one monitored epoch: which method, which
+aggregate (the mean over models, one model, or the model pairs), which probes
+(``train``, ``test``, or ``gap`` for a test-minus-train difference), which metric and
+which stage (``fit`` while training, ``validate``/``test`` under ``trainer.validate``/
+``trainer.test``). From the key alone come its TensorBoard tag (:attr:`MetricKey.tag`),
+its CSV row (:func:`csv_row`, :func:`parse_csv_row`) and the report's look-ups. No other
+module spells an ``interp/`` tag.
+
+Example:
+    >>> key = MetricKey("simple_grad", "mean", "gap", "gap")
+    >>> key.tag, MetricKey("simple_grad", "pairs", "test", "spearman", "validate").tag
+    ('interp/simple_grad/gap', 'validate/interp/simple_grad/test/spearman')
+    >>> MetricKey.prediction_agreement("test").tag
+    'interp/prediction_agreement/test'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .statistics import Estimate
+
+__all__ = [
+    "AGREEMENT_METRICS",
+    "CSV_FIELDS",
+    "CSV_NAME",
+    "FAMILIES",
+    "INTERVAL_METRICS",
+    "METHODS_NAME",
+    "NO_METHOD",
+    "QUALITY_METRICS",
+    "REFERENCE_FAMILIES",
+    "STAGES",
+    "MetricKey",
+    "above_chance",
+    "chance",
+    "csv_row",
+    "custom_scalars_layout",
+    "parse_csv_row",
+]
+
+#: Agreement metrics between two sources' maps; each also has ``_chance`` and ``_above_chance``.
+AGREEMENT_METRICS: tuple[str, ...] = ("l2", "spearman", "topk", "ssim")
+#: Reference-free quality metrics of one model's maps.
+QUALITY_METRICS: tuple[str, ...] = ("sparseness", "complexity")
+#: Metric families a user can ask for; those in REFERENCE_FAMILIES need a reference.
+FAMILIES: tuple[str, ...] = (
+    "gap",
+    "agreement",
+    "mege_reco",
+    "quality",
+    "drift",
+    "prediction_agreement",
+)
+REFERENCE_FAMILIES: tuple[str, ...] = ("gap", "agreement", "mege_reco")
+#: Stages a monitored number can come from.
+STAGES: tuple[str, ...] = ("fit", "validate", "test")
+#: ``method`` of numbers that belong to no saliency method (prediction agreement).
+NO_METHOD = "-"
+#: Files the callback writes into the run folder.
+CSV_NAME = "interpretation_metrics.csv"
+METHODS_NAME = "methods.json"
+#: Columns of ``interpretation_metrics.csv``: one row per key and epoch.
+KEY_FIELDS: tuple[str, ...] = ("method", "aggregate", "split", "metric")
+ESTIMATE_FIELDS: tuple[str, ...] = ("value", "se", "lo", "hi", "n", "nonfinite")
+CSV_FIELDS: tuple[str, ...] = ("epoch", "step", "stage", *KEY_FIELDS, *ESTIMATE_FIELDS)
+#: Metrics whose interval TensorBoard gets as ``<tag>/lo`` and ``<tag>/hi``.
+INTERVAL_METRICS: frozenset[str] = frozenset(
+    {"gap", "gap_reduction", *(f"{m}_above_chance" for m in AGREEMENT_METRICS)}
+)
+_SPLITS = ("train", "test", "gap")
+
+
+def chance(metric: str) -> str:
+    """Name of an agreement metric's chance level.
+
+    >>> chance("ssim")
+    'ssim_chance'
+    """
+    return f"{metric}_chance"
+
+
+def above_chance(metric: str) -> str:
+    """Name of an agreement metric's excess over its chance level (positive = more
+    agreement than two maps of different probes; for the L2 distance, chance minus L2).
+
+    >>> above_chance("l2")
+    'l2_above_chance'
+    """
+    return f"{metric}_above_chance"
+
+
+@dataclass(frozen=True, order=True)
+class MetricKey:
+    """One logged number: ``(method, aggregate, split, metric, stage)``.
+
+    * ``method``: the method's label, or ``"-"`` for prediction agreement;
+    * ``aggregate``: ``"mean"`` (over models), ``"model_<k>"`` or ``"pairs"`` (over model
+      pairs, or the model and its reference);
+    * ``split``: ``"train"``, ``"test"`` or ``"gap"`` (test minus train);
+    * ``metric``: ``"loss"``, ``"gap"``, ``"gap_reduction"``, an agreement metric or its
+      ``_chance``/``_above_chance``, ``"mege"``, ``"reco"``, a quality metric, ``"drift"``,
+      ``"prediction_agreement"``;
+    * ``stage``: ``"fit"``, ``"validate"`` or ``"test"``.
+    """
+
+    method: str
+    aggregate: str
+    split: str
+    metric: str
+    stage: str = "fit"
+
+    def __post_init__(self) -> None:
+        if self.split not in _SPLITS:
+            raise ValueError(f"split must be one of {_SPLITS}; got {self.split!r}")
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}; got {self.stage!r}")
+        if not self.method or not self.metric or not self.aggregate:
+            raise ValueError(f"a metric key needs a method, aggregate and metric; got {self}")
+
+    @classmethod
+    def prediction_agreement(cls, split: str, stage: str = "fit") -> MetricKey:
+        """The key of the models' prediction agreement on ``split`` probes."""
+        return cls(NO_METHOD, "pairs", split, "prediction_agreement", stage)
+
+    def at(self, stage: str) -> MetricKey:
+        """The same number at another stage."""
+        return MetricKey(self.method, self.aggregate, self.split, self.metric, stage)
+
+    @property
+    def tag(self) -> str:
+        """The TensorBoard (and ``pl_module.log``) name."""
+        prefix = "" if self.stage == "fit" else f"{self.stage}/"
+        return prefix + self._fit_tag()
+
+    def _fit_tag(self) -> str:
+        if self.method == NO_METHOD:
+            return f"interp/{self.metric}/{self.split}"
+        base = f"interp/{self.method}"
+        if self.aggregate.startswith("model_"):
+            base += f"/{self.aggregate}"
+        if self.metric == "loss":
+            return f"{base}/{self.split}_loss"
+        if self.metric in ("gap", "gap_reduction", "mege", "reco", "drift"):
+            return f"{base}/{self.metric}"
+        if self.split == "gap":
+            return f"{base}/{self.metric}_gap"
+        return f"{base}/{self.split}/{self.metric}"
+
+    @property
+    def has_interval_tags(self) -> bool:
+        """Whether TensorBoard also gets ``<tag>/lo`` and ``<tag>/hi`` for this key."""
+        return self.metric in INTERVAL_METRICS and self.aggregate in ("mean", "pairs")
+
+    def scalars(self, est: Estimate) -> dict[str, float]:
+        """``{tag: value}`` for TensorBoard: the value and, where drawn, its interval.
+
+        >>> MetricKey("m", "mean", "gap", "gap").scalars(Estimate(0.1, 0.01, 0.08, 0.12, 8))
+        {'interp/m/gap': 0.1, 'interp/m/gap/lo': 0.08, 'interp/m/gap/hi': 0.12}
+        """
+        out = {self.tag: est.value}
+        if self.has_interval_tags:
+            out[f"{self.tag}/lo"] = est.lo
+            out[f"{self.tag}/hi"] = est.hi
+        return out
+
+
+def csv_row(key: MetricKey, est: Estimate, epoch: int, step: int) -> dict[str, Any]:
+    """The CSV row of one key at one epoch.
+
+    >>> row = csv_row(MetricKey("m", "mean", "gap", "gap"), Estimate(0.1, 0.01, 0.08, 0.12, 8), 3, 40)
+    >>> [row[f] for f in CSV_FIELDS]
+    [3, 40, 'fit', 'm', 'mean', 'gap', 'gap', 0.1, 0.01, 0.08, 0.12, 8, 0]
+    """
+    return {
+        "epoch": int(epoch),
+        "step": int(step),
+        "stage": key.stage,
+        **{f: getattr(key, f) for f in KEY_FIELDS},
+        **{f: getattr(est, f) for f in ESTIMATE_FIELDS},
+    }
+
+
+def _float(text: str) -> float:
+    return math.nan if text in ("", "nan") else float(text)
+
+
+def parse_csv_row(row: Mapping[str, str]) -> tuple[int, MetricKey, Estimate]:
+    """``(epoch, key, estimate)`` of a CSV row; ``ValueError`` for a malformed one.
+
+    Rows of version 0.1 (columns ``model`` for the aggregate and the stage written into
+    ``split`` as ``"validate:test"``, no interval columns) are read too.
+
+    >>> parse_csv_row({"epoch": "1", "step": "9", "method": "m", "model": "mean",
+    ...                "split": "test:gap", "metric": "gap", "value": "0.5"})[1].stage
+    'test'
+    """
+    split = row["split"]
+    stage = row.get("stage") or "fit"
+    if "stage" not in row and ":" in split:  # version 0.1
+        stage, split = split.split(":", 1)
+    aggregate = row["aggregate"] if "aggregate" in row else row["model"]
+    key = MetricKey(row["method"], aggregate, split, row["metric"], stage)
+    value = _float(row["value"])
+    if "se" in row:
+        est = Estimate(
+            value,
+            _float(row["se"]),
+            _float(row["lo"]),
+            _float(row["hi"]),
+            int(row["n"]),
+            int(row["nonfinite"]),
+        )
+    else:  # no interval before version 0.2
+        est = Estimate(value, math.nan, math.nan, math.nan, 0)
+    return int(row["epoch"]), key, est
+
+
+def _pattern(*keys: MetricKey) -> str:
+    """A regex that matches exactly these tags (TensorBoard matches a chart's pattern from
+    the start of a tag name, so an unanchored ``.../gap`` would also plot ``.../gap_reduction``)."""
+    return "^(" + "|".join(re.escape(k.tag) for k in keys) + ")$"
+
+
+def _margin(key: MetricKey) -> list[str]:
+    return [key.tag, f"{key.tag}/lo", f"{key.tag}/hi"]
+
+
+def custom_scalars_layout(methods: Sequence[str]) -> dict[str, dict[str, list]]:
+    """TensorBoard's custom-scalars layout: per method, its gap with the 95% interval and
+    each test agreement beside its chance level; across methods, the losses and quality.
+
+    >>> layout = custom_scalars_layout(["simple_grad"])
+    >>> layout["simple_grad"]["gap (test - train loss), 95% interval"]
+    ['Margin', ['interp/simple_grad/gap', 'interp/simple_grad/gap/lo', 'interp/simple_grad/gap/hi']]
+    >>> layout["simple_grad"]["test spearman and its chance level"][1]
+    ['^(interp/simple_grad/test/spearman|interp/simple_grad/test/spearman_chance)$']
+    """
+    out: dict[str, dict[str, list]] = {}
+    for lb in methods:
+        charts: dict[str, list] = {
+            "gap (test - train loss), 95% interval": ["Margin", _margin(MetricKey(lb, "mean", "gap", "gap"))],
+        }
+        for m in AGREEMENT_METRICS:
+            pair = MetricKey(lb, "pairs", "test", m), MetricKey(lb, "pairs", "test", chance(m))
+            charts[f"test {m} and its chance level"] = ["Multiline", [_pattern(*pair)]]
+            above = MetricKey(lb, "pairs", "test", above_chance(m))
+            charts[f"test {m} above chance, 95% interval"] = ["Margin", _margin(above)]
+        reduction = MetricKey(lb, "mean", "gap", "gap_reduction")
+        charts["gap reduction vs simple_grad, 95% interval"] = ["Margin", _margin(reduction)]
+        out[lb] = charts
+    across = {
+        f"{split} loss": ["Multiline", [_pattern(*(MetricKey(lb, "mean", split, "loss") for lb in methods))]]
+        for split in ("train", "test")
+    }
+    for metric, split in (("sparseness", "test"), ("complexity", "test"), ("drift", "test")):
+        keys = (MetricKey(lb, "mean", split, metric) for lb in methods)
+        across[f"{split} {metric}"] = ["Multiline", [_pattern(*keys)]]
+    pred = (MetricKey.prediction_agreement(s) for s in ("train", "test"))
+    across["prediction agreement"] = ["Multiline", [_pattern(*pred)]]
+    out["all methods"] = across
+    return out

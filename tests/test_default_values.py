@@ -1,0 +1,102 @@
+"""The generalization core left every number of the default run unchanged.
+
+``fixtures/default_run_values.json`` holds the CSV rows and TensorBoard scalars of a
+fixed default run recorded with version 0.1 (before the core replaced
+``callbacks/_compute.py``; ``fixtures/record_default_values.py`` says how). The same run
+today must give the same values to 1e-6, except where a definition changed on purpose:
+
+* ``gap_reduction`` is now ``|gap(simple_grad)| - |gap(L)|`` (DESIGN.md); it is checked
+  against that formula applied to the recorded gaps instead, and the baseline's own
+  (always 0) is no longer logged;
+* ``interp/L/sparseness`` and ``interp/L/complexity`` were copies of
+  ``interp/L/test/sparseness`` and ``.../test/complexity``: checked against those.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from lightning_saliency.cli import cli_main
+from lightning_saliency.generalization import MetricKey, parse_csv_row
+
+HERE = Path(__file__).resolve().parent
+FIXTURE = json.loads((HERE / "fixtures" / "default_run_values.json").read_text())
+ALIASES = {"sparseness": "test/sparseness", "complexity": "test/complexity"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("default"))
+    try:
+        cli = cli_main(["fit", *FIXTURE["args"]])
+    finally:
+        os.chdir(cwd)
+    return Path(cli.trainer.logger.log_dir)
+
+
+def _tb(run: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def _renamed(tag: str) -> str:
+    """``interp/L/sparseness`` (the alias, two slashes) -> ``interp/L/test/sparseness``."""
+    head, _, last = tag.rpartition("/")
+    return f"{head}/{ALIASES[last]}" if last in ALIASES and tag.count("/") == 2 else tag
+
+
+def test_tensorboard_values_equal_the_recorded_ones(run: Path) -> None:
+    now = _tb(run)
+    for tag, series in FIXTURE["tensorboard"].items():
+        if tag.endswith("/gap_reduction"):
+            continue
+        got = now[_renamed(tag)]
+        assert [s for s, _ in got] == [s for s, _ in series], tag
+        assert [v for _, v in got] == pytest.approx([v for _, v in series], abs=1e-6), tag
+
+
+def test_gap_reduction_is_the_difference_of_absolute_gaps(run: Path) -> None:
+    now = _tb(run)
+    old = FIXTURE["tensorboard"]
+    base = old["interp/simple_grad/gap"]
+    assert "interp/simple_grad/gap_reduction" not in now  # the baseline's own: always 0
+    for tag in old:
+        if tag.endswith("/gap_reduction") and not tag.startswith("interp/simple_grad/"):
+            gap = old[tag.replace("/gap_reduction", "/gap")]
+            want = [abs(b) - abs(g) for (_, b), (_, g) in zip(base, gap, strict=True)]
+            assert [v for _, v in now[tag]] == pytest.approx(want, abs=1e-6), tag
+
+
+def test_csv_values_equal_the_recorded_ones(run: Path) -> None:
+    with (run / "interpretation_metrics.csv").open(newline="") as fh:
+        rows = [parse_csv_row(r) for r in csv.DictReader(fh)]
+    now = {(epoch, key): est for epoch, key, est in rows}
+    assert len(now) == len(rows)  # one row per key and epoch
+    checked = 0
+    for row in FIXTURE["csv"]:
+        epoch, key, old = parse_csv_row(row)
+        if key.metric == "gap_reduction":
+            continue
+        est = now[(epoch, key)]
+        assert est.value == pytest.approx(old.value, abs=1e-6), key
+        # every number carries its uncertainty now
+        assert math.isfinite(est.se) and est.lo <= est.value <= est.hi and est.n > 0, key
+        checked += 1
+    assert checked == 556 - 14  # 7 non-baseline gap_reductions at each of 2 epochs
+    # the new first-class quantity: agreement above chance, with its paired interval
+    for metric in ("l2", "spearman", "topk", "ssim"):
+        key = MetricKey("simple_grad", "pairs", "test", f"{metric}_above_chance")
+        agree = now[(1, MetricKey("simple_grad", "pairs", "test", metric))].value
+        chance = now[(1, MetricKey("simple_grad", "pairs", "test", f"{metric}_chance"))].value
+        want = chance - agree if metric == "l2" else agree - chance
+        assert now[(1, key)].value == pytest.approx(want, abs=1e-9)
