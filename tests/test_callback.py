@@ -122,8 +122,9 @@ def test_logs_every_tag_family_to_csv_and_tensorboard(tmp_path: Path) -> None:
                 "gap",
                 "mege",
                 "reco",
-                "sparseness",
-                "complexity",
+                "test/sparseness",
+                "test/complexity",
+                "sparseness_gap",
                 "drift",
             )
         ]
@@ -356,7 +357,7 @@ def test_single_model_with_reference_and_without(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="reference-free"):
         trainer2.fit(_Plain(), loader)
     keys = set(trainer2.callback_metrics)
-    assert "interp/simple_grad/sparseness" in keys and "interp/simple_grad/drift" in keys
+    assert "interp/simple_grad/test/sparseness" in keys and "interp/simple_grad/drift" in keys
     assert not any(k.endswith("/gap") for k in keys)
 
 

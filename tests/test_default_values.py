@@ -36,9 +36,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.chdir(tmp_path_factory.mktemp("default"))
     try:
         cli = cli_main(["fit", *FIXTURE["args"]])
+        return Path(cli.trainer.logger.log_dir).resolve()
     finally:
         os.chdir(cwd)
-    return Path(cli.trainer.logger.log_dir)
 
 
 def _tb(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -62,7 +62,8 @@ def test_tensorboard_values_equal_the_recorded_ones(run: Path) -> None:
             continue
         got = now[_renamed(tag)]
         assert [s for s, _ in got] == [s for s, _ in series], tag
-        assert [v for _, v in got] == pytest.approx([v for _, v in series], abs=1e-6), tag
+        want = [v for _, v in series]
+        assert [v for _, v in got] == pytest.approx(want, abs=1e-6, nan_ok=True), tag
 
 
 def test_gap_reduction_is_the_difference_of_absolute_gaps(run: Path) -> None:
@@ -88,11 +89,14 @@ def test_csv_values_equal_the_recorded_ones(run: Path) -> None:
         if key.metric == "gap_reduction":
             continue
         est = now[(epoch, key)]
-        assert est.value == pytest.approx(old.value, abs=1e-6), key
-        # every number carries its uncertainty now
-        assert math.isfinite(est.se) and est.lo <= est.value <= est.hi and est.n > 0, key
+        assert est.value == pytest.approx(old.value, abs=1e-6, nan_ok=True), key
+        # every number carries its uncertainty now (MeGe/ReCo are NaN here: the untrained
+        # models predict no probe correctly, so no pair is "same-correct")
+        assert est.n > 0, key
+        if key.metric not in ("mege", "reco"):
+            assert math.isfinite(est.se) and est.lo <= est.value <= est.hi, key
         checked += 1
-    assert checked == 556 - 14  # 7 non-baseline gap_reductions at each of 2 epochs
+    assert checked == 556 - 16  # all but the 8 gap_reduction rows of each of the 2 epochs
     # the new first-class quantity: agreement above chance, with its paired interval
     for metric in ("l2", "spearman", "topk", "ssim"):
         key = MetricKey("simple_grad", "pairs", "test", f"{metric}_above_chance")

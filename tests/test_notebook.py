@@ -27,6 +27,8 @@ def test_quickstart_notebook_runs(tmp_path: Path) -> None:
     )
     assert "interp/simple_grad/gap" in outputs
     assert "smoothgrad" in outputs.lower()
+    assert "'smoothgrad.png'" in outputs  # the report cell finds the report's plots
+    assert "gap [95% CI]" in outputs  # the headline table with intervals
     errors = [
         o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"
     ]

@@ -4,6 +4,7 @@ experiment configs in ``configs/experiments``."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 from pathlib import Path
@@ -15,8 +16,16 @@ import yaml
 from PIL import Image
 
 from lightning_saliency.attribution import MethodSpec, resolve_method
+from lightning_saliency.generalization import (
+    CSV_FIELDS,
+    CSV_NAME,
+    METHODS_NAME,
+    Estimate,
+    MetricKey,
+    csv_row,
+)
 from lightning_saliency.report import (
-    CSV_HEADER,
+    LEGACY_CSV_FIELDS,
     REPORT_FIELDS,
     build_studies,
     load_runs,
@@ -38,10 +47,16 @@ def make_run(
     split_factor: int = 2,
     spectral_norm_factor: float | None = None,
     write_config: bool = True,
+    legacy: bool = False,
+    methods_json: bool = False,
 ) -> Path:
     """A run folder like LightningCLI + TensorBoardLogger leave it (config.yaml, CSV).
 
-    ``rows`` are ``(epoch, method, model, split, metric, value)``.
+    ``rows`` are ``(epoch, method, aggregate, split, metric, value[, se])``; ``split`` may
+    carry the stage as ``"validate:test"``. Without ``se`` a row has no interval (its cells
+    print the bare value, as version 0.1's rows); with it, a normal 95% interval.
+    ``legacy`` writes version 0.1's CSV (header ``model``, stage inside ``split``);
+    ``methods_json`` writes the callback's ``methods.json`` instead of relying on the config.
     """
     folder.mkdir(parents=True, exist_ok=True)
     if write_config:
@@ -75,11 +90,25 @@ def make_run(
             },
         }
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    with (folder / "interpretation_metrics.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_HEADER)
-        for epoch, method, model, split, metric, value in rows:
-            writer.writerow([epoch, 10 * (epoch + 1), method, model, split, metric, value])
+    if methods_json:
+        specs = [resolve_method(m).to_config() for m in methods or []]
+        (folder / METHODS_NAME).write_text(json.dumps({"methods": specs}))
+    with (folder / CSV_NAME).open("w", newline="") as fh:
+        if legacy:
+            writer = csv.writer(fh)
+            writer.writerow(LEGACY_CSV_FIELDS)
+            for epoch, method, model, split, metric, value, *_ in rows:
+                writer.writerow([epoch, 10 * (epoch + 1), method, model, split, metric, value])
+            return folder
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for epoch, method, aggregate, split, metric, value, *se in rows:
+            stage, _, split = split.rpartition(":")
+            key = MetricKey(method, aggregate, split, metric, stage or "fit")
+            nan = math.nan
+            est = (Estimate(value, se[0], value - 1.96 * se[0], value + 1.96 * se[0], 32)
+                   if se else Estimate(value, nan, nan, nan, 32))  # fmt: skip
+            writer.writerow(csv_row(key, est, epoch, 10 * (epoch + 1)))
     return folder
 
 
@@ -141,8 +170,8 @@ def test_split_factor_study_tables_csv_and_plot(split_factor_runs: Path, tmp_pat
     assert "-1.0000" not in md  # the validate:test row is not a fit-stage value
     # rows sorted by split factor; the trend line with the relative drops
     assert a.index("| 2 | sf2") < a.index("| 4 | sf4") < a.index("| 8 | sf8") < a.index("| 16 |")
-    assert "test prediction agreement 0.9000 -> 0.7500 (-16.7%)" in a
-    assert "`simple_grad` test spearman: 0.4000 -> 0.1000 (-75.0%)" in a
+    assert "test prediction agreement 0.9000 -> 0.7500 (change -0.1500)." in a  # no intervals
+    assert "`simple_grad` test spearman: 0.4000 -> 0.1000 (change -0.3000)" in a
     assert "![split_factor](split_factor.png)" in a
     assert_png(out / "split_factor.png")
     # studies without data say so and draw nothing
@@ -155,7 +184,7 @@ def test_split_factor_study_tables_csv_and_plot(split_factor_runs: Path, tmp_pat
         assert "no runs for this study" in section(md, key)
         assert not (out / f"{name}.png").exists()
     # the runs table: last epoch of 0-1 read from each run
-    assert "| sf16 | 1 | 0-1 (2) | resnet18 | 2 | 16 | none | 1 |" in md
+    assert "| sf16 | 1 | 0-1 (2) | resnet18 | 2 | 16 | none | 0 | 1 |" in md  # seed_everything 0
 
     rows = read_report_csv(out)
     assert {r["study"] for r in rows} == {"split_factor"}
@@ -204,10 +233,10 @@ def test_epoch_option_reads_that_epoch(split_factor_runs: Path, tmp_path: Path) 
 
     runs = load_runs([split_factor_runs], epoch=None)
     # folder names in natural order (numbers compared as numbers): not sf16, sf2, sf4, sf8
-    assert [r["name"] for r in runs] == ["sf2", "sf4", "sf8", "sf16"]
-    assert {r["epoch"] for r in runs} == {1} and runs[0]["epochs"] == [0, 1]
-    assert runs[0]["metrics"][("simple_grad", "pairs", "test", "spearman")] == 0.4  # sf2
-    assert runs[0]["specs"]["simple_grad"] == resolve_method("simple_grad")
+    assert [r.name for r in runs] == ["sf2", "sf4", "sf8", "sf16"]
+    assert {r.epoch for r in runs} == {1} and runs[0].epochs == (0, 1)
+    assert runs[0].get("simple_grad", "pairs", "test", "spearman").value == 0.4  # sf2
+    assert runs[0].specs["simple_grad"] == resolve_method("simple_grad")
 
 
 # --------------------------------------------------------------------------- study (b)
@@ -237,12 +266,12 @@ def test_smoothgrad_study(tmp_path: Path) -> None:
     main([str(tmp_path / "sg"), "--out", str(out)])
     b = section((out / "report.md").read_text(), "b")
     # simple_grad is sigma 0 of both curves
-    assert "| version_0 | sigma | 0 | 1 | simple_grad | 0.9000 | 0.0900 | 0.9100 |" in b
-    assert "| version_0 | sigma | 0 | 16 | simple_grad | 0.9000 | 0.0900 | 0.9100 |" in b
-    assert "| version_0 | sigma | 0.1 | 1 | smooth_grad_s0.1_n1 | 0.8000 | 0.0800 | 0.8100 |" in b
-    assert "| version_0 | sigma | 0.5 | 1 | smooth_grad_s0.5_n1 | 0.6000 | 0.0600 | 0.6100 |" in b
-    assert "| version_0 | sigma | 0.1 | 16 | smooth_grad_s0.1 | 0.7000 | 0.0700 | 0.7100 |" in b
-    assert "| version_0 | sigma | 0.5 | 16 | smooth_grad_s0.5 | 0.5000 | 0.0500 | 0.5100 |" in b
+    assert "| version_0 | sigma | 0 | 1 | simple_grad | 0.9000 | n/a | 0.0900 | 0.9100 |" in b
+    assert "| version_0 | sigma | 0 | 16 | simple_grad | 0.9000 | n/a | 0.0900 | 0.9100 |" in b
+    assert "| version_0 | sigma | 0.1 | 1 | smooth_grad_s0.1_n1 | 0.8000 | n/a | 0.0800 | 0.8100 |" in b
+    assert "| version_0 | sigma | 0.5 | 1 | smooth_grad_s0.5_n1 | 0.6000 | n/a | 0.0600 | 0.6100 |" in b
+    assert "| version_0 | sigma | 0.1 | 16 | smooth_grad_s0.1 | 0.7000 | n/a | 0.0700 | 0.7100 |" in b
+    assert "| version_0 | sigma | 0.5 | 16 | smooth_grad_s0.5 | 0.5000 | n/a | 0.0500 | 0.5100 |" in b
     assert_png(out / "smoothgrad.png")
     rows_out = [r for r in read_report_csv(out) if r["study"] == "smoothgrad"]
     assert len(rows_out) == 6 * 3
@@ -346,8 +375,8 @@ def test_spectral_norm_study_with_unnormalized_baseline(tmp_path: Path) -> None:
 
 def test_spectral_norm_study_needs_a_normalized_run(split_factor_runs: Path) -> None:
     studies = build_studies(load_runs(split_factor_runs))
-    assert studies["spectral_norm"]["rows"] == []
-    assert len(studies["split_factor"]["rows"]) == 4
+    assert studies["spectral_norm"].rows == []
+    assert len(studies["split_factor"].rows) == 4
 
 
 # --------------------------------------------------------------------------- study (e)
@@ -374,7 +403,6 @@ def test_adaptgrad_study_groups_by_base(tmp_path: Path) -> None:
     for lb, g in gini.items():
         rows += [
             (0, lb, "mean", "test", "sparseness", g),
-            (0, lb, "mean", "test", "sparseness", g),  # the duplicate the callback writes
             (0, lb, "mean", "train", "sparseness", 0.0),
             (0, lb, "mean", "test", "complexity", 5.0),
         ]
@@ -400,43 +428,67 @@ def test_adaptgrad_study_groups_by_base(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- no config.yaml
-def test_run_without_config_recovers_specs_from_labels(tmp_path: Path) -> None:
-    """A plain-Trainer run (no config.yaml): specs come from the labels, facts from hparams."""
-    specs = [
-        resolve_method(m)
-        for m in (
-            "simple_grad",
-            {"method": "smooth_grad", "noise_level": 0.2, "samples": 32},
-            {"method": "simple_grad", "superpixel": "slic"},
-            {
-                "method": "smooth_grad",
-                "sigma": 1.0,
-                "superpixel": {"algorithm": "slic", "reduction": "mean"},
-            },
-            {"method": "simple_grad", "superpixel": {"algorithm": "slic", "reduction": "abs_sum"}},
-            {"method": "adapt_grad", "confidence": 0.99, "base": "grad_x_input", "samples": 8},
-        )
-    ]
+#: Label forms a label parser could not read back (version 0.1): the specs travel in
+#: methods.json instead.
+HARD_LABELS = [
+    {"method": "integrated_gradients", "steps": 32, "rule": "gauss_legendre"},
+    {"method": "smooth_grad", "noise_level": 0.2, "base": "integrated_gradients", "baseline": "min"},
+    {"method": "simple_grad", "superpixel": {"algorithm": "slic", "n_segments": 40}},
+    {"method": "grad_cam", "layer": "layer4"},
+    {"method": "simple_grad", "output": "log_softmax"},
+]
+
+
+def test_run_without_config_reads_specs_from_methods_json(tmp_path: Path) -> None:
+    """A plain-Trainer run (no config.yaml): the specs come from the callback's methods.json,
+    facts from hparams.yaml; every label form is reported with its spec."""
+    methods = [
+        "simple_grad",
+        {"method": "smooth_grad", "noise_level": 0.2, "samples": 32},
+        {"method": "simple_grad", "superpixel": "slic"},
+        {"method": "smooth_grad", "sigma": 1.0, "superpixel": {"algorithm": "slic", "reduction": "mean"}},
+        {"method": "simple_grad", "superpixel": {"algorithm": "slic", "reduction": "abs_sum"}},
+        {"method": "adapt_grad", "confidence": 0.99, "base": "grad_x_input", "samples": 8},
+        *HARD_LABELS,
+        {"method": "smooth_grad", "sigma": 0.3, "label": "my_smoothgrad"},
+    ]  # fmt: skip
+    specs = [resolve_method(m) for m in methods]
+    assert [s.label for s in specs[6:11]] == [
+        "integrated_gradients_st32_gl", "smooth_grad_nl0.2_ig_bmin",
+        "simple_grad_sp-slic-n_segments40", "grad_cam_at-layer4", "simple_grad_lsm",
+    ]  # fmt: skip
     rows = [(0, s.label, "pairs", "test", "ssim", 0.5) for s in specs]
-    rows += [(0, "integrated_gradients_st32_gl", "pairs", "test", "ssim", 0.5)]
-    folder = make_run(tmp_path / "plain", rows, methods=None, write_config=False)
+    rows += [(0, s.label, "mean", "gap", "gap", 0.01) for s in specs]
+    folder = make_run(tmp_path / "plain", rows, methods=methods, write_config=False,
+                      methods_json=True)  # fmt: skip
     (folder / "hparams.yaml").write_text(
         yaml.safe_dump({"split_factor": 4, "spectral_norm_factor": 2.0, "num_models": 3})
     )
     (run,) = load_runs(folder)
-    assert run["split_factor"] == 4 and run["spectral_norm_factor"] == 2.0
-    assert run["num_models"] == 3 and run["backbone"] is None
-    for s in specs:
-        assert run["specs"][s.label] == s
-    # a label this parser cannot recover is kept in the metrics, without a spec
-    assert "integrated_gradients_st32_gl" not in run["specs"]
-    assert ("integrated_gradients_st32_gl", "pairs", "test", "ssim") in run["metrics"]
-    c = build_studies([run])["superpixel"]["rows"]
-    # both groupings of simple_grad (signed and magnitude) are rows of study (c)
+    assert run.split_factor == 4 and run.spectral_norm_factor == 2.0
+    assert run.num_models == 3 and run.backbone is None
+    assert run.specs == {s.label: s for s in specs} and run.labels == [s.label for s in specs]
+    c = build_studies([run])["superpixel"].rows
+    # the three groupings of simple_grad (signed, magnitude, 40 segments) are rows of study (c)
     assert [(r["method"], r["segmenter"]) for r in c] == [
-        ("simple_grad", "slic"),
-        ("simple_grad", "slic-abs_sum"),
-    ]
+        ("simple_grad", "slic"), ("simple_grad", "slic-abs_sum"),
+        ("simple_grad", "slic-n_segments40"),
+    ]  # fmt: skip
+    # the explicit label is a SmoothGrad point of study (b); log-softmax is not its baseline
+    b = build_studies([run])["smoothgrad"].rows
+    assert ("my_smoothgrad", 0.3) in [(r["method"], r["value"]) for r in b]
+    assert "simple_grad_lsm" not in {r["method"] for r in b}
+    main([str(folder), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| plain | 0 | 0-0 (1) | n/a | 3 | 4 | 2 | n/a | 12 |" in md
+
+
+def test_run_without_specs_lists_its_labels_but_never_parses_them(tmp_path: Path) -> None:
+    rows = [(0, "smooth_grad_s0.2_sp-slic", "pairs", "test", "ssim", 0.5)]
+    folder = make_run(tmp_path / "bare", rows, methods=None, write_config=False)
+    (run,) = load_runs(folder)
+    assert run.specs == {} and run.labels == ["smooth_grad_s0.2_sp-slic"]
+    assert build_studies([run])["superpixel"].rows == []  # needs the spec of a grouping
 
 
 def test_config_with_default_methods(tmp_path: Path) -> None:
@@ -445,8 +497,8 @@ def test_config_with_default_methods(tmp_path: Path) -> None:
     label = resolve_method(DEFAULT_METHODS[1]).label
     folder = make_run(tmp_path / "d", [(0, label, "mean", "test", "loss", 0.5)], methods=None)
     (run,) = load_runs(folder)
-    assert set(run["specs"]) == {resolve_method(m).label for m in DEFAULT_METHODS}
-    assert isinstance(run["specs"][label], MethodSpec)
+    assert set(run.specs) == {resolve_method(m).label for m in DEFAULT_METHODS}
+    assert isinstance(run.specs[label], MethodSpec)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -495,14 +547,14 @@ def test_run_without_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     )
     with pytest.warns(UserWarning, match="version_0"):
         runs = load_runs(tmp_path / "runs")
-    assert [r["name"] for r in runs] == ["version_1"]
+    assert [r.name for r in runs] == ["version_1"]
 
 
 def test_csv_with_wrong_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_run(tmp_path / "r", [], methods=["simple_grad"])
     (run / "interpretation_metrics.csv").write_text("epoch,method,value\n0,simple_grad,1.0\n")
     err = _error(capsys, [str(run), "--out", str(tmp_path / "o")])
-    assert "header" in err and "epoch,step,method,model,split,metric,value" in err
+    assert "header" in err and ",".join(CSV_FIELDS) in err
     with pytest.raises(ValueError, match="header"):
         load_runs(run)
 
@@ -514,8 +566,8 @@ def test_bad_rows_and_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     err = _error(capsys, [str(run), "--out", str(tmp_path / "o"), "--epoch", "7"])
     assert "no epoch 7" in err and "[0]" in err
     with (run / "interpretation_metrics.csv").open("a") as fh:
-        fh.write("1,11,simple_grad,mean,test,loss,not-a-number\n")
-    with pytest.raises(ValueError, match="value a number"):
+        fh.write("1,11,fit,simple_grad,mean,test,loss,not-a-number,nan,nan,nan,32,0\n")
+    with pytest.raises(ValueError, match="line 3: could not convert"):
         load_runs(run)
     empty = make_run(tmp_path / "e", [], methods=["simple_grad"])
     with pytest.raises(ValueError, match="no fit-stage rows"):
@@ -541,16 +593,17 @@ def test_stage_reads_validate_rows_of_a_checkpoint_run(
     md = (tmp_path / "o" / "report.md").read_text()
     assert "Rows of the validate stage" in md
     assert "| 2 | sf2 | simple_grad | 0.3125 | 0.2500 | 0.8000 |" in section(md, "a")
-    (run_dict,) = load_runs(run, stage="test")
-    assert run_dict["metrics"] == {("simple_grad", "pairs", "test", "spearman"): 0.9}
-    assert run_dict["epochs"] == [3] and run_dict["stage"] == "test"
+    (test_run,) = load_runs(run, stage="test")
+    spearman = MetricKey("simple_grad", "pairs", "test", "spearman", "test")
+    assert {k: e.value for k, e in test_run.estimates.items()} == {spearman: 0.9}
+    assert test_run.epochs == (3,) and test_run.stage == "test"
     # fit rows are not read under --stage validate
     mixed = make_run(
         tmp_path / "m", [*rows, (3, "simple_grad", "pairs", "test", "spearman", 0.5)],
         methods=["simple_grad"],
     )  # fmt: skip
     (fit_run,) = load_runs(mixed)
-    assert fit_run["metrics"] == {("simple_grad", "pairs", "test", "spearman"): 0.5}
+    assert {k: e.value for k, e in fit_run.estimates.items()} == {spearman.at("fit"): 0.5}
     with pytest.raises(ValueError, match="stage must be one of fit, validate, test"):
         load_runs(mixed, stage="predict")  # type: ignore[arg-type]
 

@@ -10,7 +10,9 @@ shaped the numbers, so the report never parses labels back.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,17 +37,24 @@ class RunRecord:
         return None if self.folder is None else self.folder / METHODS_NAME
 
     def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Append rows (dicts keyed by the CSV fields), writing the header to a new file."""
+        """Append one epoch's rows (dicts keyed by the CSV fields) in a single write.
+
+        The last row of an epoch counts its rows (:func:`~lightning_saliency.generalization.epoch_rows`),
+        so an epoch cut short (a kill during the write) reads as incomplete, never as complete.
+        """
         path = self.csv_path
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if not path.exists() or path.stat().st_size == 0:
+            writer.writeheader()
+        writer.writerows(rows)
         with path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+            fh.write(buf.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def keep_fit_epochs(self, epochs: Iterable[int]) -> None:
         """Keep the fit-stage rows of ``epochs`` only (and every validate/test row).

@@ -30,8 +30,8 @@ from lightning_saliency.generalization import (
     REFERENCE_FAMILIES,
     EpochEvaluation,
     compute_maps,
-    csv_row,
     custom_scalars_layout,
+    epoch_rows,
     evaluate_epoch,
     model_logits,
 )
@@ -446,7 +446,7 @@ class InterpretationGeneralization(Callback):
         if trainer.is_global_zero:
             if not self._record.methods_path or not self._record.methods_path.exists():
                 self._record.write_methods(self._methods_record())
-            self._record.append(csv_row(k, e, epoch, step) for k, e in result.estimates.items())
+            self._record.append(epoch_rows(result.estimates, epoch, step, stage))
             images_due = (
                 stage == "fit"
                 and self.log_images_every_n_epochs > 0

@@ -56,6 +56,7 @@ from .schema import (
     chance,
     csv_row,
     custom_scalars_layout,
+    epoch_rows,
     parse_csv_row,
 )
 from .statistics import (
@@ -69,6 +70,7 @@ from .statistics import (
     estimate_all,
     t_quantile,
 )
+from .summary import Headline, format_headline, headline
 
 __all__ = [
     "AGREEMENT_METRICS",
@@ -84,6 +86,7 @@ __all__ = [
     "STAGES",
     "EpochEvaluation",
     "Estimate",
+    "Headline",
     "MapStack",
     "MegeReco",
     "MetricKey",
@@ -99,10 +102,13 @@ __all__ = [
     "csv_row",
     "custom_scalars_layout",
     "drift",
+    "epoch_rows",
     "estimate",
     "estimate_all",
     "evaluate_epoch",
+    "format_headline",
     "gap_reduction",
+    "headline",
     "interpretation_gap",
     "interpretation_loss",
     "leave_one_out_reference",

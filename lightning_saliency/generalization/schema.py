@@ -42,6 +42,7 @@ __all__ = [
     "chance",
     "csv_row",
     "custom_scalars_layout",
+    "epoch_rows",
     "parse_csv_row",
 ]
 
@@ -74,7 +75,7 @@ CSV_FIELDS: tuple[str, ...] = ("epoch", "step", "stage", *KEY_FIELDS, *ESTIMATE_
 INTERVAL_METRICS: frozenset[str] = frozenset(
     {"gap", "gap_reduction", *(f"{m}_above_chance" for m in AGREEMENT_METRICS)}
 )
-_SPLITS = ("train", "test", "gap")
+_SPLITS = ("train", "test", "gap", "all")
 
 
 def chance(metric: str) -> str:
@@ -103,7 +104,8 @@ class MetricKey:
     * ``method``: the method's label, or ``"-"`` for prediction agreement;
     * ``aggregate``: ``"mean"`` (over models), ``"model_<k>"`` or ``"pairs"`` (over model
       pairs, or the model and its reference);
-    * ``split``: ``"train"``, ``"test"`` or ``"gap"`` (test minus train);
+    * ``split``: ``"train"``, ``"test"``, ``"gap"`` (test minus train) or ``"all"`` (every
+      probe, for counts);
     * ``metric``: ``"loss"``, ``"gap"``, ``"gap_reduction"``, an agreement metric or its
       ``_chance``/``_above_chance``, ``"mege"``, ``"reco"``, a quality metric, ``"drift"``,
       ``"prediction_agreement"``;
@@ -123,6 +125,16 @@ class MetricKey:
             raise ValueError(f"stage must be one of {STAGES}; got {self.stage!r}")
         if not self.method or not self.metric or not self.aggregate:
             raise ValueError(f"a metric key needs a method, aggregate and metric; got {self}")
+
+    @classmethod
+    def epoch_rows(cls, stage: str = "fit") -> MetricKey:
+        """The row that closes an epoch in the CSV: its value is the epoch's row count (itself
+        included), so a reader can tell a complete epoch from one cut short."""
+        return cls(NO_METHOD, "epoch", "all", "rows", stage)
+
+    @property
+    def is_epoch_marker(self) -> bool:
+        return self.method == NO_METHOD and self.aggregate == "epoch" and self.metric == "rows"
 
     @classmethod
     def prediction_agreement(cls, split: str, stage: str = "fit") -> MetricKey:
@@ -185,6 +197,22 @@ def csv_row(key: MetricKey, est: Estimate, epoch: int, step: int) -> dict[str, A
         **{f: getattr(key, f) for f in KEY_FIELDS},
         **{f: getattr(est, f) for f in ESTIMATE_FIELDS},
     }
+
+
+def epoch_rows(
+    estimates: Mapping[MetricKey, Estimate], epoch: int, step: int, stage: str = "fit"
+) -> list[dict[str, Any]]:
+    """The CSV rows of one monitored epoch, closed by the row that counts them.
+
+    >>> rows = epoch_rows({MetricKey("m", "mean", "gap", "gap"): Estimate(0.1, 0.01, 0.08, 0.12, 8)}, 0, 9)
+    >>> [(r["method"], r["metric"], r["value"]) for r in rows]
+    [('m', 'gap', 0.1), ('-', 'rows', 2)]
+    """
+    rows = [csv_row(k, e, epoch, step) for k, e in estimates.items()]
+    nan = math.nan
+    marker = Estimate(len(rows) + 1, nan, nan, nan, 0)  # type: ignore[arg-type]
+    rows.append(csv_row(MetricKey.epoch_rows(stage), marker, epoch, step))
+    return rows
 
 
 def _float(text: str) -> float:

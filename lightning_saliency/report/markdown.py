@@ -1,0 +1,152 @@
+"""Writing the report: ``report.md`` (tables with 95% intervals), ``report.csv``, PNGs."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_saliency.generalization import Estimate
+
+from .runs import Run
+from .studies import ALL_STUDIES
+from .table import Cell, Column, Row, Table, fmt_x
+
+__all__ = ["REPORT_FIELDS", "build_studies", "cell_text", "write_report"]
+
+#: Columns of ``report.csv``: one tidy row per number of the tables.
+REPORT_FIELDS: tuple[str, ...] = (
+    "study", "run", "method", "x_name", "x", "group", "metric", "value", "se", "lo", "hi", "n",
+)  # fmt: skip
+_NO_DATA = "no runs for this study"
+_X_COLUMNS = ("spectral_norm_factor", "value")
+
+
+def cell_text(cell: Cell) -> str:
+    """A cell as text: an estimate as ``value [lo, hi]`` (its 95% interval, when it has
+    one), ``nan (k non-finite)`` when undefined, ``n/a`` when not logged.
+
+    >>> cell_text(Estimate(0.5, 0.01, 0.48, 0.52, 8)), cell_text(None), cell_text(2)
+    ('0.5000 [0.4800, 0.5200]', 'n/a', '2')
+    """
+    if cell is None:
+        return "n/a"
+    if isinstance(cell, Estimate):
+        if math.isfinite(cell.value) and not math.isfinite(cell.lo):
+            return f"{cell.value:.4f}"  # logged without an interval (version 0.1 runs)
+        return str(cell)
+    if isinstance(cell, bool):
+        return str(cell).lower()
+    if isinstance(cell, float):
+        return "nan" if math.isnan(cell) else f"{cell:.4f}"
+    return str(cell)
+
+
+def _markdown(table: Table) -> list[str]:
+    cols = table.columns
+    lines = ["| " + " | ".join(c.header for c in cols) + " |", "|" + "---|" * len(cols)]
+    for row in table.rows:
+        cells = []
+        for c in cols:
+            v = row.run if c.name == "run" else row[c.name]
+            if c.name in _X_COLUMNS and (v is None or isinstance(v, float)):
+                cells.append(fmt_x(v))
+            else:
+                cells.append(cell_text(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _group(col: Column, row: Row) -> str:
+    return col.group(row) if callable(col.group) else col.group
+
+
+def _tidy(table: Table) -> list[dict[str, Any]]:
+    out, seen = [], set()
+    for row in table.rows:
+        x_name = table.x_name(row) if callable(table.x_name) else table.x_name
+        for col in table.columns:
+            cell = row[col.name]
+            if col.metric is None or not isinstance(cell, Estimate):
+                continue
+            method = "-" if col.method == "-" else str(row[col.method])
+            rec = {"study": table.study, "run": row.run, "method": method, "x_name": x_name,
+                   "x": fmt_x(row[table.x]), "group": _group(col, row), "metric": col.metric,
+                   "value": repr(cell.value), "se": repr(cell.se), "lo": repr(cell.lo),
+                   "hi": repr(cell.hi), "n": cell.n}  # fmt: skip
+            key = tuple(rec.values())
+            if key not in seen:  # e.g. prediction agreement: once per run, not once per method
+                seen.add(key)
+                out.append(rec)
+    return out
+
+
+def build_studies(runs: Sequence[Run]) -> dict[str, Table]:
+    """Every study's table: ``{study key: Table}`` (a table may have no rows).
+
+    >>> build_studies([])["split_factor"].rows
+    []
+    """
+    return {s.key: s.build(runs) for s in ALL_STUDIES}
+
+
+def _runs_table(runs: Sequence[Run]) -> list[str]:
+    md = [
+        "| run | epoch | epochs | backbone | models | split factor | spectral-norm factor "
+        "| seed | methods |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        ep = r.epochs
+        md.append(
+            f"| {r.name} | {r.epoch} | {ep[0]}-{ep[-1]} ({len(ep)}) | {cell_text(r.backbone)} | "
+            f"{cell_text(r.num_models)} | {cell_text(r.split_factor)} | "
+            f"{fmt_x(r.spectral_norm_factor)} | {cell_text(r.seed)} | {len(r.labels)} |"
+        )
+    return md
+
+
+def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``report.md``, ``report.csv`` and one PNG per study with data into ``out_dir``.
+
+    A study without data says "no runs for this study". Returns the path of ``report.md``.
+
+    >>> write_report(load_runs("runs/smoothgrad"), "reports/smoothgrad")  # doctest: +SKIP
+    PosixPath('reports/smoothgrad/report.md')
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {str(out)!r} is a file; expected a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["# lightning-saliency report", "", "## Runs", ""]
+    stages = sorted({r.stage for r in runs} - {"fit"})
+    if stages:
+        md += [f"Rows of the {', '.join(stages)} stage (a trained checkpoint evaluated).", ""]
+    md += [*_runs_table(runs), "",
+           "Numbers are `value [95% interval]` over the probes of one run (probe-to-probe "
+           "noise; not seed-to-seed). A difference is a finding only when its interval "
+           "excludes 0.", ""]  # fmt: skip
+    tidy: list[dict[str, Any]] = []
+    for study in ALL_STUDIES:
+        table = study.build(runs)
+        md += [f"## {study.title}", ""]
+        if not table.rows:
+            md += [f"{_NO_DATA} (needs {study.needs}).", ""]
+            continue
+        md += [*_markdown(table), ""]
+        summary = study.summary(table)
+        if summary:
+            md += [*summary, ""]
+        study.plot(table, out / f"{study.key}.png")
+        md += [f"![{study.key}]({study.key}.png)", ""]
+        tidy += _tidy(table)
+    report = out / "report.md"
+    report.write_text("\n".join(md))
+    with (out / "report.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=REPORT_FIELDS)
+        writer.writeheader()
+        writer.writerows(tidy)
+    return report

@@ -1,0 +1,361 @@
+"""Reading run folders back: the callback's CSV, ``methods.json`` and LightningCLI's config.
+
+A run folder is what a fit leaves (``runs/<name>/version_<n>``): the callback's
+``interpretation_metrics.csv`` and ``methods.json``, and with LightningCLI a
+``config.yaml`` (or Lightning's ``hparams.yaml``). :func:`load_run` turns one into a
+:class:`Run`; its numbers are :class:`~lightning_saliency.generalization.Estimate` values
+under :class:`~lightning_saliency.generalization.MetricKey` keys, never parsed tags.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_saliency.attribution import MethodSpec, resolve_method
+from lightning_saliency.generalization import (
+    CSV_FIELDS,
+    CSV_NAME,
+    METHODS_NAME,
+    STAGES,
+    Estimate,
+    MetricKey,
+    parse_csv_row,
+)
+
+__all__ = ["LEGACY_CSV_FIELDS", "Run", "find_runs", "load_run", "load_runs"]
+
+#: Header of version 0.1's CSV (still read).
+LEGACY_CSV_FIELDS: tuple[str, ...] = ("epoch", "step", "method", "model", "split", "metric", "value")
+_MAX_EPOCH = 10**7
+_CALLBACK = "InterpretationGeneralization"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run at one epoch and stage: its facts, method specs and numbers."""
+
+    name: str
+    path: Path
+    epoch: int
+    epochs: tuple[int, ...]
+    stage: str
+    estimates: dict[MetricKey, Estimate]
+    specs: dict[str, MethodSpec] = field(default_factory=dict)
+    split_factor: int | None = None
+    num_models: int | None = None
+    spectral_norm_factor: float | None = None
+    backbone: str | None = None
+    seed: int | None = None
+
+    def get(self, method: str, aggregate: str, split: str, metric: str) -> Estimate | None:
+        """The estimate of a key at this run's stage (None when the run did not log it)."""
+        return self.estimates.get(MetricKey(method, aggregate, split, metric, self.stage))
+
+    @property
+    def labels(self) -> list[str]:
+        """Method labels that have rows, in the run's method order, then any others."""
+        present = {k.method for k in self.estimates} - {"-"}
+        ordered = [lb for lb in self.specs if lb in present]
+        return ordered + sorted(present - set(ordered))
+
+
+def _natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
+    """Sort key putting ``sf2`` before ``sf16`` and ``version_9`` before ``version_10``."""
+    parts = re.split(r"(\d+)", str(path))
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
+
+
+def find_runs(path: str | os.PathLike[str]) -> list[Path]:
+    """Run folders at or under ``path`` (folders holding the callback's CSV).
+
+    Raises ``ValueError`` if ``path`` does not exist, is a file, is a run without the CSV,
+    or holds no run. Folders below ``path`` with a config but no CSV (stopped before the
+    first monitored epoch) are skipped with a warning.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / "a" / "version_0").mkdir(parents=True)
+    >>> _ = (d / "a" / "version_0" / CSV_NAME).write_text("x")
+    >>> [p.relative_to(d).as_posix() for p in find_runs(d)]
+    ['a/version_0']
+    """
+    root = Path(path)
+    if not root.exists():
+        raise ValueError(f"run folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"{str(root)!r} is a file; expected a run folder or a folder of runs")
+    if (root / CSV_NAME).is_file():
+        return [root]
+    if (root / "config.yaml").is_file() or (root / "hparams.yaml").is_file():
+        raise ValueError(
+            f"run folder {str(root)!r} has no {CSV_NAME}: was the {_CALLBACK} callback in its "
+            "trainer, and did it finish a monitored epoch?"
+        )
+    found, incomplete = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if CSV_NAME in filenames:
+            found.append(Path(dirpath))
+            dirnames[:] = []  # a run's own sub-folders (checkpoints) hold no runs
+        elif "config.yaml" in filenames or "hparams.yaml" in filenames:
+            incomplete.append(Path(dirpath))
+    if incomplete:
+        warnings.warn(
+            f"skipping {len(incomplete)} run folder(s) without {CSV_NAME}: "
+            + ", ".join(str(p) for p in incomplete),
+            stacklevel=2,
+        )
+    if not found:
+        raise ValueError(
+            f"{str(root)!r} is not a run folder: no {CSV_NAME} or config.yaml in it or below it; "
+            "expected a run's log folder (e.g. runs/<name>/version_0) or a folder of them"
+        )
+    return sorted(found, key=_natural_key)
+
+
+class _RunLoader(yaml.SafeLoader):
+    """Safe YAML plus Python tuples, which Lightning writes into ``hparams.yaml``."""
+
+
+_RunLoader.add_constructor(
+    "tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node)
+)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(encoding="utf-8-sig") as fh:
+            data = yaml.load(fh, Loader=_RunLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ValueError(f"{str(path)!r} is not valid YAML: {err}") from err
+    return data if isinstance(data, dict) else {}
+
+
+def _init_args(section: Any) -> dict[str, Any]:
+    if not isinstance(section, Mapping):
+        return {}
+    if isinstance(section.get("init_args"), Mapping):
+        return dict(section["init_args"])
+    return dict(section)
+
+
+def _callback_methods(config: Mapping[str, Any]) -> list[Any]:
+    """The callback's ``methods`` in a LightningCLI config (its defaults when not given)."""
+    trainer = config.get("trainer")
+    callbacks = trainer.get("callbacks") if isinstance(trainer, Mapping) else None
+    if isinstance(callbacks, Mapping):
+        callbacks = [callbacks]
+    methods: list[Any] = []
+    for cb in callbacks or []:
+        if isinstance(cb, Mapping) and str(cb.get("class_path", "")).endswith(_CALLBACK):
+            m = _init_args(cb).get("methods")
+            if m is None:
+                from lightning_saliency.callbacks import DEFAULT_METHODS
+
+                m = list(DEFAULT_METHODS)
+            methods.extend(m if isinstance(m, list) else [m])
+    return methods
+
+
+def _specs(folder: Path, config: Mapping[str, Any]) -> dict[str, MethodSpec]:
+    """label -> spec: the callback's ``methods.json``, else the config's callback methods."""
+    path = folder / METHODS_NAME
+    if path.is_file():
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8-sig"))["methods"]
+            specs = [resolve_method(e) for e in entries]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{str(path)!r} does not hold method specs: {err}") from err
+        return {s.label: s for s in specs}
+    out: dict[str, MethodSpec] = {}
+    for m in _callback_methods(config):
+        try:
+            spec = resolve_method(m)
+        except (TypeError, ValueError):
+            continue
+        out.setdefault(spec.label, spec)
+    return out
+
+
+def _facts(config: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, Any]:
+    model, data = _init_args(config.get("model")), _init_args(config.get("data"))
+
+    def pick(name: str, *sources: Mapping[str, Any]) -> Any:
+        return next((src[name] for src in sources if name in src), None)
+
+    seed = pick("seed_everything", config)
+    return {
+        "split_factor": pick("split_factor", data, hparams),
+        "num_models": pick("num_models", data, model, hparams),
+        "spectral_norm_factor": pick("spectral_norm_factor", model, hparams),
+        "backbone": pick("backbone", model, hparams),
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+    }
+
+
+def _rows(path: Path) -> Iterable[tuple[int, dict[str, str]]]:
+    """``(line, row)`` of the CSV; ``ValueError`` naming the file and line for bad input."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is not part of the header
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, None)
+            fields = None if header is None else tuple(h.strip() for h in header)
+            if fields not in (CSV_FIELDS, LEGACY_CSV_FIELDS):
+                raise ValueError(
+                    f"{str(path)!r} has header {header!r}; expected {','.join(CSV_FIELDS)}"
+                )
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(fields):  # type: ignore[arg-type]
+                    raise ValueError(
+                        f"{str(path)!r} line {reader.line_num}: expected {len(fields)} fields, "  # type: ignore[arg-type]
+                        f"got {len(row)}"
+                    )
+                yield reader.line_num, dict(zip(fields, row, strict=True))  # type: ignore[arg-type]
+        except csv.Error as err:  # e.g. a field larger than the csv module's limit
+            raise ValueError(f"{str(path)!r} line {reader.line_num}: {err}") from None
+
+
+def _read_csv(path: Path, stage: str) -> tuple[dict[int, dict[MetricKey, Estimate]], set[str]]:
+    """epoch -> {key: estimate} of one stage, and the stages the file holds."""
+    by_epoch: dict[int, dict[MetricKey, Estimate]] = {}
+    stages: set[str] = set()
+    for line, row in _rows(path):
+        try:
+            epoch, key, est = parse_csv_row(row)
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"{str(path)!r} line {line}: {err}") from None
+        if not 0 <= epoch < _MAX_EPOCH:
+            raise ValueError(f"{str(path)!r} line {line}: epoch {epoch} is out of range")
+        stages.add(key.stage)
+        if key.stage != stage:
+            continue
+        rows = by_epoch.setdefault(epoch, {})
+        if key in rows:
+            raise ValueError(
+                f"{str(path)!r} line {line}: a second row for {key.tag} at epoch {epoch}: the "
+                "file mixes two runs (re-run into a fresh folder)"
+            )
+        rows[key] = est
+    return by_epoch, stages
+
+
+def _incomplete(rows: Mapping[MetricKey, Estimate], stage: str, marked: bool) -> str | None:
+    """Why an epoch's rows are not a complete epoch (None when they are).
+
+    The callback closes every epoch with a row counting the epoch's rows; in a file that
+    has such rows, an epoch without one, or with fewer rows than it counts, was cut short.
+    """
+    marker = rows.get(MetricKey.epoch_rows(stage))
+    if marker is None:
+        return "no closing row" if marked else None
+    if len(rows) != int(marker.value):
+        return f"{len(rows)} of {int(marker.value)} rows"
+    return None
+
+
+def _choose_epoch(
+    by_epoch: dict[int, dict[MetricKey, Estimate]], stage: str, epoch: int | None, where: str
+) -> int:
+    epochs = sorted(by_epoch)
+    marked = any(MetricKey.epoch_rows(stage) in rows for rows in by_epoch.values())
+    if epoch is not None:
+        if epoch not in by_epoch:
+            raise ValueError(f"run {where!r} has no epoch {epoch}; it has epochs {epochs}")
+        why = _incomplete(by_epoch[epoch], stage, marked)
+        if why:
+            raise ValueError(f"run {where!r}: epoch {epoch} is incomplete ({why})")
+        return epoch
+    for e in reversed(epochs):
+        why = _incomplete(by_epoch[e], stage, marked)
+        if why is None:
+            return e
+        warnings.warn(f"run {where!r}: skipping incomplete epoch {e} ({why})", stacklevel=3)
+    raise ValueError(f"run {where!r} has no complete epoch")
+
+
+def load_run(
+    path: str | os.PathLike[str],
+    epoch: int | None = None,
+    name: str | None = None,
+    stage: str = "fit",
+) -> Run:
+    """Load one run folder at ``epoch`` (default: its last complete one) and ``stage``.
+
+    ``stage`` picks the rows: ``"fit"`` (written while training), or ``"validate"`` /
+    ``"test"`` (a trained checkpoint evaluated by ``lightning-saliency validate/test``).
+
+    >>> run = load_run("runs/default/version_0")  # doctest: +SKIP
+    >>> run.get("simple_grad", "mean", "gap", "gap")  # doctest: +SKIP
+    Estimate(value=-0.0066, se=0.0047, lo=-0.0159, hi=0.0028, n=96, nonfinite=0, method='t')
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"run folder {str(folder)!r} does not exist")
+    csv_path = folder / CSV_NAME
+    if not csv_path.is_file():
+        raise ValueError(f"run folder {str(folder)!r} has no {CSV_NAME}")
+    by_epoch, stages = _read_csv(csv_path, stage)
+    if not by_epoch:
+        others = sorted(stages - {stage})
+        hint = f"; it has {', '.join(others)}-stage rows (--stage {others[0]})" if others else ""
+        raise ValueError(f"{str(csv_path)!r} has no {stage}-stage rows{hint}")
+    config = _read_yaml(folder / "config.yaml")
+    specs = _specs(folder, config)
+    chosen = _choose_epoch(by_epoch, stage, epoch, str(folder))
+    return Run(
+        name=folder.name if name is None else name,
+        path=folder,
+        epoch=chosen,
+        epochs=tuple(sorted(by_epoch)),
+        stage=stage,
+        estimates=by_epoch[chosen],
+        specs=specs,
+        **_facts(config, _read_yaml(folder / "hparams.yaml")),
+    )
+
+
+def load_runs(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    epoch: int | None = None,
+    stage: str = "fit",
+) -> list[Run]:
+    """Find and load every run at or under ``paths``, named by their path relative to the
+    folder they have in common (a single run by its folder name).
+
+    >>> runs = load_runs(["runs/split_factor"])  # doctest: +SKIP
+    >>> sorted(r.split_factor for r in runs)  # doctest: +SKIP
+    [2, 4, 8, 16]
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    folders: list[Path] = []
+    for p in paths:
+        for run in find_runs(p):
+            if run.resolve() not in {f.resolve() for f in folders}:
+                folders.append(run)
+    if not folders:
+        raise ValueError("no run folders given")
+    resolved = [f.resolve() for f in folders]
+    common = Path(os.path.commonpath(resolved))
+    if len(resolved) == 1:
+        common = common.parent
+    return [
+        load_run(f, epoch=epoch, name=r.relative_to(common).as_posix(), stage=stage)
+        for f, r in zip(folders, resolved, strict=True)
+    ]

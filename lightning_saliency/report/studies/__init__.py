@@ -1,0 +1,17 @@
+"""The report's studies, in report order; each module defines one :class:`~..table.Study`."""
+
+from __future__ import annotations
+
+from ..table import Study
+from . import adaptgrad, smoothgrad, spectral_norm, split_factor, superpixel
+
+__all__ = ["ALL_STUDIES"]
+
+#: Every study, in report order (add a study: a module here and one entry below).
+ALL_STUDIES: tuple[Study, ...] = (
+    split_factor.STUDY,
+    smoothgrad.STUDY,
+    superpixel.STUDY,
+    spectral_norm.STUDY,
+    adaptgrad.STUDY,
+)
