@@ -676,3 +676,58 @@ def test_experiment_config_instantiates(
     if name == "superpixel":
         assert {"simple_grad_sp-slic", "simple_grad_sp-slic-abs_sum"} <= set(labels)
     assert Path(cli.trainer.logger.log_dir).parent == tmp_path / "runs" / name
+
+
+# --------------------------------------------------------------------------- a real run
+def test_plain_trainer_run_is_reported_with_every_method(tmp_path: Path) -> None:
+    """A run made from Python with a plain Trainer and logger=False (no config.yaml): the
+    callback's methods.json carries every spec, the five hard label forms included."""
+    import lightning as L
+
+    from lightning_saliency.callbacks import InterpretationGeneralization
+
+    class Module(L.LightningModule):
+        """A tiny classifier with a submodule named ``layer4`` (for ``grad_cam_at-layer4``)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer4 = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.head = torch.nn.Sequential(
+                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                torch.nn.Linear(4, 3),
+            )  # fmt: skip
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.layer4(x))
+
+        def training_step(self, batch: Any, _: int) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(24, 1, 12, 12, generator=g), torch.randint(0, 3, (24,), generator=g)
+    reference = Module()
+    methods = ["simple_grad", *HARD_LABELS]
+    cb = InterpretationGeneralization(
+        methods=methods, num_train_probes=6, num_test_probes=6, train_probes=(x[:12], y[:12]),
+        test_probes=(x[12:], y[12:]), reference=reference, log_images_every_n_epochs=0,
+        input_range=(0.0, 1.0),
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    trainer = L.Trainer(max_epochs=1, callbacks=[cb], logger=False, default_root_dir=str(tmp_path),
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(Module(), loader)
+    assert not (tmp_path / "config.yaml").exists() and (tmp_path / METHODS_NAME).is_file()
+    (run,) = load_runs(tmp_path)
+    want = [resolve_method(m) for m in methods]
+    assert run.specs == {s.label: s for s in want}
+    assert run.labels == [s.label for s in want]
+    for s in want:
+        assert run.get(s.label, "mean", "gap", "gap") is not None, s.label
+    rows = build_studies([run])["superpixel"].rows
+    assert [(r["method"], r["segmenter"]) for r in rows] == [("simple_grad", "slic-n_segments40")]
+    main([str(tmp_path), "--out", str(tmp_path / "report")])
+    assert "slic-n_segments40" in (tmp_path / "report" / "report.md").read_text()

@@ -33,6 +33,8 @@ from lightning_saliency.generalization import (
     custom_scalars_layout,
     epoch_rows,
     evaluate_epoch,
+    figure_tag,
+    image_tag,
     model_logits,
 )
 
@@ -479,15 +481,16 @@ class InterpretationGeneralization(Callback):
                 "custom-scalar layout; scalars still go through the module's logging and "
                 f"{CSV_NAME} is still written."
             )
+        to_logger = bool(trainer.loggers)  # without one, Lightning warns once per name
         if stage == "fit":
             # Logged from every rank with identical values; rank_zero_only avoids any collective.
             for name, value in metrics.items():
                 pl_module.log(
-                    name, value, on_step=False, on_epoch=True, rank_zero_only=True, logger=True
+                    name, value, on_step=False, on_epoch=True, rank_zero_only=True, logger=to_logger
                 )
         else:
             for name, value in metrics.items():
-                pl_module.log(name, value, rank_zero_only=True)
+                pl_module.log(name, value, rank_zero_only=True, logger=to_logger)
 
     # ------------------------------------------------------------------ media
     def _add_layout(self, trainer: pl.Trainer) -> None:
@@ -521,8 +524,8 @@ class InterpretationGeneralization(Callback):
                 grid = _tensorboard.image_grid(
                     self.probes.images[rows].cpu(), maps[:, rows].cpu(), k_models
                 )
-                exp.add_image(f"interp_images/{label}", grid, global_step=step)
+                exp.add_image(image_tag(label), grid, global_step=step)
             for name, fig in figures.items():
-                exp.add_figure(f"interp_figures/{name}", fig, global_step=step, close=False)
+                exp.add_figure(figure_tag(name), fig, global_step=step, close=False)
         for fig in figures.values():
             _tensorboard.close(fig)

@@ -57,6 +57,8 @@ from .schema import (
     csv_row,
     custom_scalars_layout,
     epoch_rows,
+    figure_tag,
+    image_tag,
     parse_csv_row,
 )
 from .statistics import (
@@ -106,9 +108,11 @@ __all__ = [
     "estimate",
     "estimate_all",
     "evaluate_epoch",
+    "figure_tag",
     "format_headline",
     "gap_reduction",
     "headline",
+    "image_tag",
     "interpretation_gap",
     "interpretation_loss",
     "leave_one_out_reference",

@@ -43,6 +43,8 @@ __all__ = [
     "csv_row",
     "custom_scalars_layout",
     "epoch_rows",
+    "figure_tag",
+    "image_tag",
     "parse_csv_row",
 ]
 
@@ -76,6 +78,24 @@ INTERVAL_METRICS: frozenset[str] = frozenset(
     {"gap", "gap_reduction", *(f"{m}_above_chance" for m in AGREEMENT_METRICS)}
 )
 _SPLITS = ("train", "test", "gap", "all")
+
+
+def image_tag(method: str) -> str:
+    """TensorBoard tag of a method's map grid.
+
+    >>> image_tag("simple_grad")
+    'interp_images/simple_grad'
+    """
+    return f"interp_images/{method}"
+
+
+def figure_tag(name: str) -> str:
+    """TensorBoard tag of one of the callback's figures.
+
+    >>> figure_tag("smoothgrad_sweep")
+    'interp_figures/smoothgrad_sweep'
+    """
+    return f"interp_figures/{name}"
 
 
 def chance(metric: str) -> str:
