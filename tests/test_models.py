@@ -294,6 +294,22 @@ def test_capacity_hand_computed():
         capacity(net, gammas=(1.0, 1.0, 1.0))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("factor", [None, 0.5])
+def test_spectral_terms_of_a_nonfinite_model_are_nan(bad, factor):
+    net = nn.Sequential(nn.Linear(2, 3, bias=False), nn.ReLU(), nn.Linear(3, 1, bias=False))
+    if factor is not None:
+        apply_spectral_norm(net, factor)
+    finite = capacity(net)
+    weight = net[2].parametrizations.weight.original if factor else net[2].weight
+    with torch.no_grad():
+        weight[0, 1] = bad  # raised `linalg.svd ... non-finite` before
+    norms = spectral_norms(net)
+    assert math.isfinite(norms["0"]) and math.isnan(norms["2"])  # per layer
+    c = capacity(net)
+    assert list(c) == list(finite) and all(math.isnan(v) for v in c.values())
+
+
 # --------------------------------------------------------------------------- ensemble
 def _ens(**kw) -> DisjointEnsemble:
     args = dict(backbone="small_cnn", num_models=3, backbone_kwargs={"width": 4})
@@ -368,6 +384,26 @@ def test_ensemble_step_equals_separate_optimizers(optimizer):
     for ref, model in zip(refs, ens.models, strict=True):
         for (n, a), b in zip(ref.state_dict().items(), model.state_dict().values(), strict=True):
             assert torch.allclose(a.float(), b.float(), atol=1e-5), n
+
+
+def test_ensemble_with_nan_weights_logs_nan_spectral_terms_and_warns_once():
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(16, 1, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
+    pair = DataLoader(TensorDataset(xs, ys), batch_size=8)
+    ens = _ens(num_models=2, scheduler="none")
+    with torch.no_grad():
+        ens.models[1].classifier.weight[0, 0] = float("nan")
+    trainer = _trainer(max_epochs=2, limit_val_batches=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(ens, train_dataloaders=CombinedLoader([pair, pair], mode="min_size"))
+    ours = [w for w in caught if "spectral terms" in str(w.message)]
+    assert len(ours) == 1 and "[1]" in str(ours[0].message)
+    m = trainer.callback_metrics
+    for key in ("norm_product", "R_w", "L_w", "log_R_w"):
+        assert math.isfinite(float(m[f"spectral/model_0/{key}"]))
+        assert math.isnan(float(m[f"spectral/model_1/{key}"]))
+        assert math.isnan(float(m[f"spectral/{key}"]))  # the mean over models says so too
 
 
 def test_ensemble_fit_logs_metrics_exactly():

@@ -1,9 +1,13 @@
-"""Pure, batched torch metrics that compare and score saliency maps (per-sample results)."""
+"""Pure, batched torch metrics that compare and score saliency maps (per-sample results).
+
+A sample with a non-finite map gets NaN from every metric; ``finite_rows`` finds them.
+"""
 
 from __future__ import annotations
 
 from lightning_saliency.metrics.functional import (
     complexity,
+    finite_rows,
     l2_distance,
     mege_reco,
     mu_fidelity,
@@ -18,6 +22,7 @@ from lightning_saliency.metrics.functional import (
 
 __all__ = [
     "complexity",
+    "finite_rows",
     "l2_distance",
     "mege_reco",
     "mu_fidelity",

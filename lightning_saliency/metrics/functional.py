@@ -13,6 +13,14 @@ Channel reduction (``channel_reduction``):
 
 A 3-D ``(N, H, W)`` or 2-D ``(N, D)`` map has no channel axis: ``"sum"`` leaves it
 as it is and ``"abs_sum"`` takes its absolute value.
+
+Non-finite input (one rule for every metric): a sample whose map, or either map of a
+pair, holds any NaN or +-Inf element gets NaN, never a number computed from the rest of
+the map; non-finite logits make ``prediction_agreement`` NaN, and MeGe/ReCo are NaN when
+any map or logit row they use is non-finite.  :func:`finite_rows` says which samples
+are all finite, so callers can count the non-finite ones.  A NaN from finite maps means
+the metric is undefined for them instead (e.g. ``spearman`` of a constant map); each
+function documents its constant-map value.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from lightning_saliency._modes import eval_mode
 
 __all__ = [
     "complexity",
+    "finite_rows",
     "l2_distance",
     "mege_reco",
     "mu_fidelity",
@@ -97,6 +106,26 @@ def _flat(maps: Tensor, channel_reduction: ChannelReduction | None, dtype: torch
     return maps.reshape(maps.shape[0], -1)
 
 
+def finite_rows(maps: Tensor) -> Tensor:
+    """``(N,)`` bool: True where sample n (``maps[n]``, any shape after dim 0) is all finite.
+
+    Vectorized on the maps' device (no host sync); integer maps are always finite.
+
+    >>> finite_rows(torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [0.0, float("-inf")]]))
+    tensor([ True, False, False])
+    """
+    maps = _check_tensor(maps, "maps")
+    if maps.ndim == 0:
+        raise ValueError("`maps` must have a batch dimension, got a 0-dim tensor.")
+    ok = torch.isfinite(maps)
+    return ok.flatten(1).all(dim=1) if ok.ndim > 1 else ok
+
+
+def _nan_unless(ok: Tensor, values: Tensor) -> Tensor:
+    """``values`` where ``ok``, NaN elsewhere (``ok`` broadcast from the left)."""
+    return torch.where(ok.view(-1, *([1] * (values.ndim - 1))), values, math.nan)
+
+
 def _pearson_rows(x: Tensor, y: Tensor) -> Tensor:
     """Pearson correlation of each row of x with the same row of y (NaN if a row is constant)."""
     xc = x - x.mean(dim=1, keepdim=True)
@@ -133,12 +162,14 @@ def reduce_channels(maps: Tensor, mode: ChannelReduction = "sum") -> Tensor:
 def normalize_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
     """Scale each sample's map to unit L2 norm (over all non-batch dimensions).
 
-    The norm is clamped below at ``eps``, so an all-zero map stays all zero.  The
-    result has the input's shape and is float64 for float64 input, float32 otherwise.
+    The norm is clamped below at ``eps``, so an all-zero map stays all zero.  A map with
+    any non-finite element becomes all NaN.  The result has the input's shape and is
+    float64 for float64 input, float32 otherwise.
 
-    >>> normalize_maps(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+    >>> normalize_maps(torch.tensor([[3.0, 4.0], [0.0, 0.0], [float("inf"), 1.0]]))
     tensor([[0.6000, 0.8000],
-            [0.0000, 0.0000]])
+            [0.0000, 0.0000],
+            [   nan,    nan]])
     """
     maps = _check_tensor(maps, "maps")
     if maps.ndim < 2:
@@ -149,7 +180,7 @@ def normalize_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
         raise ValueError(f"`eps` must be > 0, got {eps}.")
     maps = maps.to(_compute_dtype(maps))
     norms = maps.reshape(maps.shape[0], -1).norm(dim=1).clamp_min(eps)
-    return maps / norms.view(-1, *([1] * (maps.ndim - 1)))
+    return _nan_unless(finite_rows(maps), maps / norms.view(-1, *([1] * (maps.ndim - 1))))
 
 
 # ------------------------------------------------------------------ pair metrics
@@ -165,8 +196,9 @@ def l2_distance(
 
     With ``normalize=True`` (default, paper 000 sec. 6.4) this is
     ``|| a/||a|| - b/||b|| ||_2`` and lies in ``[0, 2]``; an all-zero map stays zero
-    after normalization.  By default the full maps are compared (no channel
-    reduction).
+    after normalization, so it is 1 from any other map and 0 from another zero map.
+    By default the full maps are compared (no channel reduction).  NaN where either
+    map is not finite.
 
     >>> a = torch.tensor([[3.0, 0.0]]); b = torch.tensor([[0.0, 5.0]])
     >>> l2_distance(a, b)
@@ -181,7 +213,7 @@ def l2_distance(
     if normalize:
         fa = normalize_maps(fa, eps)
         fb = normalize_maps(fb, eps)
-    return (fa - fb).norm(dim=1)
+    return _nan_unless(finite_rows(a) & finite_rows(b), (fa - fb).norm(dim=1))
 
 
 def _average_ranks(x: Tensor) -> Tensor:
@@ -205,7 +237,8 @@ def spearman(
     """Per-sample Spearman rank correlation between two batches of maps.
 
     Ties get their average rank (as ``scipy.stats.spearmanr``).  The result is NaN
-    for a sample where either (reduced) map is constant.
+    for a sample where either (reduced) map is constant (e.g. all zero: undefined) or
+    not finite (see :func:`finite_rows` to tell the two apart).
 
     >>> a = torch.tensor([[1.0, 2.0, 3.0, 4.0]]); b = torch.tensor([[1.0, 3.0, 2.0, 4.0]])
     >>> spearman(a, b, channel_reduction=None)
@@ -215,7 +248,7 @@ def spearman(
     dtype = _compute_dtype(a, b)
     ra = _average_ranks(_flat(a, channel_reduction, dtype))
     rb = _average_ranks(_flat(b, channel_reduction, dtype))
-    return _pearson_rows(ra, rb)
+    return _nan_unless(finite_rows(a) & finite_rows(b), _pearson_rows(ra, rb))
 
 
 def _resolve_k(k: float | int, d: int) -> int:
@@ -244,7 +277,8 @@ def topk_intersection(
     nearest integer, at least 1): ``k=1`` means one element, ``k=1.0`` all of them.
     Elements are ranked by the value of the reduced map (largest first).  Ties are
     broken deterministically by position: among equal values the element with the
-    smaller flat index ranks higher (stable sort).
+    smaller flat index ranks higher (stable sort), so a constant (e.g. all-zero) map's
+    top-k is its first k elements.  NaN where either map is not finite.
 
     >>> a = torch.tensor([[4.0, 3.0, 2.0, 1.0]]); b = torch.tensor([[4.0, 1.0, 3.0, 2.0]])
     >>> topk_intersection(a, b, 2, channel_reduction=None)
@@ -259,7 +293,8 @@ def topk_intersection(
     top_b = torch.sort(fb, dim=1, descending=True, stable=True).indices[:, :kk]
     mask_a = torch.zeros_like(fa, dtype=torch.bool).scatter_(1, top_a, True)
     mask_b = torch.zeros_like(fb, dtype=torch.bool).scatter_(1, top_b, True)
-    return (mask_a & mask_b).sum(dim=1).to(dtype) / kk
+    frac = (mask_a & mask_b).sum(dim=1).to(dtype) / kk
+    return _nan_unless(finite_rows(a) & finite_rows(b), frac)
 
 
 # --------------------------------------------------------------------------- SSIM
@@ -340,7 +375,8 @@ def ssim(
     Preprocessing: reduce channels (``abs_sum`` by default), take ``|.|``, divide each
     map by its own ``percentile``-th percentile (numpy's linear interpolation) and
     clamp to 1.  If that percentile is 0 the map's maximum is used; an all-zero map
-    stays zero.  ``percentile=None`` skips the scaling.
+    stays zero (SSIM 1 against another zero map).  ``percentile=None`` skips the
+    scaling.  NaN where either map is not finite.
 
     SSIM then matches ``skimage.metrics.structural_similarity(a, b, data_range=1.0,
     gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``: Gaussian
@@ -398,7 +434,8 @@ def ssim(
     c2 = (k2 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     pad = (win_size - 1) // 2
-    return s[:, pad : h - pad, pad : w - pad].mean(dim=(1, 2))
+    mean = s[:, pad : h - pad, pad : w - pad].mean(dim=(1, 2))
+    return _nan_unless(finite_rows(a) & finite_rows(b), mean)
 
 
 # ---------------------------------------------------------------- single-map scores
@@ -408,10 +445,10 @@ def sparseness(maps: Tensor, *, channel_reduction: ChannelReduction | None = "ab
     With the reduced map's absolute values sorted ascending ``x_(1) <= ... <= x_(n)``:
     ``G = sum_i (2 i - n - 1) x_(i) / (n * sum_i x_(i))``.  0 for an all-equal map,
     ``(n - 1) / n`` for a one-hot map; an all-zero map counts as all-equal (0).
-    Unlike Quantus no 1e-7 is added to the map.
+    Unlike Quantus no 1e-7 is added to the map.  NaN for a map that is not finite.
 
-    >>> sparseness(torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]))
-    tensor([0.7500, 0.0000])
+    >>> sparseness(torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0] * 4]))
+    tensor([0.7500, 0.0000, 0.0000])
     """
     maps = _check_maps(maps, "maps")
     x = _flat(maps, channel_reduction, _compute_dtype(maps)).abs()
@@ -420,17 +457,18 @@ def sparseness(maps: Tensor, *, channel_reduction: ChannelReduction | None = "ab
     i = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
     num = ((2 * i - n - 1) * xs).sum(dim=1)
     total = xs.sum(dim=1)
-    return torch.where(total > 0, num / (n * total.clamp_min(torch.finfo(x.dtype).tiny)), 0.0)
+    gini = torch.where(total > 0, num / (n * total.clamp_min(torch.finfo(x.dtype).tiny)), 0.0)
+    return _nan_unless(finite_rows(maps), gini)
 
 
 def complexity(maps: Tensor, *, channel_reduction: ChannelReduction | None = "abs_sum") -> Tensor:
     """Per-sample Shannon entropy (natural log) of ``p = |map| / sum |map|`` (Quantus' Complexity).
 
     ``0 * log 0 = 0``.  ``log n`` for a uniform map, 0 for a one-hot map; an all-zero
-    map counts as uniform (``log n``).
+    map counts as uniform (``log n``).  NaN for a map that is not finite.
 
-    >>> complexity(torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]))
-    tensor([0.0000, 1.3863])
+    >>> complexity(torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0] * 4]))
+    tensor([0.0000, 1.3863, 1.3863])
     """
     maps = _check_maps(maps, "maps")
     x = _flat(maps, channel_reduction, _compute_dtype(maps)).abs()
@@ -438,7 +476,8 @@ def complexity(maps: Tensor, *, channel_reduction: ChannelReduction | None = "ab
     total = x.sum(dim=1, keepdim=True)
     p = x / total.clamp_min(torch.finfo(x.dtype).tiny)
     ent = torch.special.entr(p).sum(dim=1)  # entr(0) = 0
-    return torch.where(total.squeeze(1) > 0, ent, math.log(n))
+    ent = torch.where(total.squeeze(1) > 0, ent, math.log(n))
+    return _nan_unless(finite_rows(maps), ent)
 
 
 # ------------------------------------------------------------------- predictions
@@ -462,7 +501,8 @@ def prediction_agreement(logits_or_preds_a: Tensor, logits_or_preds_b: Tensor) -
     """Fraction of rows where two models predict the same class (0-dim float32 tensor).
 
     Each argument is either logits ``(N, C)`` (argmax is taken) or integer predicted
-    labels ``(N,)``; the two may be mixed.  NaN for ``N == 0``.
+    labels ``(N,)``; the two may be mixed.  NaN for ``N == 0`` and when any row of
+    logits holds a NaN or +-Inf (its argmax is meaningless).
 
     >>> prediction_agreement(torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 0]))
     tensor(0.5000)
@@ -475,7 +515,11 @@ def prediction_agreement(logits_or_preds_a: Tensor, logits_or_preds_b: Tensor) -
         )
     if pa.device != pb.device:
         raise ValueError(f"inputs must be on the same device, got {pa.device} and {pb.device}.")
-    return (pa == pb).to(torch.float32).mean()
+    ok = torch.ones((), dtype=torch.bool, device=pa.device)
+    for x in (logits_or_preds_a, logits_or_preds_b):
+        if x.ndim == 2:
+            ok = ok & finite_rows(x).all()
+    return torch.where(ok, (pa == pb).to(torch.float32).mean(), math.nan)
 
 
 # ------------------------------------------------------------------ MeGe / ReCo
@@ -533,7 +577,11 @@ def mege_reco(
       1 means the distance separates the two groups perfectly.
 
     Returns ``(mege, reco)``, 0-dim tensors, NaN when there is no same-correct
-    pair-sample (MeGe) or no positive or no negative (ReCo).
+    pair-sample (MeGe) or no positive or no negative (ReCo).  Both are NaN when any
+    kept pair-sample (every one for ``pairs="all"``) has a non-finite map or, for
+    ``(K, N, C)`` logits, a non-finite logit row: both-wrong pair-samples are not
+    excused, since a non-finite model's predictions (which decide the groups) are
+    meaningless too.  Count such samples with :func:`finite_rows`.
 
     >>> maps = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]])  # K=3, N=1, D=2
     >>> preds = torch.tensor([[0], [0], [1]]); labels = torch.tensor([0])
@@ -553,13 +601,17 @@ def mege_reco(
         raise ValueError(f"mege_reco needs maps of K >= 2 models, got K={k}.")
     if pairs not in ("one_seen", "all"):
         raise ValueError(f"`pairs` must be 'one_seen' or 'all', got {pairs!r}.")
-    if preds.ndim == 3:
-        preds = preds.argmax(dim=2)
+    logits = preds if preds.ndim == 3 else None
+    if logits is not None:
+        preds = logits.argmax(dim=2)
     if preds.shape != (k, n):
         raise ValueError(
             f"`preds` must be (K, N) labels or (K, N, C) logits with (K, N)=({k}, {n}), "
             f"got shape {tuple(preds.shape)}."
         )
+    bad = ~finite_rows(maps.flatten(0, 1)).view(k, n)  # (K, N): non-finite map or logits
+    if logits is not None:
+        bad = bad | ~finite_rows(logits.flatten(0, 1)).to(bad.device).view(k, n)
     if labels.shape != (n,):
         raise ValueError(f"`labels` must have shape (N,)=({n},), got {tuple(labels.shape)}.")
     if pairs == "one_seen":
@@ -575,7 +627,7 @@ def mege_reco(
     device = maps.device
     correct = preds.to(device) == labels.to(device).unsqueeze(0)  # (K, N)
 
-    dists, same, one = [], [], []
+    dists, same, one, bad_pairs = [], [], [], []
     for i in range(k - 1):
         for j in range(i + 1, k):
             d = l2_distance(
@@ -587,6 +639,7 @@ def mege_reco(
             dists.append(d)
             same.append(correct[i] & correct[j] & keep)
             one.append((correct[i] ^ correct[j]) & keep)
+            bad_pairs.append((bad[i] | bad[j]) & keep)
     dist = torch.cat(dists).to(dtype)
     same_m = torch.cat(same)
     one_m = torch.cat(one)
@@ -598,7 +651,8 @@ def mege_reco(
         reco = _youden_max(dist[used], one_m[used])
     else:
         reco = nan.clone()
-    return mege, reco
+    any_bad = torch.cat(bad_pairs).any()
+    return torch.where(any_bad, nan, mege), torch.where(any_bad, nan, reco)
 
 
 # -------------------------------------------------------------------- muFidelity
@@ -621,7 +675,8 @@ def mu_fidelity(
     from ``generator``; the pixels of S are set to ``baseline`` and the drop
     ``f_c(x) - f_c(x_S)`` of the target logit is paired with the summed attribution
     ``sum_{p in S, channels} maps``.  The result is the Pearson correlation of the two
-    over the subsets (NaN if either is constant).
+    over the subsets (NaN if either is constant, e.g. for an all-zero map, and NaN
+    for a sample whose map or input is not finite).
 
     Args:
         model: classifier returning logits ``(B, num_classes)``; run in eval mode under
@@ -706,4 +761,4 @@ def mu_fidelity(
             masked_out.append(model(xm)[torch.arange(xm.shape[0], device=x.device), target[s_idx]])
         masked = torch.cat(masked_out).to(dtype).view(n, num_subsets)
     drop = full.unsqueeze(1) - masked
-    return _pearson_rows(drop, attr_sum)
+    return _nan_unless(finite_rows(maps) & finite_rows(x), _pearson_rows(drop, attr_sum))

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
@@ -64,6 +65,7 @@ class _SaliencyModuleBase(L.LightningModule):
     """Optimizer/scheduler/clipping/spectral-logging logic shared by the two modules."""
 
     _log_per_model: bool = True
+    _warned_nonfinite_spectral: bool = False
 
     def _validate_common(
         self,
@@ -176,6 +178,13 @@ class _SaliencyModuleBase(L.LightningModule):
         if not self.hparams.log_spectral or self.trainer.sanity_checking:
             return
         per_model = [capacity(m) for m in self._backbones()]
+        bad = [k for k, t in enumerate(per_model) if any(math.isnan(v) for v in t.values())]
+        if bad and not self._warned_nonfinite_spectral:
+            self._warned_nonfinite_spectral = True  # once per module: later epochs stay quiet
+            rank_zero_warn(
+                f"model(s) {bad} have NaN or Inf Conv/Linear weights: their spectral terms "
+                "(spectral/...) are logged as NaN (this warning is shown once per module)"
+            )
         for k, terms in enumerate(per_model if self._log_per_model else []):
             for key, value in terms.items():
                 self.log(f"spectral/model_{k}/{key}", float(value), on_step=False, on_epoch=True)

@@ -27,6 +27,18 @@ __all__ = ["apply_spectral_norm", "capacity", "spectral_layers", "spectral_norms
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
+_CAPACITY_KEYS = (
+    "norm_product",
+    "sum_prefix_products",
+    "ratio_term",
+    "L_w",
+    "R_w",
+    "log_norm_product",
+    "log_L_w",
+    "log_R_w",
+)
+"""The keys of :func:`capacity`'s result, in order."""
+
 
 class _Scale(nn.Module):
     """Parametrization multiplying a tensor by a constant factor."""
@@ -142,11 +154,17 @@ def apply_spectral_norm(model: nn.Module, factor: float, n_power_iterations: int
 
 
 def _layer_stats(model: nn.Module) -> list[tuple[str, float, float]]:
-    """``(name, ||W||_2, ||W||_{2,1})`` of each layer's effective weight, read in eval mode."""
+    """``(name, ||W||_2, ||W||_{2,1})`` of each layer's effective weight, read in eval mode.
+
+    Both are NaN for a weight with a NaN or +-Inf element (the SVD is undefined there).
+    """
     stats = []
     with torch.no_grad(), eval_mode(model):
         for name, module in spectral_layers(model):
             w = _weight_matrix(module, module.weight).detach().to(torch.float64)
+            if not bool(torch.isfinite(w).all()):
+                stats.append((name, math.nan, math.nan))
+                continue
             sigma = float(torch.linalg.matrix_norm(w, ord=2))
             norm21 = float(torch.linalg.vector_norm(w, ord=2, dim=1).sum())
             stats.append((name, sigma, norm21))
@@ -159,6 +177,7 @@ def spectral_norms(model: nn.Module) -> dict[str, float]:
     The effective weight is the one the forward pass uses (after any spectral-norm/scale
     parametrization), viewed as an ``(out, -1)`` matrix. It is read in eval mode so no
     power-iteration step runs; every submodule's ``training`` flag is restored afterwards.
+    A layer whose weight holds a NaN or +-Inf gets NaN.
 
     >>> net = nn.Linear(3, 2)
     >>> with torch.no_grad():
@@ -198,7 +217,8 @@ def capacity(model: nn.Module, gammas: float | Sequence[float] = 1.0) -> dict[st
     and their natural logs ``log_norm_product``, ``log_R_w``, ``log_L_w`` (finite even when
     the products overflow float64). Weights are the effective ones, read in eval mode. Only
     Conv/Linear layers count (BatchNorm/LayerNorm scales are not part of eq. 7's model).
-    A zero layer counts ``r_i / s_i = 0``.
+    A zero layer counts ``r_i / s_i = 0``. Every term is NaN when any layer's weight holds a
+    NaN or +-Inf (e.g. a diverged model), never a number computed from the other layers.
 
     Args:
         model: the network.
@@ -228,6 +248,8 @@ def capacity(model: nn.Module, gammas: float | Sequence[float] = 1.0) -> dict[st
             )
     if any(not math.isfinite(g) or g < 0 for g in gamma_list):
         raise ValueError(f"gammas must be finite and >= 0, got {gamma_list}")
+    if any(math.isnan(s) or math.isnan(r) for _, s, r in stats):
+        return dict.fromkeys(_CAPACITY_KEYS, math.nan)
 
     sigmas = [s for _, s, _ in stats]
     ratio_sum = sum((r / s) ** (2.0 / 3.0) if s > 0 else 0.0 for _, s, r in stats)
@@ -249,13 +271,14 @@ def capacity(model: nn.Module, gammas: float | Sequence[float] = 1.0) -> dict[st
         log_prefix_sum = -math.inf
     log_l = log_gamma_product + log_ratio_term
     log_r = log_prefix_sum + log_l
-    return {
-        "norm_product": _safe_exp(log_norm_product),
-        "sum_prefix_products": _safe_exp(log_prefix_sum),
-        "ratio_term": _safe_exp(log_ratio_term),
-        "L_w": _safe_exp(log_l),
-        "R_w": _safe_exp(log_r),
-        "log_norm_product": log_norm_product,
-        "log_L_w": log_l,
-        "log_R_w": log_r,
-    }
+    values = (
+        _safe_exp(log_norm_product),
+        _safe_exp(log_prefix_sum),
+        _safe_exp(log_ratio_term),
+        _safe_exp(log_l),
+        _safe_exp(log_r),
+        log_norm_product,
+        log_l,
+        log_r,
+    )
+    return dict(zip(_CAPACITY_KEYS, values, strict=True))
