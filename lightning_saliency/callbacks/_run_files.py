@@ -80,11 +80,56 @@ class RunRecord:
             writer.writerows(rows)
         tmp.replace(path)
 
+    def stages(self) -> dict[str, list[int]]:
+        """stage -> sorted epochs that already have rows in the CSV (empty when none)."""
+        path = self.csv_path
+        if path is None or not path.exists():
+            return {}
+        out: dict[str, set[int]] = {}
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            for row in csv.DictReader(fh):
+                stage = row.get("stage") or (row.get("split", "").partition(":")[0]
+                                             if ":" in row.get("split", "") else "fit")  # fmt: skip
+                epoch = row.get("epoch", "")
+                out.setdefault(stage, set()).update([int(epoch)] if epoch.isdigit() else [])
+        return {k: sorted(v) for k, v in out.items()}
+
+    def check_fresh(self, stage: str) -> None:
+        """Refuse to start a new record where another run already wrote rows of ``stage``."""
+        epochs = self.stages().get(stage)
+        if epochs is None:
+            return
+        what = "fit" if stage == "fit" else f"`{stage}`"
+        raise ValueError(
+            f"InterpretationGeneralization: {str(self.folder)!r} already holds another run's "
+            f"{stage}-stage record ({CSV_NAME}, epochs {epochs}); a new {what} would mix two "
+            "runs in one file. Give it a new folder (a new logger version or name, e.g. drop "
+            "--trainer.logger.init_args.version) or remove the old folder"
+            + ("; to continue that run, resume it with --ckpt_path." if stage == "fit" else ".")
+        )
+
     def write_methods(self, payload: Mapping[str, Any]) -> None:
-        """Write ``methods.json`` (atomically: a reader never sees half a file)."""
+        """Write ``methods.json`` (atomically: a reader never sees half a file).
+
+        The methods of every stage written into the folder are kept (a ``validate`` run with
+        other methods beside a fit); one label naming two different specs is refused.
+        """
         path = self.methods_path
         if path is None:
             return
+        methods = {m["label"]: m for m in payload["methods"]}
+        if path.exists():
+            old = json.loads(path.read_text())
+            for m in old.get("methods", []):
+                if m["label"] in methods and methods[m["label"]] != m:
+                    raise ValueError(
+                        f"{str(path)!r} already defines method {m['label']!r} as {m}; this run "
+                        f"defines it as {methods[m['label']]}: use a new folder"
+                    )
+                methods.setdefault(m["label"], m)
+            payload = {**old, **payload, "settings": {**old.get("settings", {}),
+                                                      **payload.get("settings", {})}}  # fmt: skip
+        payload = {**payload, "methods": list(methods.values())}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))

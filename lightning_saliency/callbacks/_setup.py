@@ -28,6 +28,11 @@ __all__ = [
 ]
 
 
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
+
+
 def models_of(pl_module: nn.Module) -> list[nn.Module]:
     """The monitored models: an ensemble's ``models`` ModuleList, else the module itself."""
     models = getattr(pl_module, "models", None)
@@ -44,7 +49,14 @@ def load_reference(reference: Any, pl_module: pl.LightningModule) -> nn.Module |
         path = Path(reference)
         if not path.is_file():
             raise FileNotFoundError(f"reference checkpoint {str(path)!r} does not exist")
-        reference = type(pl_module).load_from_checkpoint(str(path), map_location="cpu")
+        cls = type(pl_module)
+        try:  # weights only: a checkpoint from elsewhere cannot run code when loaded
+            reference = cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
+        except Exception as err:  # corrupt, empty, another class's, or not weights-only
+            raise ValueError(
+                f"reference checkpoint {str(path)!r} could not be loaded as a {cls.__name__} "
+                f"(weights only): {_first_line(err)}"
+            ) from None
     if not isinstance(reference, nn.Module):
         raise TypeError(
             f"reference must be a module or a checkpoint path; got {type(reference).__name__}"
@@ -123,9 +135,17 @@ def check_models(
     checked = [*models, *([reference] if reference is not None else [])]
     outs = []
     with eval_mode(*checked), isolate_rng():
-        for m in checked:
+        for i, m in enumerate(checked):
             dev = next((p.device for p in m.parameters()), torch.device("cpu"))
-            outs.append(m(x.to(dev)))
+            try:
+                outs.append(m(x.to(dev)))
+            except Exception as err:  # wrong channels, an image too small for the network, ...
+                who = "the reference model" if i == len(models) else f"model {i}"
+                raise ValueError(
+                    f"{who} cannot take the probes, shaped {tuple(x.shape[1:])} (C, H, W): "
+                    f"{_first_line(err)}. Check the model's "
+                    "input channels and image size against the data (or the probes you passed)"
+                ) from None
     for out in outs:
         if not isinstance(out, Tensor) or out.ndim != 2:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
+from lightning_saliency import _compat
 from lightning_saliency.attribution import MethodSpec, method_needs_input_range, resolve_method
 from lightning_saliency.generalization import (
     CSV_NAME,
@@ -36,9 +37,11 @@ from lightning_saliency.generalization import (
     figure_tag,
     image_tag,
     model_logits,
+    nonfinite_key,
+    predictions,
 )
 
-from . import _setup, _tensorboard
+from . import _checks, _setup, _tensorboard
 from ._probes import ProbeSet
 from ._run_files import RunRecord
 
@@ -57,10 +60,13 @@ DEFAULT_METHODS: tuple[str | dict[str, Any], ...] = (
     {"method": "smooth_grad", "noise_level": 0.2, "samples": 16, "superpixel": "slic"},
 )
 
-def _training_epoch_finished(trainer: pl.Trainer) -> bool:
-    """Whether the current training epoch has run its last batch (Lightning 2.x loops)."""
-    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    return bool(getattr(loop, "_is_training_done", False))
+def _resume_error(changes: list[str]) -> ValueError:
+    return ValueError(
+        "InterpretationGeneralization: the checkpoint was written with other settings ("
+        + "; ".join(changes)
+        + "). Its probes and methods define this run's numbers: resume with the checkpoint's "
+        "settings, or start a new run in a new folder."
+    )
 
 
 def _purge_tensorboard_after(trainer: pl.Trainer, step: int) -> None:
@@ -73,7 +79,7 @@ def _purge_tensorboard_after(trainer: pl.Trainer, step: int) -> None:
 
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            writer = logger.experiment._get_file_writer()
+            writer = _compat.tensorboard_event_writer(logger.experiment)
             writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
 
 
@@ -154,42 +160,15 @@ class InterpretationGeneralization(Callback):
         self.specs: list[MethodSpec] = [
             resolve_method(m) for m in (DEFAULT_METHODS if methods is None else methods)
         ]
-        if not self.specs:
-            raise ValueError("methods must name at least one saliency method")
-        labels = [s.label for s in self.specs]
-        dup = sorted({lb for lb in labels if labels.count(lb) > 1})
-        if dup:
-            raise ValueError(f"methods must be distinct; these labels repeat: {dup}")
-        for name, value in (
-            ("num_train_probes", num_train_probes),
-            ("num_test_probes", num_test_probes),
-            ("every_n_epochs", every_n_epochs),
-            ("num_images", num_images),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1; got {value!r}")
-        if (
-            isinstance(log_images_every_n_epochs, bool)
-            or not isinstance(log_images_every_n_epochs, int)
-            or log_images_every_n_epochs < 0
-        ):
-            raise ValueError(
-                f"log_images_every_n_epochs must be an int >= 0; got {log_images_every_n_epochs!r}"
-            )
-        if target not in ("label", "pred"):
-            raise ValueError(f"target must be 'label' or 'pred'; got {target!r}")
-        if precision not in ("32", "bf16"):
-            raise ValueError(f"precision must be '32' or 'bf16'; got {precision!r}")
-        if metrics is not None:
-            unknown = sorted(set(metrics) - set(FAMILIES))
-            if unknown:
-                raise ValueError(f"unknown metric families {unknown}; known: {list(FAMILIES)}")
-        if input_range is not None and not (
-            len(input_range) == 2 and input_range[0] < input_range[1]
-        ):
-            raise ValueError(
-                f"input_range must be (x_min, x_max) with x_min < x_max; got {input_range!r}"
-            )
+        _checks.check_arguments(
+            {k: v for k, v in locals().items() if k not in ("self", "methods", "__class__")},
+            self.specs,
+        )
+        # Every rank computes (or gathers) the same numbers, so there is nothing to sync:
+        # Lightning's advice to pass sync_dist=True does not apply to these tags.
+        warnings.filterwarnings(
+            "ignore", message=r"It is recommended to use `self\.log\('((validate|test)/)?interp/"
+        )
         self.num_train_probes = num_train_probes
         self.num_test_probes = num_test_probes
         self.every_n_epochs = every_n_epochs
@@ -239,24 +218,59 @@ class InterpretationGeneralization(Callback):
             normalize=self.normalize,
         )
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings that define this run's probes and numbers (kept on resume)."""
+        return {
+            "methods": [s.label for s in self.specs],
+            "num_train_probes": self.num_train_probes,
+            "num_test_probes": self.num_test_probes,
+            "seed": self.seed,
+            "target": self.target,
+            "normalize": self.normalize,
+            "topk": self.topk,
+            "metrics": None if self.requested_metrics is None else list(self.requested_metrics),
+            "input_range": None if self.input_range is None else list(self.input_range),
+            "precision": self.precision,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
+            "settings": self.settings,
             "probe_indices": None if self.probes is None else self.probes.indices,
             "logged_epochs": list(self.logged_epochs),
             "final_values": dict(self.final_values),
+            # last monitored epoch's test-probe maps: drift of the first resumed epoch
+            "previous": None if self.previous is None else dict(self.previous),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        changes = _checks.settings_changes(state_dict.get("settings", {}), self.settings)
         if int(state_dict.get("seed", self.seed)) != self.seed:
-            raise ValueError(
-                f"checkpoint was written with seed {state_dict['seed']}, this callback has seed {self.seed}"
-            )
+            changes.insert(0, f"seed: {state_dict['seed']!r} -> {self.seed!r}")
+        if changes:
+            raise _resume_error(changes)
         self._loaded_indices = state_dict.get("probe_indices")
         self.logged_epochs = [int(e) for e in state_dict.get("logged_epochs", [])]
         self.final_values = {
             str(k): float(v) for k, v in state_dict.get("final_values", {}).items()
         }
+        self.previous = state_dict.get("previous")
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Refuse a resume whose callback settings changed: its state is under another key."""
+        states = checkpoint.get("callbacks", {})
+        if self.state_key in states:
+            return
+        mine = type(self).__qualname__
+        others = [v for k, v in states.items() if isinstance(k, str) and k.startswith(mine + "{")]
+        diffs = [_checks.settings_changes(v.get("settings", {}), self.settings) for v in others]
+        diffs = [d for d in diffs if d]
+        if diffs:
+            raise _resume_error(min(diffs, key=len))
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -316,8 +330,16 @@ class InterpretationGeneralization(Callback):
             self._range = (float(lo), float(hi))
         if self._unnormalize is None and dm is not None and hasattr(dm, "unnormalize"):
             self._unnormalize = dm.unnormalize
+        _checks.check_probe_values(self.probes.x, self.probes.indices)
         if any(method_needs_input_range(s) for s in self.specs) and self._range is None:
-            self._range = (float(self.probes.x.min()), float(self.probes.x.max()))
+            lo, hi = float(self.probes.x.min()), float(self.probes.x.max())
+            if not lo < hi:
+                raise ValueError(
+                    f"every probe pixel is {lo}: the input range cannot be derived from the "
+                    "probes; pass input_range=(x_min, x_max) of the model's input space"
+                )
+            self._range = (lo, hi)
+        _checks.check_input_range(self._range, "input_range (the data module's)")
         self.probes.images = _setup.probe_images(self.probes.x, self._unnormalize)
         self.segments = _setup.segment_probes(self.specs, self.probes.images)
 
@@ -331,15 +353,32 @@ class InterpretationGeneralization(Callback):
         ):
             k_models = len(_setup.models_of(pl_module))
             self._prepare_probes(trainer, k_models, self._loaded_indices)
+        if self._loaded_indices is None:  # a fresh fit, not a resume: a fresh record
+            self._record.check_fresh("fit")
         self._to_device(pl_module)
         if trainer.is_global_zero:
             self._add_layout(trainer)
+            self._record.write_methods(self._methods_record("fit"))
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate" and not trainer.sanity_checking:
+            self._start_stage(trainer, "validate")
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_stage(trainer, "test")
+
+    def _start_stage(self, trainer: pl.Trainer, stage: str) -> None:
+        self._record.check_fresh(stage)
+        if trainer.is_global_zero:
+            self._record.write_methods(self._methods_record(stage))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Resuming (the loops' state, global_step included, is restored by now): drop what
         # the earlier run wrote after the checkpoint, so that no epoch shows twice.
         if trainer.is_global_zero and self._loaded_indices is not None:
             self._record.keep_fit_epochs(self.logged_epochs)
+            # the earlier run's events from the first step after the checkpoint on are hidden;
+            # the checkpointed epoch's own scalars and images sit before it
             _purge_tensorboard_after(trainer, trainer.global_step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -362,7 +401,7 @@ class InterpretationGeneralization(Callback):
         epoch = trainer.current_epoch
         if (
             trainer.state.fn == "fit"
-            and _training_epoch_finished(trainer)
+            and _compat.training_epoch_finished(trainer)
             and self._is_monitored(epoch)
             and epoch > self._last_logged_epoch
         ):
@@ -408,11 +447,11 @@ class InterpretationGeneralization(Callback):
             "seed": self.seed,
         }
 
-    def _methods_record(self) -> dict[str, Any]:
-        """What ``methods.json`` holds: every method's canonical spec and the settings."""
-        settings = {**self._hparams(), "topk": self.topk, "families": list(self.families)}
-        settings.pop("methods")
-        return {"methods": [s.to_config() for s in self.specs], "settings": settings}
+    def _methods_record(self, stage: str) -> dict[str, Any]:
+        """What ``methods.json`` holds: every method's canonical spec and, per stage, the
+        settings that shaped the numbers."""
+        settings = {**self.settings, "families": list(self.families)}
+        return {"methods": [s.to_config() for s in self.specs], "settings": {stage: settings}}
 
     def evaluate(self, pl_module: pl.LightningModule, stage: str = "fit") -> EpochEvaluation:
         """Explain the probes with every method and compute every number (no logging)."""
@@ -429,7 +468,7 @@ class InterpretationGeneralization(Callback):
                 channels_last=self.channels_last, batch_size=self.batch_size,
             )  # fmt: skip
             return evaluate_epoch(
-                maps, probes.layout, self.specs, labels=probes.y, preds=logits.argmax(-1),
+                maps, probes.layout, self.specs, labels=probes.y, preds=predictions(logits),
                 families=self.families, normalize=self.normalize, topk=self.topk,
                 previous=self.previous if stage == "fit" else None, stage=stage, seed=self.seed,
             )  # fmt: skip
@@ -440,14 +479,16 @@ class InterpretationGeneralization(Callback):
         result = self.evaluate(pl_module, stage)
         k_models = len(_setup.models_of(pl_module))
         if stage == "fit":
-            self.previous = {k: v[:k_models].detach().cpu() for k, v in result.maps.items()}
+            test = self.probes.layout.test  # type: ignore[union-attr]
+            self.previous = {
+                k: v[:k_models, test].detach().cpu().clone() for k, v in result.maps.items()
+            }
             self.logged_epochs.append(epoch)
             self.final_values = {k.tag: e.value for k, e in result.estimates.items()}
-        step = trainer.global_step
+        step = _compat.epoch_log_step(trainer, stage)  # where Lightning puts the scalars
+        self._warn_nonfinite(result, epoch, stage)
         self._log_scalars(trainer, pl_module, result, stage)
         if trainer.is_global_zero:
-            if not self._record.methods_path or not self._record.methods_path.exists():
-                self._record.write_methods(self._methods_record())
             self._record.append(epoch_rows(result.estimates, epoch, step, stage))
             images_due = (
                 stage == "fit"
@@ -456,6 +497,18 @@ class InterpretationGeneralization(Callback):
             )
             if images_due or stage != "fit":
                 self._log_media(trainer, result, step, k_models)
+
+    def _warn_nonfinite(self, result: EpochEvaluation, epoch: int, stage: str) -> None:
+        bad = {lb: int(result.estimates[nonfinite_key(lb, stage)].value) for lb in result.methods}
+        bad = {lb: n for lb, n in bad.items() if n}
+        if bad:
+            n = result.maps[result.methods[0]].shape[1]
+            rank_zero_warn(
+                f"InterpretationGeneralization ({stage}, epoch {epoch}): non-finite maps on "
+                + ", ".join(f"{lb}: {k} of {n} probes" for lb, k in bad.items())
+                + "; every number over those probes is NaN (with the count in `nonfinite`). "
+                "A model with NaN weights, or a method that overflows, gives this."
+            )
 
     @staticmethod
     def _materialize(probes: ProbeSet) -> ProbeSet:

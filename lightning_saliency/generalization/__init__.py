@@ -38,7 +38,14 @@ from .core import (
     split_statistics,
     ssim_window,
 )
-from .epoch import EpochEvaluation, compute_maps, evaluate_epoch, model_logits
+from .epoch import (
+    EpochEvaluation,
+    compute_maps,
+    evaluate_epoch,
+    model_logits,
+    nonfinite_key,
+    predictions,
+)
 from .layout import ProbeLayout
 from .mege import MegeReco, mege_reco_statistics
 from .schema import (
@@ -118,9 +125,11 @@ __all__ = [
     "leave_one_out_reference",
     "mege_reco_statistics",
     "model_logits",
+    "nonfinite_key",
     "pairwise_agreement",
     "parse_csv_row",
     "prediction_agreement",
+    "predictions",
     "quality",
     "split_statistics",
     "ssim_window",

@@ -293,7 +293,8 @@ _chance = chance  # the argument `chance` shadows the schema's name inside pairw
 
 def prediction_agreement(preds: Tensor, layout: ProbeLayout, split: str) -> ProbeStatistic:
     """Fraction of probes on which two sources predict the same class, over source pairs
-    (a proportion: its interval is a Wilson score interval).
+    (a proportion: its interval is a Wilson score interval). A negative prediction marks a
+    probe whose logits were not finite: its agreement is NaN, not a match.
 
     >>> p = torch.tensor([[0, 1, 2, 3], [0, 1, 0, 3]])
     >>> float(prediction_agreement(p, ProbeLayout.from_sizes([1, 1], 2), "test").point())
@@ -301,7 +302,9 @@ def prediction_agreement(preds: Tensor, layout: ProbeLayout, split: str) -> Prob
     """
 
     def same(i: int, j: int, rows: Tensor) -> dict[str, Tensor]:
-        return {"agree": (preds[i, rows] == preds[j, rows]).double()}
+        a, b = preds[i, rows], preds[j, rows]
+        agree = (a == b).double()
+        return {"agree": torch.where((a >= 0) & (b >= 0), agree, torch.nan)}
 
     stat = _pairwise(layout, preds.shape[0], split, preds.device, same)["agree"]
     return ProbeStatistic(stat.terms, proportion=True)
@@ -325,16 +328,20 @@ def quality(maps: Tensor, layout: ProbeLayout, metric: str) -> dict[str, ProbeSt
 def drift(
     maps: Tensor, previous: Tensor, layout: ProbeLayout, *, normalize: bool = True
 ) -> ProbeStatistic:
-    """Distance between each model's test maps and its maps of the previous monitored epoch
-    (mean over models).
+    """Distance between each model's test maps and its test maps of the previous monitored
+    epoch (``previous``: ``(K, n_test, ...)``), averaged over models.
 
     >>> m = torch.ones(1, 2, 1, 2, 2)
-    >>> float(drift(m, m, ProbeLayout.from_sizes([1], 1)).point())
+    >>> float(drift(m, m[:, 1:], ProbeLayout.from_sizes([1], 1)).point())
     0.0
     """
     t = layout.test
+    if previous.shape[1] != t.stop - t.start:
+        raise ValueError(
+            f"previous maps hold {previous.shape[1]} test probes, the layout {t.stop - t.start}"
+        )
     per_model = [
-        l2_distance(maps[k, t], previous[k, t].to(maps.device), normalize=normalize)
+        l2_distance(maps[k, t], previous[k].to(maps.device), normalize=normalize)
         for k in range(layout.num_models)
     ]
     return ProbeStatistic({"test": torch.stack(per_model).mean(0)})

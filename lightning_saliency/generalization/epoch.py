@@ -18,7 +18,7 @@ Example (no Lightning; two tiny models on random probes):
     >>> x, y = torch.randn(12, 1, 4, 4), torch.randint(0, 3, (12,))
     >>> specs = [resolve_method("simple_grad")]
     >>> maps = compute_maps(models, x, y, specs)
-    >>> preds = model_logits(models, x).argmax(-1)
+    >>> preds = predictions(model_logits(models, x))
     >>> result = evaluate_epoch(maps, layout, specs, labels=y, preds=preds)
     >>> gap = result.estimates[MetricKey("simple_grad", "mean", "gap", "gap")]
     >>> gap.n, gap.lo <= gap.value <= gap.hi
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from lightning_saliency._modes import eval_mode
 from lightning_saliency.attribution import MethodSpec, compute_attribution, group_by_segments
+from lightning_saliency.metrics import finite_rows
 
 from .core import (
     MapStack,
@@ -52,7 +53,14 @@ from .mege import mege_reco_statistics
 from .schema import FAMILIES, QUALITY_METRICS, MetricKey
 from .statistics import BOOTSTRAP_RESAMPLES, Estimate, Statistic, bootstrap_counts, estimate_all
 
-__all__ = ["EpochEvaluation", "compute_maps", "evaluate_epoch", "model_logits"]
+__all__ = [
+    "EpochEvaluation",
+    "compute_maps",
+    "evaluate_epoch",
+    "model_logits",
+    "nonfinite_key",
+    "predictions",
+]
 
 Stats = dict[MetricKey, Statistic]
 
@@ -70,6 +78,17 @@ def model_logits(models: Sequence[nn.Module], x: Tensor, batch_size: int = 256) 
             parts = [model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
             out.append(torch.cat(parts))
     return torch.stack(out)
+
+
+def predictions(logits: Tensor) -> Tensor:
+    """``(M, N)`` predicted classes of ``(M, N, classes)`` logits; -1 where a row of logits is
+    not finite (its argmax would be an arbitrary class).
+
+    >>> predictions(torch.tensor([[[0.0, 1.0], [float("nan"), 0.0]]])).tolist()
+    [[1, -1]]
+    """
+    finite = torch.isfinite(logits).all(-1)
+    return torch.where(finite, logits.argmax(-1), -1)
 
 
 def compute_maps(
@@ -204,8 +223,8 @@ def evaluate_epoch(
 
     ``maps[label]`` holds the ``(M, N, C, H, W)`` maps of the K models of ``layout`` (and,
     with K = 1, a reference model as source M = 2); ``preds`` the ``(M, N)`` predicted
-    classes, ``labels`` the ``(N,)`` true ones; ``previous[label]`` last epoch's maps
-    (drift). The intervals cover probe-to-probe noise; the bootstrap (nonlinear
+    classes (negative where the logits were not finite), ``labels`` the ``(N,)`` true ones; ``previous[label]`` the K models' test-probe
+    maps of the previous monitored epoch (drift). The intervals cover probe-to-probe noise; the bootstrap (nonlinear
     statistics) draws from a generator seeded by ``seed``.
     """
     fam = set(families)
@@ -225,13 +244,33 @@ def evaluate_epoch(
     counts = bootstrap_counts(
         {g: layout.rows(g).stop - layout.rows(g).start for g in layout.groups}, gen, resamples
     )
+    estimates = estimate_all(stats, counts)
+    estimates.update(_nonfinite_counts(specs, stacks, stage))
     return EpochEvaluation(
-        estimates=estimate_all(stats, counts),
+        estimates=estimates,
         statistics=stats,
         maps={lb: s.maps for lb, s in stacks.items()},
         preds=preds,
         methods=[s.label for s in specs],
     )
+
+
+def nonfinite_key(method: str, stage: str = "fit") -> MetricKey:
+    """The key counting a method's probes whose maps (of any model) are not finite."""
+    return MetricKey(method, "models", "all", "nonfinite_maps", stage)
+
+
+def _nonfinite_counts(
+    specs: Sequence[MethodSpec], stacks: Mapping[str, MapStack], stage: str
+) -> dict[MetricKey, Estimate]:
+    """Per method, how many probes have a NaN or infinite map value for some model."""
+    if not specs:
+        return {}
+    bad = torch.stack([(~finite_rows(stacks[s.label].maps.flatten(0, 1)))
+                       .view(stacks[s.label].maps.shape[:2]).any(0).sum() for s in specs])  # fmt: skip
+    n = stacks[specs[0].label].maps.shape[1]
+    return {nonfinite_key(s.label, stage): Estimate(float(c), 0.0, float(c), float(c), n, int(c))
+            for s, c in zip(specs, bad.tolist(), strict=True)}  # fmt: skip
 
 
 def _gap_reductions(specs: Sequence[MethodSpec], stats: Stats, stage: str) -> Stats:

@@ -179,7 +179,7 @@ class MetricKey:
             base += f"/{self.aggregate}"
         if self.metric == "loss":
             return f"{base}/{self.split}_loss"
-        if self.metric in ("gap", "gap_reduction", "mege", "reco", "drift"):
+        if self.metric in ("gap", "gap_reduction", "mege", "reco", "drift") or self.split == "all":
             return f"{base}/{self.metric}"
         if self.split == "gap":
             return f"{base}/{self.metric}_gap"

@@ -1,0 +1,46 @@
+"""Every private API of a third-party library this package relies on, in one place.
+
+Each helper names what it reads; ``tests/test_compat.py`` fails loudly when an upgrade of
+Lightning, TensorBoard or torch removes or changes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["batches_stepped", "epoch_log_step", "tensorboard_event_writer", "training_epoch_finished"]
+
+
+def training_epoch_finished(trainer: Any) -> bool:
+    """Whether the current training epoch has run its last batch (Lightning 2.x:
+    ``fit_loop.epoch_loop._is_training_done``)."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return bool(getattr(loop, "_is_training_done", False))
+
+
+def batches_stepped(trainer: Any) -> int:
+    """Lightning's logging step counter, ``fit_loop.epoch_loop._batches_that_stepped``
+    (restored from a checkpoint on resume)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def epoch_log_step(trainer: Any, stage: str) -> int:
+    """The step at which Lightning's loggers receive epoch-level metrics logged now.
+
+    Lightning logs them at ``fit_loop.epoch_loop._batches_that_stepped``, minus one at the
+    end of a training epoch (the index of the epoch's last batch). The validation that
+    closes a training epoch runs before that epoch's last batch is counted, so there the
+    count is one short. The callback puts its images, figures and CSV rows at the same
+    step as its scalars.
+    """
+    batches = batches_stepped(trainer)
+    if stage != "fit":
+        return batches
+    pending = 1 if trainer.validating else 0
+    return max(batches + pending - 1, 0)
+
+
+def tensorboard_event_writer(experiment: Any) -> Any:
+    """The event-file writer of a ``torch.utils.tensorboard.SummaryWriter``
+    (``SummaryWriter._get_file_writer``), to add raw events such as a restart marker."""
+    return experiment._get_file_writer()

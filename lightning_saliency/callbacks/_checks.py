@@ -1,0 +1,120 @@
+"""The callback's validation rules, each in one place: arguments, probes, settings on resume."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_saliency.attribution import MethodSpec
+from lightning_saliency.generalization import FAMILIES
+
+__all__ = ["IDENTITY", "check_arguments", "check_probe_values", "settings_changes"]
+
+#: Settings that define which probes are explained and how the numbers are computed: a
+#: resumed run must keep them (else its epochs would not be comparable).
+IDENTITY: tuple[str, ...] = (
+    "methods", "num_train_probes", "num_test_probes", "seed", "target", "normalize", "topk",
+    "metrics", "input_range", "precision",
+)  # fmt: skip
+
+
+def _int_at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+
+
+def _check_topk(topk: Any) -> None:
+    if isinstance(topk, bool) or not isinstance(topk, numbers.Real):
+        raise ValueError(f"topk must be a fraction in (0, 1] or a pixel count >= 1; got {topk!r}")
+    if isinstance(topk, numbers.Integral):
+        if topk < 1:
+            raise ValueError(f"topk as a pixel count must be >= 1; got {topk!r}")
+    elif not (0 < float(topk) <= 1):
+        raise ValueError(f"topk as a fraction of pixels must be in (0, 1]; got {topk!r}")
+
+
+def check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> None:
+    """Every argument of the callback, before any training: a clear message naming it."""
+    if not specs:
+        raise ValueError("methods must name at least one saliency method")
+    labels = [s.label for s in specs]
+    dup = sorted({lb for lb in labels if labels.count(lb) > 1})
+    if dup:
+        raise ValueError(f"methods must be distinct; these labels repeat: {dup}")
+    for name in ("num_train_probes", "num_test_probes", "every_n_epochs", "num_images"):
+        _int_at_least(name, args[name], 1)
+    _int_at_least("log_images_every_n_epochs", args["log_images_every_n_epochs"], 0)
+    if isinstance(args["seed"], bool) or not isinstance(args["seed"], int):
+        raise ValueError(f"seed must be an int; got {args['seed']!r}")
+    if args["batch_size"] is not None:
+        _int_at_least("batch_size", args["batch_size"], 1)
+    _check_topk(args["topk"])
+    for name in ("normalize", "channels_last"):
+        if not isinstance(args[name], bool):
+            raise ValueError(f"{name} must be True or False; got {args[name]!r}")
+    if args["target"] not in ("label", "pred"):
+        raise ValueError(f"target must be 'label' or 'pred'; got {args['target']!r}")
+    if args["precision"] not in ("32", "bf16"):
+        raise ValueError(f"precision must be '32' or 'bf16'; got {args['precision']!r}")
+    metrics = args["metrics"]
+    if metrics is not None:
+        unknown = sorted(set(metrics) - set(FAMILIES))
+        if unknown or isinstance(metrics, str):
+            raise ValueError(f"unknown metric families {unknown or [metrics]}; known: {list(FAMILIES)}")
+    check_input_range(args["input_range"], "input_range")
+
+
+def check_input_range(value: Any, name: str) -> None:
+    """``(x_min, x_max)``: two finite numbers with x_min < x_max (or None)."""
+    if value is None:
+        return
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, numbers.Real) and math.isfinite(float(v)) for v in value)
+        and float(value[0]) < float(value[1])
+    )
+    if not ok:
+        raise ValueError(f"{name} must be (x_min, x_max) with finite x_min < x_max; got {value!r}")
+
+
+def check_probe_values(x: Tensor, indices: Mapping[str, list[int]]) -> None:
+    """Probes must be finite numbers: a NaN or infinite pixel is named, with its probe."""
+    bad = ~torch.isfinite(x.flatten(1)).all(1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        where = _probe_name(row, indices)
+        raise ValueError(
+            f"probe {where} has NaN or infinite pixels ({int(bad.sum())} of {len(x)} probes): "
+            "fix the data (or its transform) before monitoring it"
+        )
+
+
+def _probe_name(row: int, indices: Mapping[str, list[int]]) -> str:
+    start = 0
+    for part, idx in indices.items():
+        if row < start + len(idx):
+            return f"{part}[{row - start}] (dataset index {idx[row - start]})"
+        start += len(idx)
+    return f"row {row}"
+
+
+def settings_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``["name: saved -> now", ...]`` for the identity settings that differ."""
+    return [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        for k in IDENTITY
+        if k in saved and _plain(saved.get(k)) != _plain(now.get(k))
+    ]
+
+
+def _plain(v: Any) -> Any:
+    """Tuples and lists compare equal (a checkpoint may store either)."""
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    return v
