@@ -81,7 +81,7 @@ def test_default_run_leaves_every_tag_family(
             "train_loss",
             "test_loss",
             "gap",
-            "gap/lo",
+            "gap_lo",
             "mege",
             "reco",
             "test/sparseness",
@@ -92,7 +92,7 @@ def test_default_run_leaves_every_tag_family(
             "test/ssim",
             "test/topk",
             "test/l2",
-            "test/spearman_above_chance/hi",
+            "test/spearman_above_chance_hi",
         ):
             assert f"interp/{lb}/{suffix}" in tags, f"interp/{lb}/{suffix}"
         assert (f"interp/{lb}/gap_reduction" in tags) == (lb != "simple_grad"), lb

@@ -645,7 +645,9 @@ def test_experiment_config_instantiates(
     assert raw["model"]["backbone"] == "cifar:resnet18"  # ResNet-18 with the CIFAR stem
     assert raw["data"]["init_args"]["root"] == "data/cifar10"
     assert not {"num_models", "num_classes", "in_chans", "image_size"} & set(raw["model"])
-    assert raw["trainer"]["logger"]["init_args"] == {"save_dir": "runs", "name": name}
+    assert raw["trainer"]["logger"]["init_args"] == {
+        "save_dir": "runs", "name": name, "default_hp_metric": False
+    }
     monkeypatch.setattr(sys, "argv", ["lightning-saliency"])  # pytest's own args are not ours
     cli = cli_main(
         [

@@ -187,9 +187,16 @@ def segment_probes(specs: Sequence[MethodSpec], images: Tensor) -> dict[str, Ten
 
 
 def find_log_dir(trainer: pl.Trainer) -> str | None:
-    """The first logger's ``log_dir``, else the trainer's ``default_root_dir``."""
+    """The run's own folder: the first logger's ``log_dir`` (TensorBoard, CSV); else, for a
+    logger without one (W&B, MLflow), ``<save_dir>/<name>/<version>`` (for MLflow's file
+    store, its own run folder); with no logger, the trainer's ``default_root_dir``."""
     for logger in trainer.loggers:
         d = getattr(logger, "log_dir", None)
         if d:
             return str(d)
+    for logger in trainer.loggers:
+        version = getattr(logger, "version", None)
+        if version is not None:
+            root = getattr(logger, "save_dir", None) or trainer.default_root_dir
+            return str(Path(root) / str(getattr(logger, "name", None) or "run") / str(version))
     return trainer.default_root_dir

@@ -1,4 +1,8 @@
-"""TensorBoard media for the interpretation callback: image grids and figures."""
+"""The callback's media: labelled, colour-mapped map grids and figures with intervals.
+
+Everything here returns arrays or matplotlib figures; :mod:`._logging` sends them to
+whichever loggers the trainer has (TensorBoard, W&B, MLflow).
+"""
 
 from __future__ import annotations
 
@@ -6,59 +10,105 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lightning_saliency.attribution import MethodSpec
 from lightning_saliency.generalization import Estimate, MetricKey, chance
 
-__all__ = ["close", "display_maps", "figures", "image_grid"]
+__all__ = ["close", "display_maps", "figure_array", "figures", "map_grid"]
 
 
-def display_maps(maps: Tensor) -> Tensor:
-    """|maps| summed over channels, scaled to [0, 1] by each map's 99th percentile.
+def display_maps(maps: Tensor, signed: bool = False) -> Tensor:
+    """Channel-summed maps scaled by each map's 99th percentile of |map|: ``(N, H, W)`` in
+    [-1, 1] (``signed``) or [0, 1] (the magnitude, summed |map| over channels).
 
     Example:
         >>> display_maps(torch.randn(2, 3, 4, 4)).shape
-        torch.Size([2, 1, 4, 4])
+        torch.Size([2, 4, 4])
     """
-    a = maps.float().abs().sum(1, keepdim=True)
-    a = torch.nan_to_num(a, nan=0.0)
-    q = torch.quantile(a.flatten(1), 0.99, dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    return (a / q).clamp(0, 1)
+    m = maps.float()
+    a = m.sum(1) if signed else m.abs().sum(1)
+    a = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    q = torch.quantile(a.abs().flatten(1), 0.99, dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    return (a / q).clamp(-1 if signed else 0, 1)
 
 
-def image_grid(images: Tensor, maps: Tensor, num_models: int, min_size: int = 96) -> Tensor:
-    """One row per probe: the input, each model's map, then the reference column.
+def _tile(rgb: np.ndarray, factor: int) -> np.ndarray:
+    return rgb.repeat(factor, axis=-3).repeat(factor, axis=-2) if factor > 1 else rgb
 
-    ``maps`` is (M, N, C, H, W) for M >= num_models map sources; the last column is
-    the mean of the monitored models' unit-normalized maps (their consensus), or the
-    reference model's map when M > num_models. Tiles smaller than ``min_size`` pixels
-    are enlarged by an integer factor (nearest neighbour) so small images stay legible.
 
-    Example:
-        >>> image_grid(torch.rand(2, 1, 8, 8), torch.randn(2, 2, 1, 8, 8), 2).shape
-        torch.Size([3, 198, 394])
-    """
-    from torchvision.utils import make_grid
+def _columns(images: Tensor, maps: Tensor, num_models: int, signed: bool) -> list[np.ndarray]:
+    """Per column, ``(N, H, W, 3)`` floats: the input, then each map over the gray input."""
+    from matplotlib import colormaps
 
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    cols = [images[:, :3]]
-    for m in range(num_models):
-        cols.append(display_maps(maps[m]).expand(-1, 3, -1, -1))
+    imgs = images.float().clamp(0, 1)
+    rgb = (imgs.expand(-1, 3, -1, -1) if imgs.shape[1] == 1 else imgs[:, :3]).permute(0, 2, 3, 1)
+    gray = imgs.mean(1, keepdim=True).permute(0, 2, 3, 1).numpy()
     if maps.shape[0] > num_models:
-        ref = maps[num_models]
-    else:
+        sources = [*maps[:num_models], maps[num_models]]
+    else:  # the consensus: the mean of the models' unit-normalized maps
         flat = maps[:num_models].flatten(2)
         unit = flat / flat.norm(dim=2, keepdim=True).clamp_min(1e-12)
-        ref = unit.mean(0).view_as(maps[0])
-    cols.append(display_maps(ref).expand(-1, 3, -1, -1))
-    tiles = torch.stack(cols, dim=1).flatten(0, 1)  # row-major: probe by probe
-    factor = -(-min_size // tiles.shape[-1])  # ceil
-    if factor > 1:
-        tiles = torch.nn.functional.interpolate(tiles, scale_factor=factor, mode="nearest")
-    return make_grid(tiles, nrow=len(cols), padding=2, pad_value=1.0).clamp(0, 1)
+        sources = [*maps[:num_models], unit.mean(0).view_as(maps[0])]
+    cmap = colormaps["RdBu_r" if signed else "inferno"]
+    cols = [rgb.numpy()]
+    for m in sources:
+        v = display_maps(m, signed).numpy()
+        color = cmap((v + 1) / 2 if signed else v)[..., :3]
+        cols.append(0.35 * gray + 0.65 * color)
+    return cols
+
+
+def map_grid(
+    images: Tensor, maps: Tensor, num_models: int, *, title: str = "", min_size: int = 96
+) -> np.ndarray:
+    """One row per probe: the input, each model's map over it, then the reference column
+    (the reference model's map, or the consensus of the models' normalized maps), with the
+    columns labelled. Signed maps use a diverging colour map (red +, blue -), magnitudes a
+    sequential one. Returns an ``(H, W, 3)`` uint8 image.
+
+    Example:
+        >>> map_grid(torch.rand(2, 1, 8, 8), torch.randn(2, 2, 1, 8, 8), 2).shape
+        (230, 392, 3)
+    """
+    from PIL import Image, ImageDraw
+
+    font = _font(12)
+    signed = bool((maps < 0).any())
+    cols = _columns(images.cpu(), maps.cpu(), num_models, signed)
+    factor = max(1, -(-min_size // images.shape[-1]))
+    tiles = [_tile(c, factor) for c in cols]
+    n, h, w, _ = tiles[0].shape
+    pad, head = 2, 34
+    out = np.ones((head + n * (h + pad), len(tiles) * (w + pad), 3))
+    for j, col in enumerate(tiles):
+        for i in range(n):
+            out[head + i * (h + pad) : head + i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = col[i]
+    canvas = Image.fromarray((out.clip(0, 1) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    ref = "reference" if maps.shape[0] > num_models else "consensus"
+    names = ["input", *(f"model {k}" for k in range(num_models)), ref]
+    for j, name in enumerate(names):
+        draw.text((j * (w + pad) + 3, 18), name, fill=(0, 0, 0), font=font)
+    scale = "red +, blue -" if signed else "bright = large |map|"
+    draw.text((3, 2), f"{title}   ({scale})", fill=(70, 70, 70), font=font)
+    return np.asarray(canvas)
+
+
+def _font(size: int) -> Any:
+    """matplotlib's DejaVu Sans (always installed with it), else PIL's default font."""
+    from pathlib import Path
+
+    import matplotlib
+    from PIL import ImageFont
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    try:
+        return ImageFont.truetype(str(path), size)
+    except OSError:
+        return ImageFont.load_default()
 
 
 def _value(estimates: Mapping[MetricKey, Estimate], key: MetricKey) -> tuple[float, float, float]:
@@ -92,13 +142,15 @@ def _sweep_curves(specs: Sequence[MethodSpec]) -> dict[tuple[str, int], list[tup
     return {c: p for c, p in curves.items() if len(p) >= 2}
 
 
-def _sweep_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[MethodSpec], stage: str) -> Any:
-    import matplotlib.pyplot as plt
+def _sweep_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[MethodSpec],
+                  stage: str, epoch: int) -> Any:  # fmt: skip
+    from matplotlib.figure import Figure
 
     curves = _sweep_curves(specs)
     if not curves:
         return None
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    ax = fig.subplots(1, 2)
     for (kind, samples), points in curves.items():
         xs = [p for p, _ in points]
         name = f"{kind}, n={samples}"
@@ -109,61 +161,80 @@ def _sweep_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[Metho
             line = _errorbar(ax[1], xs, estimates, keys, marker="o", label=f"{metric}, {name}")
             chance_keys = [MetricKey(lb, "pairs", "test", chance(metric), stage) for _, lb in points]
             ax[1].plot(xs, [_value(estimates, k)[0] for k in chance_keys], "--",
-                       color=line[0].get_color(), label=f"{metric} chance, {name}")  # fmt: skip
-    ax[0].set(xlabel="SmoothGrad noise (0 = simple gradient)", ylabel="gap (closer to 0 = better)")
-    ax[1].set(xlabel="SmoothGrad noise (0 = simple gradient)", ylabel="test agreement (higher = more)")
+                       color=line[0].get_color(), label=f"{metric} chance level, {name}")  # fmt: skip
+    noise = "SmoothGrad noise (0 = simple gradient)"
+    ax[0].set(xlabel=noise, ylabel="gap: test - train loss (closer to 0 = better)",
+              title=f"interpretation gap, epoch {epoch}, 95% intervals")  # fmt: skip
+    ax[1].set(xlabel=noise, ylabel="test agreement between models (higher = more)",
+              title=f"test agreement and chance level, epoch {epoch}")  # fmt: skip
     ax[0].axhline(0, color="k", lw=0.5)
-    ax[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
+    ax[0].legend(fontsize=7)
+    fig.legend(*ax[1].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     return fig
 
 
-def _superpixel_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[MethodSpec], stage: str) -> Any:
-    import matplotlib.pyplot as plt
+def _superpixel_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[MethodSpec],
+                       stage: str, epoch: int) -> Any:  # fmt: skip
+    from matplotlib.figure import Figure
 
     pixel = {s.pixel_twin: s.label for s in specs if s.superpixel is None}
     pairs = [(pixel[s.pixel_twin], s) for s in specs if s.superpixel is not None and s.pixel_twin in pixel]
     if not pairs:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig = Figure(figsize=(11, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2)
     names = [f"{p}\n{s.label.split('_sp-', 1)[-1]}" for p, s in pairs]
     idx = list(range(len(pairs)))
-    for ax, (split, metric, ylabel) in zip(
-        axes, (("gap", "gap", "gap (closer to 0 = better)"), ("test", "ssim", "test SSIM (higher = more)")), strict=True
-    ):
+    panels = (("gap", "gap", "gap: test - train loss (closer to 0 = better)"),
+              ("test", "ssim", "test SSIM between models (higher = more)"))  # fmt: skip
+    for ax, (split, metric, ylabel) in zip(axes, panels, strict=True):
         for offset, kind in ((-0.2, "pixel"), (0.2, "super-pixel")):
-            keys = [MetricKey(p if kind == "pixel" else s.label, "mean" if split == "gap" else "pairs",
-                              split, metric, stage) for p, s in pairs]  # fmt: skip
+            agg = "mean" if split == "gap" else "pairs"
+            keys = [MetricKey(p if kind == "pixel" else s.label, agg, split, metric, stage) for p, s in pairs]
             vals = [_value(estimates, k) for k in keys]
             ax.bar([i + offset for i in idx], [v for v, _, _ in vals], 0.4, label=kind,
                    yerr=[[lo for _, lo, _ in vals], [hi for _, _, hi in vals]], capsize=3)  # fmt: skip
+            if metric == "ssim":
+                ch = [_value(estimates, MetricKey(k.method, agg, split, chance(metric), stage))[0] for k in keys]
+                ax.scatter([i + offset for i in idx], ch, marker="_", s=250, color="k", zorder=3,
+                           label="chance level" if kind == "pixel" else None)  # fmt: skip
         ax.set_xticks(idx, names, rotation=20, fontsize=7)
-        ax.set_ylabel(ylabel)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+        ax.set(ylabel=ylabel, title=f"{'gap' if split == 'gap' else 'test SSIM'}: pixel vs "
+               f"super-pixel, epoch {epoch}, 95% intervals")  # fmt: skip
+        ax.title.set_fontsize(9)
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     return fig
 
 
 def figures(
-    estimates: Mapping[MetricKey, Estimate], specs: Sequence[MethodSpec], stage: str = "fit"
+    estimates: Mapping[MetricKey, Estimate],
+    specs: Sequence[MethodSpec],
+    stage: str = "fit",
+    epoch: int = 0,
 ) -> dict[str, Any]:
     """Matplotlib figures of one epoch: gap and agreement against SmoothGrad noise (one curve
-    per noise kind and draw count, 95% intervals as error bars); pixel vs super-pixel.
+    per noise kind and draw count, 95% intervals as error bars, chance levels dashed); pixel
+    vs super-pixel (chance levels as black bars).
 
     Returns ``{name: figure}`` (empty when there is nothing to plot).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     out = {}
     for name, make in (("smoothgrad_sweep", _sweep_figure), ("pixel_vs_superpixel", _superpixel_figure)):
-        fig = make(estimates, specs, stage)
+        fig = make(estimates, specs, stage, epoch)
         if fig is not None:
             out[name] = fig
     return out
 
 
-def close(fig: Any) -> None:
-    import matplotlib.pyplot as plt
+def figure_array(fig: Any) -> np.ndarray:
+    """A figure rendered to an ``(H, W, 3)`` uint8 image (as TensorBoard's add_figure does)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    plt.close(fig)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def close(fig: Any) -> None:
+    """Release a figure (figures here are not in pyplot's registry)."""
+    fig.clear()

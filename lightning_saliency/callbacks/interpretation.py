@@ -10,7 +10,6 @@ SmoothGrad, AdaptGrad and super-pixel grouping shrink the gap. See
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from lightning_saliency.attribution import MethodSpec, method_needs_input_range,
 from lightning_saliency.generalization import (
     CSV_NAME,
     FAMILIES,
+    METHODS_NAME,
     REFERENCE_FAMILIES,
     EpochEvaluation,
     compute_maps,
@@ -39,9 +39,10 @@ from lightning_saliency.generalization import (
     model_logits,
     nonfinite_key,
     predictions,
+    tensorboard_scalars,
 )
 
-from . import _checks, _setup, _tensorboard
+from . import _checks, _logging, _setup, _tensorboard
 from ._probes import ProbeSet
 from ._run_files import RunRecord
 
@@ -59,6 +60,21 @@ DEFAULT_METHODS: tuple[str | dict[str, Any], ...] = (
     {"method": "simple_grad", "superpixel": "slic"},
     {"method": "smooth_grad", "noise_level": 0.2, "samples": 16, "superpixel": "slic"},
 )
+
+def _is_last_epoch(trainer: pl.Trainer, epoch: int) -> bool:
+    """The fit's last epoch (by max_epochs, or stopping early): its images are always logged."""
+    last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs - 1
+    return bool(last or trainer.should_stop)
+
+
+def _is_headline(key: Any) -> bool:
+    """The numbers the HParams tab lists: gap, test loss, headline agreements above chance,
+    gap reduction, test prediction agreement."""
+    return (key.aggregate in ("mean", "pairs") and key.metric in (
+        "gap", "gap_reduction", "spearman_above_chance", "ssim_above_chance",
+    ) and key.split in ("gap", "test")) or (key.metric == "loss" and key.split == "test"
+        and key.aggregate == "mean") or (key.metric == "prediction_agreement" and key.split == "test")  # fmt: skip
+
 
 def _resume_error(changes: list[str]) -> ValueError:
     return ValueError(
@@ -205,6 +221,8 @@ class InterpretationGeneralization(Callback):
         self._record = RunRecord(None)
         self._warned_no_tb = False
         self._layout_done = False
+        self._last: dict | None = None  # the last fit-stage estimates (end-of-fit summary)
+        self._sources = 2  # map sources: K models, plus the reference model
 
     # ------------------------------------------------------------------ identity
     @property
@@ -277,7 +295,7 @@ class InterpretationGeneralization(Callback):
         if stage == "fit":
             # A new fit starts a new run; a checkpoint restore (after setup) refills this.
             self.logged_epochs, self.final_values, self.previous = [], {}, None
-            self._loaded_indices = None
+            self._loaded_indices, self._last = None, None
         models = _setup.models_of(pl_module)
         self._reference_module = (
             _setup.load_reference(self.reference, pl_module) if len(models) == 1 else None
@@ -412,13 +430,12 @@ class InterpretationGeneralization(Callback):
         self._monitor(trainer, pl_module, epoch=trainer.current_epoch, stage="test")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or self._last is None:
             return
-        final = {f"hp/{k}": v for k, v in self.final_values.items() if math.isfinite(v)}
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger) and final:
-                params = {f"interp_{k}": str(v) for k, v in self._hparams().items()}
-                logger.log_hyperparams(params, metrics=final)
+        tags = [k.tag for k in self._last if k.in_tensorboard(self._sources) and _is_headline(k)]
+        _logging.write_hparams(trainer, self.settings, tags)
+        text = _logging.summary_text(self._last, [s.label for s in self.specs], self._record.folder)
+        _logging.print_summary(trainer, text)
 
     # ------------------------------------------------------------------ work
     @property
@@ -453,7 +470,9 @@ class InterpretationGeneralization(Callback):
         settings = {**self.settings, "families": list(self.families)}
         return {"methods": [s.to_config() for s in self.specs], "settings": {stage: settings}}
 
-    def evaluate(self, pl_module: pl.LightningModule, stage: str = "fit") -> EpochEvaluation:
+    def evaluate(
+        self, pl_module: pl.LightningModule, stage: str = "fit", progress: Any = None
+    ) -> EpochEvaluation:
         """Explain the probes with every method and compute every number (no logging)."""
         assert self.probes is not None
         models = _setup.models_of(pl_module)
@@ -465,7 +484,7 @@ class InterpretationGeneralization(Callback):
             maps = compute_maps(
                 sources, probes.x, target, self.specs, seed=self.seed, segments=self.segments,
                 input_range=self._range, precision=self.precision,
-                channels_last=self.channels_last, batch_size=self.batch_size,
+                channels_last=self.channels_last, batch_size=self.batch_size, progress=progress,
             )  # fmt: skip
             return evaluate_epoch(
                 maps, probes.layout, self.specs, labels=probes.y, preds=predictions(logits),
@@ -476,8 +495,13 @@ class InterpretationGeneralization(Callback):
     def _monitor(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, stage: str
     ) -> None:
-        result = self.evaluate(pl_module, stage)
+        bar = _logging.MonitorProgress(trainer, len({s.pixel_twin for s in self.specs}), epoch)
+        try:
+            result = self.evaluate(pl_module, stage, progress=bar.step)
+        finally:
+            bar.close()
         k_models = len(_setup.models_of(pl_module))
+        self._sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
         if stage == "fit":
             test = self.probes.layout.test  # type: ignore[union-attr]
             self.previous = {
@@ -485,18 +509,17 @@ class InterpretationGeneralization(Callback):
             }
             self.logged_epochs.append(epoch)
             self.final_values = {k.tag: e.value for k, e in result.estimates.items()}
+            self._last = result.estimates
         step = _compat.epoch_log_step(trainer, stage)  # where Lightning puts the scalars
         self._warn_nonfinite(result, epoch, stage)
         self._log_scalars(trainer, pl_module, result, stage)
         if trainer.is_global_zero:
             self._record.append(epoch_rows(result.estimates, epoch, step, stage))
-            images_due = (
-                stage == "fit"
-                and self.log_images_every_n_epochs > 0
-                and (len(self.logged_epochs) - 1) % self.log_images_every_n_epochs == 0
-            )
-            if images_due or stage != "fit":
-                self._log_media(trainer, result, step, k_models)
+            every = self.log_images_every_n_epochs
+            images_due = stage != "fit" or (every > 0 and (
+                (len(self.logged_epochs) - 1) % every == 0 or _is_last_epoch(trainer, epoch)))  # fmt: skip
+            if images_due:
+                self._log_media(trainer, result, step, k_models, epoch)
 
     def _warn_nonfinite(self, result: EpochEvaluation, epoch: int, stage: str) -> None:
         bad = {lb: int(result.estimates[nonfinite_key(lb, stage)].value) for lb in result.methods}
@@ -525,14 +548,14 @@ class InterpretationGeneralization(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: EpochEvaluation,
         stage: str,
     ) -> None:  # fmt: skip
-        metrics = {t: float(v) for k, e in result.estimates.items() for t, v in k.scalars(e).items()}
-        has_tb = any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
-        if not has_tb and not self._warned_no_tb:
+        sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
+        metrics = tensorboard_scalars(result.estimates, sources)
+        if not _logging.has_media_logger(trainer) and not self._warned_no_tb:
             self._warned_no_tb = True
             rank_zero_warn(
-                "InterpretationGeneralization: no TensorBoardLogger, so no image grids, figures or "
-                "custom-scalar layout; scalars still go through the module's logging and "
-                f"{CSV_NAME} is still written."
+                "InterpretationGeneralization: no TensorBoard, W&B or MLflow logger, so no image "
+                "grids or figures; scalars still go through the module's logging and "
+                f"{CSV_NAME} and {METHODS_NAME} are still written."
             )
         to_logger = bool(trainer.loggers)  # without one, Lightning warns once per name
         if stage == "fit":
@@ -549,36 +572,37 @@ class InterpretationGeneralization(Callback):
     def _add_layout(self, trainer: pl.Trainer) -> None:
         if self._layout_done:
             return
+        baseline = next((s.label for s in self.specs if s.is_plain_baseline), None)
+        layout = custom_scalars_layout(
+            [s.label for s in self.specs], len(_setup.models_of(trainer.lightning_module)),
+            reference=self._reference_module is not None, baseline=baseline,
+        )  # fmt: skip
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                layout = custom_scalars_layout([s.label for s in self.specs])
                 logger.experiment.add_custom_scalars(layout)
         self._layout_done = True
 
     def _log_media(
-        self, trainer: pl.Trainer, result: EpochEvaluation, step: int, k_models: int
+        self, trainer: pl.Trainer, result: EpochEvaluation, step: int, k_models: int, epoch: int
     ) -> None:
-        tbs = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not tbs or self.probes is None or self.probes.images is None:
+        if not _logging.has_media_logger(trainer) or self.probes is None or self.probes.images is None:
             return
         test = self.probes.part("test")
         rows = slice(test.start, test.start + min(self.num_images, test.stop - test.start))
-        try:
-            stage = next(iter(result.estimates)).stage if result.estimates else "fit"
-            figures = _tensorboard.figures(result.estimates, self.specs, stage)
-        except Exception as err:  # a broken figure must never stop training
-            warnings.warn(
-                f"InterpretationGeneralization: could not draw figures: {err}", stacklevel=2
+        images = {
+            image_tag(label): _tensorboard.map_grid(
+                self.probes.images[rows].cpu(), maps[:, rows].cpu(), k_models,
+                title=f"{label}, epoch {epoch}",
             )
+            for label, maps in result.maps.items()
+        }
+        stage = next(iter(result.estimates)).stage if result.estimates else "fit"
+        try:
+            figures = _tensorboard.figures(result.estimates, self.specs, stage, epoch)
+        except Exception as err:  # a broken figure must never stop training
+            warnings.warn(f"InterpretationGeneralization: could not draw figures: {err}", stacklevel=2)
             figures = {}
-        for logger in tbs:
-            exp = logger.experiment
-            for label, maps in result.maps.items():
-                grid = _tensorboard.image_grid(
-                    self.probes.images[rows].cpu(), maps[:, rows].cpu(), k_models
-                )
-                exp.add_image(image_tag(label), grid, global_step=step)
-            for name, fig in figures.items():
-                exp.add_figure(figure_tag(name), fig, global_step=step, close=False)
-        for fig in figures.values():
+        for name, fig in figures.items():
+            images[figure_tag(name)] = _tensorboard.figure_array(fig)
             _tensorboard.close(fig)
+        _logging.log_images(trainer, images, step)

@@ -67,6 +67,7 @@ from .schema import (
     figure_tag,
     image_tag,
     parse_csv_row,
+    tensorboard_scalars,
 )
 from .statistics import (
     BOOTSTRAP_RESAMPLES,
@@ -134,4 +135,5 @@ __all__ = [
     "split_statistics",
     "ssim_window",
     "t_quantile",
+    "tensorboard_scalars",
 ]

@@ -27,7 +27,7 @@ Example (no Lightning; two tiny models on random probes):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -103,13 +103,14 @@ def compute_maps(
     precision: str = "32",
     channels_last: bool = False,
     batch_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, MapStack]:
     """Every spec's maps ``(M, N, C, H, W)`` of every model, keyed by label.
 
     A super-pixel spec is the grouping of its pixel twin's maps (one attribution pass and
     the same noise draws for both; ``segments[label]`` is its ``(N, H, W)`` segmentation).
     Noise comes from a generator seeded by ``spec.noise_seed(seed)``, the same for every
-    model (common random numbers).
+    model (common random numbers). ``progress(label)`` is called after each attribution pass.
     """
     options = {"input_range": input_range, "precision": precision,
                "channels_last": channels_last, "batch_size": batch_size}  # fmt: skip
@@ -119,6 +120,8 @@ def compute_maps(
         twin = spec.pixel_twin
         if twin not in pixel:
             pixel[twin] = torch.stack([_maps(twin, m, x, target, seed, options) for m in models])
+            if progress is not None:
+                progress(twin.label)
         out[spec.label] = _grouped(spec, pixel[twin], segments)
     return out
 

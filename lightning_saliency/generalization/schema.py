@@ -46,6 +46,7 @@ __all__ = [
     "figure_tag",
     "image_tag",
     "parse_csv_row",
+    "tensorboard_scalars",
 ]
 
 #: Agreement metrics between two sources' maps; each also has ``_chance`` and ``_above_chance``.
@@ -73,10 +74,13 @@ METHODS_NAME = "methods.json"
 KEY_FIELDS: tuple[str, ...] = ("method", "aggregate", "split", "metric")
 ESTIMATE_FIELDS: tuple[str, ...] = ("value", "se", "lo", "hi", "n", "nonfinite")
 CSV_FIELDS: tuple[str, ...] = ("epoch", "step", "stage", *KEY_FIELDS, *ESTIMATE_FIELDS)
-#: Metrics whose interval TensorBoard gets as ``<tag>/lo`` and ``<tag>/hi``.
+#: Metrics whose interval TensorBoard gets as ``<tag>_lo`` and ``<tag>_hi`` (the CSV has
+#: every interval): the gap, the gap reduction, and the headline agreements above chance.
 INTERVAL_METRICS: frozenset[str] = frozenset(
-    {"gap", "gap_reduction", *(f"{m}_above_chance" for m in AGREEMENT_METRICS)}
+    {"gap", "gap_reduction", "spearman_above_chance", "ssim_above_chance"}
 )
+#: The quality metrics TensorBoard gets on test probes and as a gap (train values: CSV).
+_TB_QUALITY_SPLITS = ("test", "gap")
 _SPLITS = ("train", "test", "gap", "all")
 
 
@@ -187,20 +191,56 @@ class MetricKey:
 
     @property
     def has_interval_tags(self) -> bool:
-        """Whether TensorBoard also gets ``<tag>/lo`` and ``<tag>/hi`` for this key."""
+        """Whether TensorBoard also gets ``<tag>_lo`` and ``<tag>_hi`` for this key (siblings,
+        not children: MLflow's file store cannot hold a tag that is also a folder)."""
         return self.metric in INTERVAL_METRICS and self.aggregate in ("mean", "pairs")
+
+    def in_tensorboard(self, num_sources: int) -> bool:
+        """Whether TensorBoard gets this number (the CSV gets all of them).
+
+        Left to the CSV: per-model losses (the per-model gap stays), train-probe agreement
+        and quality, and, with two map sources (K = 2, or one model and its reference), the
+        test L2 distance, which then *is* the test loss.
+        """
+        m, split = self.metric, self.split
+        if self.is_epoch_marker:
+            return False
+        if self.aggregate.startswith("model_"):
+            return m == "gap"
+        if self.aggregate == "pairs" and m not in ("mege", "reco", "prediction_agreement"):
+            return split == "test" and not (m == "l2" and num_sources == 2)
+        if m in QUALITY_METRICS:
+            return split in _TB_QUALITY_SPLITS
+        return True
 
     def scalars(self, est: Estimate) -> dict[str, float]:
         """``{tag: value}`` for TensorBoard: the value and, where drawn, its interval.
 
         >>> MetricKey("m", "mean", "gap", "gap").scalars(Estimate(0.1, 0.01, 0.08, 0.12, 8))
-        {'interp/m/gap': 0.1, 'interp/m/gap/lo': 0.08, 'interp/m/gap/hi': 0.12}
+        {'interp/m/gap': 0.1, 'interp/m/gap_lo': 0.08, 'interp/m/gap_hi': 0.12}
         """
         out = {self.tag: est.value}
         if self.has_interval_tags:
-            out[f"{self.tag}/lo"] = est.lo
-            out[f"{self.tag}/hi"] = est.hi
+            out[f"{self.tag}_lo"] = est.lo
+            out[f"{self.tag}_hi"] = est.hi
         return out
+
+
+def tensorboard_scalars(
+    estimates: Mapping[MetricKey, Estimate], num_sources: int
+) -> dict[str, float]:
+    """Every ``{tag: value}`` the callback gives TensorBoard for one epoch.
+
+    >>> e = Estimate(0.1, 0.01, 0.08, 0.12, 8)
+    >>> sorted(tensorboard_scalars({MetricKey("m", "pairs", "test", "l2"): e,
+    ...                             MetricKey("m", "mean", "test", "loss"): e}, num_sources=2))
+    ['interp/m/test_loss']
+    """
+    out: dict[str, float] = {}
+    for key, est in estimates.items():
+        if key.in_tensorboard(num_sources):
+            out.update(key.scalars(est))
+    return out
 
 
 def csv_row(key: MetricKey, est: Estimate, epoch: int, step: int) -> dict[str, Any]:
@@ -277,40 +317,60 @@ def _pattern(*keys: MetricKey) -> str:
 
 
 def _margin(key: MetricKey) -> list[str]:
-    return [key.tag, f"{key.tag}/lo", f"{key.tag}/hi"]
+    return [key.tag, f"{key.tag}_lo", f"{key.tag}_hi"]
 
 
-def custom_scalars_layout(methods: Sequence[str]) -> dict[str, dict[str, list]]:
-    """TensorBoard's custom-scalars layout: per method, its gap with the 95% interval and
-    each test agreement beside its chance level; across methods, the losses and quality.
+def custom_scalars_layout(
+    methods: Sequence[str],
+    num_models: int = 2,
+    reference: bool = False,
+    baseline: str | None = "simple_grad",
+) -> dict[str, dict[str, list]]:
+    """TensorBoard's custom-scalars layout, one category per method: its gap with the 95%
+    interval, each model's gap, the losses, each headline agreement above chance with its
+    interval and each agreement beside its chance level, the gap reduction, MeGe/ReCo and
+    the quality metrics; a last category compares the methods. Every pattern is anchored
+    and escaped, so a chart plots exactly its tags.
 
     >>> layout = custom_scalars_layout(["simple_grad"])
     >>> layout["simple_grad"]["gap (test - train loss), 95% interval"]
-    ['Margin', ['interp/simple_grad/gap', 'interp/simple_grad/gap/lo', 'interp/simple_grad/gap/hi']]
+    ['Margin', ['interp/simple_grad/gap', 'interp/simple_grad/gap_lo', 'interp/simple_grad/gap_hi']]
     >>> layout["simple_grad"]["test spearman and its chance level"][1]
     ['^(interp/simple_grad/test/spearman|interp/simple_grad/test/spearman_chance)$']
     """
     out: dict[str, dict[str, list]] = {}
     for lb in methods:
-        charts: dict[str, list] = {
-            "gap (test - train loss), 95% interval": ["Margin", _margin(MetricKey(lb, "mean", "gap", "gap"))],
-        }
-        for m in AGREEMENT_METRICS:
-            pair = MetricKey(lb, "pairs", "test", m), MetricKey(lb, "pairs", "test", chance(m))
-            charts[f"test {m} and its chance level"] = ["Multiline", [_pattern(*pair)]]
-            above = MetricKey(lb, "pairs", "test", above_chance(m))
-            charts[f"test {m} above chance, 95% interval"] = ["Margin", _margin(above)]
-        reduction = MetricKey(lb, "mean", "gap", "gap_reduction")
-        charts["gap reduction vs simple_grad, 95% interval"] = ["Margin", _margin(reduction)]
-        out[lb] = charts
-    across = {
-        f"{split} loss": ["Multiline", [_pattern(*(MetricKey(lb, "mean", split, "loss") for lb in methods))]]
-        for split in ("train", "test")
-    }
-    for metric, split in (("sparseness", "test"), ("complexity", "test"), ("drift", "test")):
-        keys = (MetricKey(lb, "mean", split, metric) for lb in methods)
-        across[f"{split} {metric}"] = ["Multiline", [_pattern(*keys)]]
+        out[lb] = _method_charts(lb, num_models, num_models + int(reference), lb == baseline)
+    gaps = (MetricKey(lb, "mean", "gap", "gap") for lb in methods)
+    above = (MetricKey(lb, "pairs", "test", above_chance("spearman")) for lb in methods)
     pred = (MetricKey.prediction_agreement(s) for s in ("train", "test"))
-    across["prediction agreement"] = ["Multiline", [_pattern(*pred)]]
-    out["all methods"] = across
+    out["all methods"] = {
+        "gap of every method": ["Multiline", [_pattern(*gaps)]],
+        "test spearman above chance of every method": ["Multiline", [_pattern(*above)]],
+        "prediction agreement (train, test)": ["Multiline", [_pattern(*pred)]],
+    }
     return out
+
+
+def _method_charts(lb: str, num_models: int, num_sources: int, is_baseline: bool) -> dict[str, list]:
+    key = lambda *a: MetricKey(lb, *a)  # noqa: E731
+    models = range(num_models)
+    charts: dict[str, list] = {
+        "gap (test - train loss), 95% interval": ["Margin", _margin(key("mean", "gap", "gap"))],
+        "gap of each model": ["Multiline", [_pattern(*(key(f"model_{k}", "gap", "gap") for k in models))]],
+        "train and test loss": ["Multiline", [_pattern(key("mean", "train", "loss"), key("mean", "test", "loss"))]],
+    }  # fmt: skip
+    for m in ("spearman", "ssim"):
+        charts[f"test {m} above chance, 95% interval"] = ["Margin", _margin(key("pairs", "test", above_chance(m)))]
+    for m in AGREEMENT_METRICS:
+        if m == "l2" and num_sources == 2:
+            continue  # the test L2 distance is the test loss with two sources
+        pair = key("pairs", "test", m), key("pairs", "test", chance(m))
+        charts[f"test {m} and its chance level"] = ["Multiline", [_pattern(*pair)]]
+    if not is_baseline:
+        charts["gap reduction vs simple_grad, 95% interval"] = ["Margin", _margin(key("mean", "gap", "gap_reduction"))]
+    charts["MeGe and ReCo (train probes)"] = ["Multiline", [_pattern(key("pairs", "train", "mege"), key("pairs", "train", "reco"))]]
+    for m in QUALITY_METRICS:
+        charts[f"test {m} and its gap"] = ["Multiline", [_pattern(key("mean", "test", m), key("mean", "gap", m))]]
+    charts["drift since the last monitored epoch"] = ["Multiline", [_pattern(key("mean", "test", "drift"))]]
+    return charts
