@@ -144,31 +144,85 @@ def _record(result, tag: str) -> float:
     return value
 
 
-def test_chance_level_pairs_each_probe_with_the_previous_ones_map() -> None:
-    """``{metric}_chance``: model 0's map of probe n against model 1's map of probe n-1
-    (cyclically within the split); a grouped spec groups the latter by probe n's segments."""
+def test_chance_level_averages_random_derangements_of_the_probes() -> None:
+    """``{metric}_chance``: model 0's map of probe n against model 1's map of another probe,
+    over the pairing's derangements (no probe with itself); a grouped spec groups the
+    partner's pixel map by probe n's segments; the same pairs for every method."""
+    from lightning_saliency.generalization import ChancePairing
     from lightning_saliency.metrics import l2_distance, ssim
 
-    result, _, segments, (pixel, grouped) = _run([PIXEL, GROUPED_ABS], [Counting(0), Counting(1)])
+    result, probes, segments, (pixel, grouped) = _run([PIXEL, GROUPED_ABS], [Counting(0), Counting(1)])
+    pairing = ChancePairing(labels=probes.y, seed=0)  # evaluate_epoch's default seed
     test = torch.arange(6, 9)
-    prev = torch.tensor([8, 6, 7])  # the test rows rolled by one: each probe's predecessor
+    perms = pairing.derangements(test)
+    assert perms.shape == (4, 3) and bool((perms != test).all())
     px = result.maps[pixel.label]
-    want = float(l2_distance(px[0, test], px[1, prev]).mean())
+    want = float(torch.stack([l2_distance(px[0, test], px[1, p]) for p in perms]).mean())
     assert _record(result, f"interp/{pixel.label}/test/l2_chance") == pytest.approx(want, abs=1e-6)
     assert _record(result, f"interp/{pixel.label}/test/l2") == pytest.approx(
         float(l2_distance(px[0, test], px[1, test]).mean()), abs=1e-6
     )
     seg = segments[grouped.label][test]
-    b = group_by_segments(px[1, prev].abs(), seg)  # the pixel twin's maps, magnitude-grouped
     a = result.maps[grouped.label][0, test]
-    want = float(ssim(a, b, win_size=7).mean())
+    vals = [ssim(a, group_by_segments(px[1, p].abs(), seg), win_size=7) for p in perms]
     assert _record(result, f"interp/{grouped.label}/test/ssim_chance") == pytest.approx(
-        want, abs=1e-6
+        float(torch.stack(vals).mean()), abs=1e-6
     )
-    # train split: the two models' own probes (rows 0-5) rolled together
+    # train split: the two models' own probes (rows 0-5) deranged together
     tr = torch.arange(0, 6)
-    want = float(l2_distance(px[0, tr], px[1, tr.roll(1)]).mean())
+    want = float(torch.stack([l2_distance(px[0, tr], px[1, p])
+                              for p in pairing.derangements(tr)]).mean())  # fmt: skip
     assert _record(result, f"interp/{pixel.label}/train/l2_chance") == pytest.approx(want, abs=1e-6)
+
+
+def test_class_blind_chance_on_a_class_sorted_probe_set() -> None:
+    """Probes sorted by class whose maps are the same within a class (a map per class): the
+    same-class chance level is the agreement itself, the class-blind one is far below it
+    (the version 0.1 chance, each probe against its neighbour, was same-class for 15 of 20
+    probes here and read as 0.8)."""
+    from lightning_saliency.generalization import (
+        ChancePairing,
+        ProbeLayout,
+        estimate_all,
+        pairwise_agreement,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    classes = torch.arange(5).repeat_interleave(4)  # 5 classes x 4 probes, sorted
+    per_class = torch.randn(5, 1, 8, 8, generator=g)  # both models' map of a probe: its class's
+    layout = ProbeLayout.from_sizes([1, 1], 18)
+    labels = torch.cat([torch.tensor([0, 1]), classes[:18]])
+    maps = torch.cat([per_class[labels].unsqueeze(0)] * 2)
+    e = estimate_all(pairwise_agreement(maps, layout, "test", metrics=["spearman"],
+                                        pairing=ChancePairing(labels=labels, draws=8)))  # fmt: skip
+    assert e["spearman"].value == pytest.approx(1.0)
+    assert e["spearman_chance_same_class"].value == pytest.approx(1.0)
+    assert e["spearman_chance"].value < 0.3
+    assert e["spearman_above_chance"].lo > 0.6
+
+
+def test_prediction_chance_and_kappa_equal_scikit_learn() -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    from lightning_saliency.generalization import ProbeLayout
+
+    g = torch.Generator().manual_seed(1)
+    layout = ProbeLayout.from_sizes([5, 5], 40)
+    preds = torch.randint(0, 4, (2, 50), generator=g)
+    preds[1, 10:30] = preds[0, 10:30]  # the models agree more than chance on half the probes
+    labels = torch.zeros(50, dtype=torch.long)
+    result = evaluate_epoch({"m": torch.randn(2, 50, 1, 2, 2)}, layout, [], labels=labels,
+                            preds=preds)  # fmt: skip
+    from lightning_saliency.generalization import MetricKey
+
+    test = slice(10, 50)
+    kappa = result.estimates[MetricKey("-", "pairs", "test", "prediction_kappa")]
+    assert kappa.value == pytest.approx(cohen_kappa_score(preds[0, test], preds[1, test]), abs=1e-9)
+    p0 = torch.bincount(preds[0, test], minlength=4).double() / 40
+    p1 = torch.bincount(preds[1, test], minlength=4).double() / 40
+    pe = result.estimates[MetricKey("-", "pairs", "test", "prediction_agreement_chance")]
+    assert pe.value == pytest.approx(float((p0.double() * p1.double()).sum()), abs=1e-12)
+    assert kappa.method == "bootstrap" and kappa.lo < kappa.value < kappa.hi
 
 
 def test_chance_level_is_nan_with_a_single_probe() -> None:

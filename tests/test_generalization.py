@@ -85,22 +85,27 @@ def test_one_model_against_a_reference_model() -> None:
 
 def test_pairwise_agreement_with_three_models_is_the_mean_over_pairs() -> None:
     """Per split: the mean over model pairs of each pair's mean over its probes (train: both
-    models' own probes), and the chance level pairs a probe with the previous one."""
+    models' own probes), and the chance level pairs a probe with other probes (derangements)."""
     g = torch.Generator().manual_seed(2)
     layout = ProbeLayout.from_sizes([3, 3, 3], 4)
     maps = torch.randn(3, layout.num_probes, 1, 4, 4, generator=g)
-    stats = pairwise_agreement(maps, layout, "train", metrics=["l2"])
+    from lightning_saliency.generalization import ChancePairing
+
+    pairing = ChancePairing(seed=3, draws=2)
+    stats = pairwise_agreement(maps, layout, "train", metrics=["l2"], pairing=pairing)
     pair_means, chance_means = [], []
     for i, j in itertools.combinations(range(3), 2):
         rows = torch.cat([torch.arange(p.start, p.stop) for p in (layout.train[i], layout.train[j])])
         a, b = maps[i, rows].flatten(1), maps[j, rows].flatten(1)
         unit = torch.nn.functional.normalize
         pair_means.append((unit(a, dim=1) - unit(b, dim=1)).norm(dim=1).mean())
-        prev = maps[j, rows.roll(1)].flatten(1)
-        chance_means.append((unit(a, dim=1) - unit(prev, dim=1)).norm(dim=1).mean())
+        for perm in pairing.derangements(rows):
+            other = maps[j, perm].flatten(1)
+            chance_means.append((unit(a, dim=1) - unit(other, dim=1)).norm(dim=1).mean() / 2)
     got = estimate_all(stats)
     assert got["l2"].value == pytest.approx(float(torch.stack(pair_means).mean()), abs=1e-6)
-    assert got["l2_chance"].value == pytest.approx(float(torch.stack(chance_means).mean()), abs=1e-6)
+    want_chance = float(torch.stack(chance_means).sum() / 3)  # 2 draws (/2 above), 3 pairs
+    assert got["l2_chance"].value == pytest.approx(want_chance, abs=1e-6)
     assert got["l2_above_chance"].value == pytest.approx(
         got["l2_chance"].value - got["l2"].value, abs=1e-6  # float32 per-probe values
     )

@@ -733,3 +733,62 @@ def test_plain_trainer_run_is_reported_with_every_method(tmp_path: Path) -> None
     assert [(r["method"], r["segmenter"]) for r in rows] == [("simple_grad", "slic-n_segments40")]
     main([str(tmp_path), "--out", str(tmp_path / "report")])
     assert "slic-n_segments40" in (tmp_path / "report" / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------- hostile CSVs
+def _header_and_row(epoch: int = 0, value: str = "0.5", method: str = "simple_grad") -> str:
+    return ",".join(CSV_FIELDS) + f"\n{epoch},1,fit,{method},pairs,test,spearman,{value},nan,nan,nan,32,0\n"
+
+
+def test_hostile_csvs_give_one_line_errors_naming_file_and_line(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", [], methods=["simple_grad"])
+    csv_path = run / CSV_NAME
+    csv_path.write_text(_header_and_row(method="x" * 200_000))  # a 200 kB field
+    with pytest.raises(ValueError, match=r"line 2: field larger than field limit"):
+        load_runs(run)
+    csv_path.write_text(_header_and_row(epoch=10**9))
+    with pytest.raises(ValueError, match=r"line 2: epoch 1000000000 is out of range"):
+        load_runs(run)
+    csv_path.write_text(_header_and_row(epoch=-1))
+    with pytest.raises(ValueError, match=r"line 2: epoch -1 is out of range"):
+        load_runs(run)
+    csv_path.write_text(_header_and_row() + _header_and_row().splitlines()[1] + "\n")
+    with pytest.raises(ValueError, match=r"line 3: a second row .* mixes two runs"):
+        load_runs(run)
+
+
+def test_a_utf8_bom_header_is_read(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", [], methods=["simple_grad"])
+    (run / CSV_NAME).write_bytes("\ufeff".encode() + _header_and_row(value="0.25").encode())
+    (loaded,) = load_runs(run)
+    assert loaded.get("simple_grad", "pairs", "test", "spearman").value == 0.25
+
+
+def test_an_epoch_cut_short_is_skipped_or_refused(tmp_path: Path) -> None:
+    from lightning_saliency.generalization import epoch_rows
+
+    est = Estimate(0.5, 0.01, 0.48, 0.52, 32)
+    keys = [MetricKey("simple_grad", "pairs", "test", m) for m in ("spearman", "topk", "ssim")]
+    run = make_run(tmp_path / "r", [], methods=["simple_grad"])
+    with (run / CSV_NAME).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(epoch_rows(dict.fromkeys(keys, est), 0, 9))
+        writer.writerows(epoch_rows(dict.fromkeys(keys, est), 1, 19)[:2])  # killed mid-write
+    with pytest.warns(UserWarning, match=r"skipping incomplete epoch 1 \(no closing row\)"):
+        (loaded,) = load_runs(run)
+    assert loaded.epoch == 0 and loaded.epochs == (0, 1)
+    with pytest.raises(ValueError, match=r"epoch 1 is incomplete"):
+        load_runs(run, epoch=1)
+
+
+def test_an_all_nan_study_is_reported_not_crashed(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for sf in (2, 4):
+        rows = [(0, "simple_grad", "pairs", "test", m, float("nan"), 0.1) for m in ("spearman", "topk")]
+        rows.append((0, "-", "pairs", "test", "prediction_agreement", float("nan"), 0.1))
+        make_run(root / f"sf{sf}", rows, methods=["simple_grad"], split_factor=sf)
+    main([str(root), "--out", str(tmp_path / "out")])
+    a = section((tmp_path / "out" / "report.md").read_text(), "a")
+    assert "| 2 | sf2 | simple_grad | nan |" in a
+    assert_png(tmp_path / "out" / "split_factor.png")

@@ -19,7 +19,7 @@ __all__ = ["IDENTITY", "check_arguments", "check_probe_values", "settings_change
 #: resumed run must keep them (else its epochs would not be comparable).
 IDENTITY: tuple[str, ...] = (
     "methods", "num_train_probes", "num_test_probes", "seed", "target", "normalize", "topk",
-    "metrics", "input_range", "precision",
+    "metrics", "input_range", "precision", "chance_draws",
 )  # fmt: skip
 
 
@@ -46,7 +46,8 @@ def check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> Non
     dup = sorted({lb for lb in labels if labels.count(lb) > 1})
     if dup:
         raise ValueError(f"methods must be distinct; these labels repeat: {dup}")
-    for name in ("num_train_probes", "num_test_probes", "every_n_epochs", "num_images"):
+    for name in ("num_train_probes", "num_test_probes", "every_n_epochs", "num_images",
+                 "chance_draws"):  # fmt: skip
         _int_at_least(name, args[name], 1)
     _int_at_least("log_images_every_n_epochs", args["log_images_every_n_epochs"], 0)
     if isinstance(args["seed"], bool) or not isinstance(args["seed"], int):
@@ -63,9 +64,12 @@ def check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> Non
         raise ValueError(f"precision must be '32' or 'bf16'; got {args['precision']!r}")
     metrics = args["metrics"]
     if metrics is not None:
-        unknown = sorted(set(metrics) - set(FAMILIES))
-        if unknown or isinstance(metrics, str):
-            raise ValueError(f"unknown metric families {unknown or [metrics]}; known: {list(FAMILIES)}")
+        unknown = [metrics] if isinstance(metrics, str) else sorted(set(metrics) - set(FAMILIES))
+        if unknown:
+            raise ValueError(
+                f"unknown metric families {unknown} (metrics is a list of families); "
+                f"known: {list(FAMILIES)}"
+            )
     check_input_range(args["input_range"], "input_range")
 
 
@@ -118,3 +122,15 @@ def _plain(v: Any) -> Any:
     if isinstance(v, (tuple, list)):
         return [_plain(x) for x in v]
     return v
+
+
+def saturated_fraction(x: Tensor, input_range: tuple[float, float], tol: float = 1e-4) -> float:
+    """Fraction of probe pixels at ``x_min`` or ``x_max`` (within ``tol`` of the range), where
+    AdaptGrad's noise scale is 0.
+
+    >>> saturated_fraction(torch.tensor([0.0, 0.5, 1.0, 1.0]), (0.0, 1.0))
+    0.75
+    """
+    lo, hi = input_range
+    band = tol * (hi - lo)
+    return float(((x <= lo + band) | (x >= hi - band)).double().mean())

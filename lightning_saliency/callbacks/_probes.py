@@ -65,7 +65,8 @@ def as_dataset(probes: Tensor | tuple[Tensor, Tensor] | Dataset) -> Dataset:
 
 
 def draw_indices(n_available: int, n: int, generator: torch.Generator, what: str) -> Tensor:
-    """Draw ``n`` distinct indices out of ``n_available`` with a dedicated generator.
+    """Draw ``n`` distinct indices out of ``n_available``, in random order, with a dedicated
+    generator.
 
     Example:
         >>> draw_indices(10, 3, torch.Generator().manual_seed(0), "test").shape
@@ -78,7 +79,9 @@ def draw_indices(n_available: int, n: int, generator: torch.Generator, what: str
             f"asked for {n} {what} probes but only {n_available} samples are available; "
             f"lower num_{what}_probes to at most {n_available}"
         )
-    return torch.randperm(n_available, generator=generator)[:n].sort().values
+    # in random order, not sorted: a dataset listed class by class (ImageFolder) must not
+    # give a class-sorted probe set (image grids of one class; neighbours of one class)
+    return torch.randperm(n_available, generator=generator)[:n]
 
 
 def gather(dataset: Dataset, indices: Tensor) -> tuple[Tensor, Tensor]:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from lightning_saliency import _compat
 from lightning_saliency.attribution import MethodSpec, method_needs_input_range, resolve_method
 from lightning_saliency.generalization import (
+    CHANCE_DRAWS,
     CSV_NAME,
     FAMILIES,
     METHODS_NAME,
@@ -136,6 +137,8 @@ class InterpretationGeneralization(Callback):
         batch_size: rows per forward/backward chunk of the attribution passes.
         channels_last: channels_last memory format on CUDA.
         topk: fraction (or count) of pixels for the top-k intersection.
+        chance_draws: random derangements of the probes the class-blind chance level of
+            every agreement averages over (``docs/metrics.md``).
 
     Example:
         >>> import lightning as L
@@ -171,6 +174,7 @@ class InterpretationGeneralization(Callback):
         batch_size: int | None = None,
         channels_last: bool = False,
         topk: float = 0.1,
+        chance_draws: int = CHANCE_DRAWS,
     ) -> None:
         super().__init__()
         self.specs: list[MethodSpec] = [
@@ -208,6 +212,7 @@ class InterpretationGeneralization(Callback):
         self.batch_size = batch_size
         self.channels_last = channels_last
         self.topk = topk
+        self.chance_draws = chance_draws
 
         # Run state (rebuilt in setup; probe indices and logged epochs travel in checkpoints).
         self.probes: ProbeSet | None = None
@@ -250,6 +255,7 @@ class InterpretationGeneralization(Callback):
             "metrics": None if self.requested_metrics is None else list(self.requested_metrics),
             "input_range": None if self.input_range is None else list(self.input_range),
             "precision": self.precision,
+            "chance_draws": self.chance_draws,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -358,6 +364,14 @@ class InterpretationGeneralization(Callback):
                 )
             self._range = (lo, hi)
         _checks.check_input_range(self._range, "input_range (the data module's)")
+        if self._range is not None and any(s.method == "adapt_grad" for s in self.specs):
+            share = _checks.saturated_fraction(self.probes.x, self._range)
+            if share > 0.5:
+                rank_zero_warn(
+                    f"InterpretationGeneralization: {share:.0%} of the probe pixels sit at the "
+                    "input bounds, where AdaptGrad adds no noise: there its maps are the plain "
+                    "gradient's (docs/metrics.md, Conventions)."
+                )
         self.probes.images = _setup.probe_images(self.probes.x, self._unnormalize)
         self.segments = _setup.segment_probes(self.specs, self.probes.images)
 
@@ -490,6 +504,7 @@ class InterpretationGeneralization(Callback):
                 maps, probes.layout, self.specs, labels=probes.y, preds=predictions(logits),
                 families=self.families, normalize=self.normalize, topk=self.topk,
                 previous=self.previous if stage == "fit" else None, stage=stage, seed=self.seed,
+                chance_draws=self.chance_draws,
             )  # fmt: skip
 
     def _monitor(

@@ -23,10 +23,10 @@ Example: the leave-one-out gap of three models from hand-made maps.
 
 from __future__ import annotations
 
+from .chance import CHANCE_DRAWS, ChancePairing, PredictionChance
 from .core import (
     MapStack,
     agreement_values,
-    chance_partners,
     drift,
     gap_reduction,
     interpretation_gap,
@@ -61,6 +61,7 @@ from .schema import (
     MetricKey,
     above_chance,
     chance,
+    chance_same_class,
     csv_row,
     custom_scalars_layout,
     epoch_rows,
@@ -85,6 +86,7 @@ from .summary import Headline, format_headline, headline
 __all__ = [
     "AGREEMENT_METRICS",
     "BOOTSTRAP_RESAMPLES",
+    "CHANCE_DRAWS",
     "CONFIDENCE",
     "CSV_FIELDS",
     "CSV_NAME",
@@ -94,12 +96,14 @@ __all__ = [
     "QUALITY_METRICS",
     "REFERENCE_FAMILIES",
     "STAGES",
+    "ChancePairing",
     "EpochEvaluation",
     "Estimate",
     "Headline",
     "MapStack",
     "MegeReco",
     "MetricKey",
+    "PredictionChance",
     "ProbeLayout",
     "ProbeStatistic",
     "Transformed",
@@ -107,7 +111,7 @@ __all__ = [
     "agreement_values",
     "bootstrap_counts",
     "chance",
-    "chance_partners",
+    "chance_same_class",
     "compute_maps",
     "csv_row",
     "custom_scalars_layout",

@@ -41,14 +41,14 @@ from lightning_saliency.metrics import (
     topk_intersection,
 )
 
+from .chance import ChancePairing
 from .layout import ProbeLayout
-from .schema import AGREEMENT_METRICS, above_chance, chance
+from .schema import AGREEMENT_METRICS, above_chance, chance, chance_same_class
 from .statistics import ProbeStatistic, Transformed
 
 __all__ = [
     "MapStack",
     "agreement_values",
-    "chance_partners",
     "drift",
     "gap_reduction",
     "interpretation_gap",
@@ -203,16 +203,6 @@ def agreement_values(
     return {m: fns[m]().reshape(-1) for m in metrics}
 
 
-def chance_partners(rows: Tensor) -> Tensor:
-    """The probe each probe of ``rows`` is paired with for the chance level: the previous
-    probe of the set, cyclically (never itself; needs at least two probes).
-
-    >>> chance_partners(torch.tensor([4, 5, 6])).tolist()
-    [6, 4, 5]
-    """
-    return rows.roll(1)
-
-
 def _pair_rows(layout: ProbeLayout, i: int, j: int, split: str, device: torch.device) -> tuple:
     groups = layout.pair_groups(i, j, split)
     parts = [layout.rows(g) for g in groups]
@@ -251,41 +241,63 @@ def pairwise_agreement(
     *,
     metrics: Sequence[str] = AGREEMENT_METRICS,
     chance: bool = True,
+    pairing: ChancePairing | None = None,
     normalize: bool = True,
     topk: float = 0.1,
 ) -> dict[str, ProbeStatistic]:
     """Agreement of every pair of sources on ``split`` probes, per metric; with ``chance``
-    also ``<metric>_chance`` (the same agreement between maps of *different* probes, see
-    :func:`chance_partners`) and ``<metric>_above_chance`` (the paired excess over it).
+    also its chance levels (:mod:`.chance`): ``<metric>_chance`` (class-blind, averaged over
+    random derangements of the probes), ``<metric>_chance_same_class``, and
+    ``<metric>_above_chance``, the paired excess over the class-blind level.
 
     >>> maps = torch.randn(2, 6, 1, 4, 4)
     >>> s = pairwise_agreement(maps, ProbeLayout.from_sizes([2, 2], 2), "test", metrics=["l2"])
     >>> sorted(s)
-    ['l2', 'l2_above_chance', 'l2_chance']
+    ['l2', 'l2_above_chance', 'l2_chance', 'l2_chance_same_class']
     """
     if isinstance(stack, Tensor):
         stack = MapStack(stack)
+    pairing = ChancePairing() if pairing is None else pairing
     maps = stack.maps
+    opts = {"normalize": normalize, "topk": topk}
 
     def per_pair(i: int, j: int, rows: Tensor) -> dict[str, Tensor]:
-        out = agreement_values(
-            maps[i, rows], maps[j, rows], metrics, normalize=normalize, topk=topk
-        )
-        if not chance:
-            return out
-        if rows.numel() < 2:  # no other probe to pair with: undefined, not a self-pairing
-            nan = torch.full((rows.numel(),), float("nan"), device=maps.device)
-            rand = dict.fromkeys(metrics, nan)
-        else:
-            other = stack.partner_maps(j, rows, chance_partners(rows))
-            rand = agreement_values(maps[i, rows], other, metrics, normalize=normalize, topk=topk)
-        for m in metrics:
-            out[_chance(m)] = rand[m]
-            excess = rand[m] - out[m] if m == "l2" else out[m] - rand[m]
-            out[above_chance(m)] = excess
+        out = agreement_values(maps[i, rows], maps[j, rows], metrics, **opts)
+        if chance:
+            out.update(_chance_values(stack, i, j, rows, pairing, metrics, out, opts))
         return out
 
     return _pairwise(layout, stack.num_sources, split, maps.device, per_pair)
+
+
+def _chance_values(
+    stack: MapStack, i: int, j: int, rows: Tensor, pairing: ChancePairing,
+    metrics: Sequence[str], agree: dict[str, Tensor], opts: dict,
+) -> dict[str, Tensor]:  # fmt: skip
+    """Per-probe chance levels of source i against source j's maps of other probes."""
+    n, maps = rows.numel(), stack.maps
+    nan = torch.full((n,), float("nan"), device=maps.device)
+    if n < 2:  # no other probe to pair with: undefined, not a self-pairing
+        blind = same = dict.fromkeys(metrics, nan)
+    else:
+        perms = pairing.derangements(rows)
+        a = maps[i, rows].repeat(perms.shape[0], *([1] * (maps.dim() - 2)))
+        b = torch.cat([stack.partner_maps(j, rows, p) for p in perms])
+        blind = {m: v.view(perms.shape[0], n).mean(0)
+                 for m, v in agreement_values(a, b, metrics, **opts).items()}  # fmt: skip
+        partner = pairing.same_class(rows)
+        valid = partner >= 0
+        same = dict.fromkeys(metrics, nan)
+        if bool(valid.any()):
+            other = stack.partner_maps(j, rows, partner.clamp_min(0))
+            same = {m: torch.where(valid, v, torch.nan) for m, v in
+                    agreement_values(maps[i, rows], other, metrics, **opts).items()}  # fmt: skip
+    out = {}
+    for m in metrics:
+        out[_chance(m)] = blind[m]
+        out[chance_same_class(m)] = same[m]
+        out[above_chance(m)] = blind[m] - agree[m] if m == "l2" else agree[m] - blind[m]
+    return out
 
 
 _chance = chance  # the argument `chance` shadows the schema's name inside pairwise_agreement

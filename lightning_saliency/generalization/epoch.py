@@ -37,6 +37,7 @@ from lightning_saliency._modes import eval_mode
 from lightning_saliency.attribution import MethodSpec, compute_attribution, group_by_segments
 from lightning_saliency.metrics import finite_rows
 
+from .chance import CHANCE_DRAWS, ChancePairing, PredictionChance
 from .core import (
     MapStack,
     drift,
@@ -50,7 +51,7 @@ from .core import (
 )
 from .layout import ProbeLayout
 from .mege import mege_reco_statistics
-from .schema import FAMILIES, QUALITY_METRICS, MetricKey
+from .schema import FAMILIES, NO_METHOD, QUALITY_METRICS, MetricKey
 from .statistics import BOOTSTRAP_RESAMPLES, Estimate, Statistic, bootstrap_counts, estimate_all
 
 __all__ = [
@@ -188,8 +189,9 @@ def _method_stats(
     if "agreement" in families and has_ref:
         for split in ("train", "test"):
             for metric, stat in pairwise_agreement(
-                stack, layout, split, normalize=ctx["normalize"], topk=ctx["topk"]
-            ).items():
+                stack, layout, split, pairing=ctx["pairing"], normalize=ctx["normalize"],
+                topk=ctx["topk"],
+            ).items():  # fmt: skip
                 out[MetricKey(label, "pairs", split, metric, stage)] = stat
     if "mege_reco" in families and k >= 2:
         for metric, stat in mege_reco_statistics(
@@ -221,6 +223,7 @@ def evaluate_epoch(
     stage: str = "fit",
     seed: int = 0,
     resamples: int = BOOTSTRAP_RESAMPLES,
+    chance_draws: int = CHANCE_DRAWS,
 ) -> EpochEvaluation:
     """Every number of one monitored epoch, with its standard error and 95% interval.
 
@@ -232,14 +235,12 @@ def evaluate_epoch(
     """
     fam = set(families)
     stacks = {lb: m if isinstance(m, MapStack) else MapStack(m) for lb, m in maps.items()}
+    pairing = ChancePairing(labels=labels, seed=seed, draws=chance_draws)
     ctx = {"stage": stage, "normalize": normalize, "topk": topk, "preds": preds,
-           "labels": labels, "previous": previous}  # fmt: skip
+           "labels": labels, "previous": previous, "pairing": pairing}  # fmt: skip
     stats: Stats = {}
     if "prediction_agreement" in fam and preds.shape[0] >= 2:
-        for split in ("train", "test"):
-            stats[MetricKey.prediction_agreement(split, stage)] = prediction_agreement(
-                preds, layout, split
-            )
+        stats.update(_prediction_stats(preds, layout, stage))
     for spec in specs:
         stats.update(_method_stats(spec, stacks[spec.label], layout, fam, ctx))
     stats.update(_gap_reductions(specs, stats, stage))
@@ -256,6 +257,18 @@ def evaluate_epoch(
         preds=preds,
         methods=[s.label for s in specs],
     )
+
+
+def _prediction_stats(preds: Tensor, layout: ProbeLayout, stage: str) -> Stats:
+    """Prediction agreement, its chance level (sum_c p_i(c) p_j(c)) and Cohen's kappa."""
+    out: Stats = {}
+    for split in ("train", "test"):
+        out[MetricKey.prediction_agreement(split, stage)] = prediction_agreement(preds, layout, split)
+        for which, metric in (("chance", "prediction_agreement_chance"), ("kappa", "prediction_kappa")):
+            out[MetricKey(NO_METHOD, "pairs", split, metric, stage)] = PredictionChance(
+                preds, layout, split, which
+            )
+    return out
 
 
 def nonfinite_key(method: str, stage: str = "fit") -> MetricKey:

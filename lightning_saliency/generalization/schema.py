@@ -40,6 +40,7 @@ __all__ = [
     "MetricKey",
     "above_chance",
     "chance",
+    "chance_same_class",
     "csv_row",
     "custom_scalars_layout",
     "epoch_rows",
@@ -109,6 +110,16 @@ def chance(metric: str) -> str:
     'ssim_chance'
     """
     return f"{metric}_chance"
+
+
+def chance_same_class(metric: str) -> str:
+    """Name of an agreement metric's same-class chance level (maps of two different probes
+    of the same class).
+
+    >>> chance_same_class("spearman")
+    'spearman_chance_same_class'
+    """
+    return f"{metric}_chance_same_class"
 
 
 def above_chance(metric: str) -> str:
@@ -207,7 +218,11 @@ class MetricKey:
             return False
         if self.aggregate.startswith("model_"):
             return m == "gap"
-        if self.aggregate == "pairs" and m not in ("mege", "reco", "prediction_agreement"):
+        if m.endswith("_chance_same_class"):
+            return False
+        if self.method == NO_METHOD:  # prediction agreement: its chance and kappa on test probes
+            return m == "prediction_agreement" or split == "test"
+        if self.aggregate == "pairs" and m not in ("mege", "reco"):
             return split == "test" and not (m == "l2" and num_sources == 2)
         if m in QUALITY_METRICS:
             return split in _TB_QUALITY_SPLITS

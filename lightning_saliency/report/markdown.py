@@ -12,6 +12,7 @@ from typing import Any
 from lightning_saliency.generalization import Estimate
 
 from .runs import Run
+from .seeds import seed_table
 from .studies import ALL_STUDIES
 from .table import Cell, Column, Row, Table, fmt_x
 
@@ -126,9 +127,10 @@ def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
     if stages:
         md += [f"Rows of the {', '.join(stages)} stage (a trained checkpoint evaluated).", ""]
     md += [*_runs_table(runs), "",
-           "Numbers are `value [95% interval]` over the probes of one run (probe-to-probe "
-           "noise; not seed-to-seed). A difference is a finding only when its interval "
-           "excludes 0.", ""]  # fmt: skip
+           "Numbers are `value [95% interval]`: per run, over its probes (probe-to-probe "
+           "noise); where a setting has several seeds, a seed-level table gives the mean over "
+           "the seeds and its interval over them (training noise), and the verdicts use it. A "
+           "difference is a finding only when its interval excludes 0.", ""]  # fmt: skip
     tidy: list[dict[str, Any]] = []
     for study in ALL_STUDIES:
         table = study.build(runs)
@@ -136,13 +138,21 @@ def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
         if not table.rows:
             md += [f"{_NO_DATA} (needs {study.needs}).", ""]
             continue
-        md += [*_markdown(table), ""]
-        summary = study.summary(table)
+        seeds = seed_table(table, runs)
+        main = table if seeds is None else seeds
+        if seeds is not None:
+            md += ["Seed level: every number is the mean over the seed replicates of a setting "
+                   "with its 95% interval over the seeds (training noise); verdicts use these.",
+                   "", *_markdown(seeds), ""]  # fmt: skip
+        summary = study.summary(main)
         if summary:
             md += [*summary, ""]
-        study.plot(table, out / f"{study.key}.png")
+        study.plot(main, out / f"{study.key}.png")
         md += [f"![{study.key}]({study.key}.png)", ""]
-        tidy += _tidy(table)
+        if seeds is not None:
+            md += ["Per run (intervals over probes):", ""]
+        md += [*_markdown(table), ""]
+        tidy += _tidy(table) + ([] if seeds is None else _tidy(seeds))
     report = out / "report.md"
     report.write_text("\n".join(md))
     with (out / "report.csv").open("w", newline="") as fh:

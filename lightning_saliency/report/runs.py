@@ -32,7 +32,7 @@ from lightning_saliency.generalization import (
     parse_csv_row,
 )
 
-__all__ = ["LEGACY_CSV_FIELDS", "Run", "find_runs", "load_run", "load_runs"]
+__all__ = ["LEGACY_CSV_FIELDS", "SEED_KEYS", "Run", "find_runs", "load_run", "load_runs"]
 
 #: Header of version 0.1's CSV (still read).
 LEGACY_CSV_FIELDS: tuple[str, ...] = ("epoch", "step", "method", "model", "split", "metric", "value")
@@ -56,6 +56,9 @@ class Run:
     spectral_norm_factor: float | None = None
     backbone: str | None = None
     seed: int | None = None
+    #: the run's config without its seeds, logger and paths: runs with equal signatures are
+    #: seed replicates of one setting (None without a config.yaml)
+    signature: str | None = None
 
     def get(self, method: str, aggregate: str, split: str, metric: str) -> Estimate | None:
         """The estimate of a key at this run's stage (None when the run did not log it)."""
@@ -189,6 +192,28 @@ def _specs(folder: Path, config: Mapping[str, Any]) -> dict[str, MethodSpec]:
     return out
 
 
+#: Config entries that differ between seed replicates of one setting (or only name a run).
+SEED_KEYS: tuple[tuple[str, ...], ...] = (
+    ("seed_everything",), ("model", "init_seed"), ("model", "init_args", "init_seed"),
+    ("data", "init_args", "split_seed"), ("data", "split_seed"), ("trainer", "logger"),
+    ("trainer", "default_root_dir"), ("ckpt_path",),
+)  # fmt: skip
+
+
+def _signature(config: Mapping[str, Any]) -> str | None:
+    """The config with its seeds, logger and paths removed, as canonical JSON."""
+    if not config:
+        return None
+    cfg = json.loads(json.dumps(config, default=str))
+    for path in SEED_KEYS:
+        node = cfg
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return json.dumps(cfg, sort_keys=True)
+
+
 def _facts(config: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, Any]:
     model, data = _init_args(config.get("model")), _init_args(config.get("data"))
 
@@ -202,6 +227,7 @@ def _facts(config: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, A
         "spectral_norm_factor": pick("spectral_norm_factor", model, hparams),
         "backbone": pick("backbone", model, hparams),
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        "signature": _signature(config),
     }
 
 
