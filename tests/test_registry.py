@@ -415,7 +415,12 @@ _SEED_TABLE: list[tuple[object, str, int, int]] = [
         3285381003,
         3292381024,
     ),
-    ({"method": "grad_cam", "layer": "model.layer4"}, "grad_cam_at-model.layer4", 728943461, 735943482),
+    (
+        {"method": "grad_cam", "layer": "model.layer4"},
+        "grad_cam_at-model.layer4",
+        728943461,
+        735943482,
+    ),
     (
         {"method": "smooth_grad", "noise_level": 0.2, "superpixel": "slic", "label": "x"},
         "smooth_grad_nl0.2",
