@@ -1,0 +1,466 @@
+"""The open method registry: :func:`register_method` and what a method declares.
+
+A saliency method is a function ``fn(model, x, target, *, <params>, ...) -> Tensor`` whose
+maps are shaped like ``x``. Registering it declares, once, from its signature:
+
+- its **parameters and defaults**: every keyword after the first three positional ones,
+  except the run-time options (:data:`RUNTIME_OPTIONS`, ``generator``) and ``exclude``;
+  a parameter without a default is required;
+- a **normalizer** per parameter (validates a config value and returns its canonical
+  form); a parameter without one gets a generic JSON-like normalizer (None, bool, finite
+  numbers, strings, lists -> tuples, mappings -> :class:`FrozenParams`) that also
+  follows the default's type (an int given for a float default becomes a float);
+- its **label tokens** (default: the generic grammar below), whether it is **stochastic**
+  and whether it **needs input_range**, as booleans or as predicates of the canonical
+  parameters; it **takes a generator** when ``generator`` is in its signature.
+
+Generic label grammar (methods registered without ``label_tokens``)::
+
+    label := name { "_" key "-" value }     one token per canonical parameter, by key
+    value := NUM | "true" | "false" | "none"
+           | STR                    a string matching [A-Za-z][A-Za-z0-9_]*, each "_"
+                                    written "." (not a keyword, not "h" + 8 hex digits)
+           | NUM "to" NUM {"to" NUM}   a list of two or more finite numbers
+           | "h" HEX8               anything else: CRC-32 of its canonical JSON
+
+Canonical parameters are the given ones that differ from their default (and those named
+in ``keep``), so a user method's label only shows what was changed. Values never contain
+``_`` and keys never contain ``-``, so the label determines the parameters (up to the
+CRC-32 of other values; the callback refuses two methods with one label).
+
+>>> import torch
+>>> from lightning_saliency.attribution import register_method, resolve_method
+>>> from torch import nn
+>>> from lightning_saliency.attribution import compute_attribution, unregister_method
+>>> @register_method
+... def scaled_grad(model, x, target, *, scale: float = 1.0, mode: str = "plain"):
+...     x = x.detach().requires_grad_()
+...     score = model(x).gather(1, torch.as_tensor(target).expand(len(x)).view(-1, 1)).sum()
+...     return scale * torch.autograd.grad(score, x)[0]
+>>> spec = resolve_method({"method": "scaled_grad", "scale": 2, "mode": "plain"})
+>>> spec.label, dict(spec.params), spec.to_config()
+('scaled_grad_scale-2', {'scale': 2.0}, {'method': 'scaled_grad', 'scale': 2.0, 'label': 'scaled_grad_scale-2'})
+>>> resolve_method(spec.to_config()) == spec, spec.noise_seed(0)
+(True, 3309613895)
+>>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+>>> maps = compute_attribution(spec, net, torch.ones(2, 1, 2, 2), 1)
+>>> torch.equal(maps[0].flatten(), 2 * net[1].weight[1].detach())
+True
+>>> unregister_method("scaled_grad")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import numbers
+import re
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from typing import Any
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "RUNTIME_OPTIONS",
+    "FrozenParams",
+    "MethodInfo",
+    "format_number",
+    "generic_label_tokens",
+    "get_method",
+    "json_value",
+    "plain",
+    "register_method",
+    "registered_names",
+    "unregister_method",
+]
+
+#: Engine options ``compute_attribution`` passes to a method that accepts them (never params).
+RUNTIME_OPTIONS: tuple[str, ...] = ("precision", "channels_last", "batch_size", "memory_budget_mb")
+#: Entry-point group whose entries (a module or a function) register methods on first use.
+ENTRY_POINT_GROUP = "lightning_saliency.methods"
+#: Keys of a method mapping that are not parameters (and the super-pixel label prefix).
+RESERVED_PARAMS = frozenset({"method", "label", "superpixel", "params", "sp", "generator"})
+REQUIRED = inspect.Parameter.empty
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_PLAIN_STR_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_HASH_LIKE_RE = re.compile(r"^h[0-9a-f]{8}$")
+
+
+class FrozenParams(Mapping[str, Any]):
+    """A read-only, hashable mapping (keys sorted) used for spec parameters.
+
+    >>> FrozenParams({"b": 1, "a": 2})
+    FrozenParams({'a': 2, 'b': 1})
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._items = tuple(sorted(dict(data or {}).items()))
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._items) == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenParams({dict(self._items)!r})"
+
+
+# --------------------------------------------------------------------------- values
+def format_number(value: Any) -> str:
+    """A number in labels: shortest repr, no trailing ``.0`` and no ``+``; bools as words.
+
+    >>> format_number(0.2), format_number(1.0), format_number(1e-5), format_number(True)
+    ('0.2', '1', '1e-05', 'true')
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        r = repr(float(value)).replace("+", "")
+        return r[:-2] if r.endswith(".0") else r
+    return str(value)
+
+
+def json_value(name: str, value: Any, like: Any = None) -> Any:
+    """The canonical, hashable form of a JSON-like config value (``like``: the default).
+
+    >>> json_value("k", [1, 2.5]), json_value("k", 2, like=1.0), json_value("k", {"b": [1]})
+    ((1, 2.5), 2.0, FrozenParams({'b': (1,)}))
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        if like is not None and not isinstance(like, bool):
+            raise TypeError(f"{name} must be a {type(like).__name__}, got {value!r}")
+        return value
+    if isinstance(value, numbers.Real):
+        if isinstance(like, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+        if isinstance(value, numbers.Integral) and not isinstance(like, float):
+            return int(value)
+        if isinstance(like, numbers.Integral) and not isinstance(like, bool):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(json_value(name, v) for v in value)
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"{name} must be a mapping with string keys, got {value!r}")
+        return FrozenParams({k: json_value(f"{name}.{k}", v) for k, v in value.items()})
+    raise TypeError(
+        f"{name} must be JSON-like (None, a bool, a number, a string, or a list or mapping "
+        f"of them) to go in a method spec, got {type(value).__name__}"
+    )
+
+
+def plain(value: Any, *, lists: bool = True) -> Any:
+    """The plain (JSON) form of a canonical value: mappings -> dicts, tuples -> lists.
+
+    >>> plain(FrozenParams({"a": (1, 2)})), plain((1, 2), lists=False)
+    ({'a': [1, 2]}, (1, 2))
+    """
+    if isinstance(value, Mapping):
+        return {k: plain(v, lists=lists) for k, v in value.items()}
+    if isinstance(value, tuple):
+        items = [plain(v, lists=lists) for v in value]
+        return items if lists else tuple(items)
+    return value
+
+
+def _label_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (bool, numbers.Real)):
+        return format_number(value)
+    if (
+        isinstance(value, str)
+        and _PLAIN_STR_RE.match(value)
+        and value not in ("true", "false", "none")
+        and not _HASH_LIKE_RE.match(value)
+    ):
+        return value.replace("_", ".")
+    if (
+        isinstance(value, tuple)
+        and len(value) >= 2
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+    ):
+        return "to".join(format_number(v) for v in value)
+    blob = json.dumps(plain(value), sort_keys=True, separators=(",", ":"))
+    return f"h{zlib.crc32(blob.encode()):08x}"
+
+
+def generic_label_tokens(params: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key-value`` label tokens of ``params``, sorted by key (the generic grammar).
+
+    >>> generic_label_tokens({"scale": 2.0, "mode": "very_fast", "size": (3, 3), "on": True})
+    ['mode-very.fast', 'on-true', 'scale-2', 'size-3to3']
+    >>> generic_label_tokens({"path": "x.pt", "cut": "true", "mask": {"a": 1}})
+    ['cut-ha9125f3b', 'mask-h561bacaf', 'path-hb82be3db']
+    """
+    return [f"{prefix}{k}-{_label_value(v)}" for k, v in sorted(params.items())]
+
+
+# --------------------------------------------------------------------------- registry
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+    """What a registered method declared (see :func:`register_method`).
+
+    ``defaults`` maps each parameter to its default (``REQUIRED`` when it has none);
+    ``options`` are the :data:`RUNTIME_OPTIONS` its function accepts.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    defaults: Mapping[str, Any]
+    normalizers: Mapping[str, Callable[[Any], Any]]
+    keep: tuple[str, ...]
+    validate: Callable[[dict[str, Any]], dict[str, Any] | None] | None
+    label_tokens: Callable[[Mapping[str, Any]], list[str]]
+    stochastic: Predicate
+    needs_input_range: Predicate
+    takes_generator: bool
+    options: frozenset[str]
+    manages_mode: bool
+    builtin: bool = False
+
+    def canonical(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Validated canonical parameters: normalized, defaults and None dropped."""
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {unknown} for method {self.name!r}; "
+                f"accepted: {sorted(self.defaults)}"
+            )
+        full = {k: v for k, v in self.defaults.items() if v is not REQUIRED}
+        for key, value in params.items():
+            full[key] = self.normalizers[key](value)
+        missing = sorted(set(self.defaults) - set(full))
+        if missing:
+            raise ValueError(f"method {self.name!r} needs parameter(s) {missing}")
+        if self.validate is not None:
+            full = self.validate(full) or full
+        out = {}
+        for key, value in full.items():
+            default = self.defaults[key]
+            if value is None and default is None:
+                continue
+            if key in self.keep or default is REQUIRED or value != default:
+                out[key] = value
+        return out
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def _as_predicate(flag: bool | Predicate | None, fallback: bool) -> Predicate:
+    if flag is None:
+        flag = fallback
+    if callable(flag):
+        return flag
+    value = bool(flag)
+    return lambda params: value
+
+
+def _signature_params(
+    fn: Callable[..., Any], exclude: tuple[str, ...]
+) -> tuple[dict[str, Any], frozenset[str], bool]:
+    sig = inspect.signature(fn)
+    positional = [
+        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) < 3:
+        raise TypeError(
+            f"a saliency method takes (model, x, target, *, params...) positionally first; "
+            f"{getattr(fn, '__name__', fn)!r} has {len(positional)} positional parameter(s)"
+        )
+    skip = {p.name for p in positional[:3]}
+    defaults: dict[str, Any] = {}
+    options: set[str] = set()
+    takes_generator = False
+    for p in sig.parameters.values():
+        if p.name in skip or p.name in exclude:
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name in RUNTIME_OPTIONS:
+            options.add(p.name)
+        elif p.name == "generator":
+            takes_generator = True
+        elif p.name in RESERVED_PARAMS or not _KEY_RE.match(p.name):
+            raise ValueError(f"parameter name {p.name!r} is reserved or not label-safe")
+        else:
+            defaults[p.name] = p.default
+    return defaults, frozenset(options), takes_generator
+
+
+def _check_name(name: str, overwrite: bool) -> None:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"a method name is a letter then letters, digits or '_'; got {name!r}")
+    old = _REGISTRY.get(name)
+    if old is not None and (old.builtin or not overwrite):
+        raise ValueError(
+            f"method {name!r} is already registered"
+            + ("" if old.builtin else "; pass overwrite=True to replace it")
+        )
+    for other in _REGISTRY:
+        if other != name and (other.startswith(name + "_") or name.startswith(other + "_")):
+            raise ValueError(
+                f"method name {name!r} extends (or is extended by) {other!r} with '_', so "
+                "their labels could collide; choose another name"
+            )
+
+
+def register_method(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    normalizers: Mapping[str, Callable[[Any], Any]] | None = None,
+    keep: tuple[str, ...] = (),
+    validate: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+    label_tokens: Callable[[Mapping[str, Any]], list[str]] | None = None,
+    stochastic: bool | Predicate | None = None,
+    needs_input_range: bool | Predicate = False,
+    exclude: tuple[str, ...] = (),
+    manages_mode: bool = False,
+    overwrite: bool = False,
+    _builtin: bool = False,
+) -> Any:
+    """Register a saliency method (decorator, with or without arguments, or a plain call).
+
+    Args:
+        fn: ``fn(model, x, target, *, <params>, [generator], [input_range], [precision],
+            [channels_last], [batch_size], [memory_budget_mb]) -> Tensor`` shaped like ``x``.
+            ``target`` arrives as given to :func:`compute_attribution` (an int or a
+            LongTensor (N,)); ``generator`` (when accepted) is the spec's noise generator
+            (None when the caller gave none); ``input_range`` is filled from the call when
+            the spec does not store one.
+        name: the method name used in configs (default ``fn.__name__``); labels start with
+            it, so it must not extend a registered name with ``_`` (nor be extended by one).
+        normalizers: parameter -> function validating a value and returning its canonical
+            form (raise ``TypeError``/``ValueError`` with a clear message); the others get
+            :func:`json_value` with the default as type hint.
+        keep: parameters kept in the canonical form (and the label) even at their default.
+        validate: called with every parameter (defaults filled, normalized) to check their
+            combination; may return a replacement dict (e.g. to canonicalize nested values).
+        label_tokens: canonical params -> label tokens (default: :func:`generic_label_tokens`).
+        stochastic: whether it draws noise (bool or predicate of the canonical params;
+            default: whether it takes a generator).
+        needs_input_range: whether it needs ``input_range`` (bool or predicate).
+        exclude: signature parameters that are not spec parameters (e.g. ``seed``).
+        manages_mode: True when ``fn`` itself sets eval mode, enables gradients and leaves
+            parameter ``.grad`` alone; otherwise :func:`compute_attribution` does it
+            around the call (eval mode, gradients on outside inference mode, every
+            ``training`` flag and parameter ``.grad`` restored after).
+        overwrite: replace a method registered earlier under ``name`` (not a built-in).
+
+    Returns:
+        ``fn`` itself (so it stays callable directly), or a decorator.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        method = name or getattr(f, "__name__", "")
+        _check_name(method, overwrite)
+        defaults, options, takes_generator = _signature_params(f, tuple(exclude))
+        given = dict(normalizers or {})
+        extra = sorted(set(given) - set(defaults))
+        if extra:
+            raise ValueError(f"normalizers for unknown parameter(s) {extra} of {method!r}")
+        norms = {
+            k: given.get(k) or (lambda v, k=k, d=d: json_value(k, v, None if d is REQUIRED else d))
+            for k, d in defaults.items()
+        }
+        _REGISTRY[method] = MethodInfo(
+            name=method,
+            fn=f,
+            defaults=dict(defaults),
+            normalizers=norms,
+            keep=tuple(keep),
+            validate=validate,
+            label_tokens=label_tokens or generic_label_tokens,
+            stochastic=_as_predicate(stochastic, takes_generator),
+            needs_input_range=_as_predicate(needs_input_range, False),
+            takes_generator=takes_generator,
+            options=options,
+            manages_mode=manages_mode,
+            builtin=_builtin,
+        )
+        return f
+
+    return decorate if fn is None else decorate(fn)
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method registered by :func:`register_method` (built-ins stay).
+
+    >>> unregister_method("simple_grad")
+    Traceback (most recent call last):
+    ...
+    ValueError: built-in method 'simple_grad' cannot be unregistered
+    """
+    info = _REGISTRY.get(name)
+    if info is None:
+        raise ValueError(f"no method {name!r} is registered")
+    if info.builtin:
+        raise ValueError(f"built-in method {name!r} cannot be unregistered")
+    del _REGISTRY[name]
+
+
+def _load_entry_point(name: str) -> None:
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            obj = ep.load()
+            if name not in _REGISTRY and callable(obj) and not inspect.ismodule(obj):
+                register_method(obj, name=name)
+            return
+
+
+def get_method(name: str) -> MethodInfo:
+    """The registered method ``name`` (loading its entry point on first use).
+
+    >>> get_method("smooth_grad").defaults["samples"]
+    16
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a method name must be a string, got {type(name).__name__}")
+    if name not in _REGISTRY:
+        _load_entry_point(name)
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown saliency method {name!r}; known: {', '.join(registered_names())} "
+            "(register your own with lightning_saliency.attribution.register_method)"
+        )
+    return _REGISTRY[name]
+
+
+def registered_names() -> list[str]:
+    """Sorted names of the registered methods (entry points not yet loaded included)."""
+    names = set(_REGISTRY)
+    names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
