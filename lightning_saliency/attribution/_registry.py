@@ -432,8 +432,12 @@ def unregister_method(name: str) -> None:
     del _REGISTRY[name]
 
 
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
 def _load_entry_point(name: str) -> None:
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _entry_points():
         if ep.name == name:
             obj = ep.load()
             if name not in _REGISTRY and callable(obj) and not inspect.ismodule(obj):
@@ -462,5 +466,5 @@ def get_method(name: str) -> MethodInfo:
 def registered_names() -> list[str]:
     """Sorted names of the registered methods (entry points not yet loaded included)."""
     names = set(_REGISTRY)
-    names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
+    names.update(ep.name for ep in _entry_points())
     return sorted(names)

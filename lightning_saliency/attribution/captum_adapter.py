@@ -48,6 +48,7 @@ import inspect
 import numbers
 import random
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -171,7 +172,12 @@ def _validate(full: dict[str, Any]) -> dict[str, Any]:
     if init is not None and "layer" in init and not isinstance(init["layer"], str):
         raise TypeError("a captum spec names its layer as a dotted submodule name (str)")
     accepted, any_key = _attribute_params(cls, init or {})
-    attr = _canonical_args("attribute_args", full["attribute_args"], accepted, any_key, cls)
+    given = dict(full["attribute_args"] or {})
+    if isinstance(given.get("baselines"), tuple) and len(given["baselines"]) == 1:
+        given["baselines"] = given["baselines"][0]  # one constant image either way
+    if given.get("baselines") == 0 and accepted.get("baselines", REQUIRED) is None:
+        del given["baselines"]  # Captum's default baseline is zero
+    attr = _canonical_args("attribute_args", given, accepted, any_key, cls)
     for value in _as_list((attr or {}).get("baselines")):
         if not (value in ("min", "max") or (isinstance(value, numbers.Real)
                                             and not isinstance(value, bool))):  # fmt: skip
@@ -297,10 +303,15 @@ def captum_attribution(
         kwargs["baselines"] = _baselines(kwargs["baselines"], x, rng)
     rows = max(1, (batch_size or _DEFAULT_ROWS) // _expansion(cls, attr, init))
     parts = []
-    with attribution_state(model), _seeded_global_rng(_global_seed(generator)):
+    with (
+        attribution_state(model),
+        _seeded_global_rng(_global_seed(generator)),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks")
         explainer = _build(cls, model, {k: plain(v, lists=False) for k, v in init.items()})
         for i in range(0, x.shape[0], rows):
-            chunk = x[i : i + rows].detach().clone()
+            chunk = x[i : i + rows].detach().clone().requires_grad_()
             out = explainer.attribute(chunk, target=t[i : i + rows], **kwargs)
             parts.append(out.detach())
     return check_maps(torch.cat(parts), x, f"captum_{attribution}")
