@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -33,6 +34,17 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.drop(self.pool(self.relu(self.conv(x))).flatten(1)))
+
+
+@pytest.fixture(autouse=True)
+def _nondeterministic_references() -> Iterator[None]:
+    """Captum's own DeepLift (the reference) fails under the deterministic mode an earlier
+    ``Trainer(deterministic=True)`` in this process leaves on."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +124,20 @@ def test_state_is_restored_and_inference_mode_works(data: tuple) -> None:
         assert torch.equal(p.grad, grads[n]), n
     # dropout off during the attribution: equal to Captum on the eval-mode model
     torch.testing.assert_close(got, _captum("DeepLift", model.eval(), x, t), rtol=1e-5, atol=1e-6)
+
+
+def test_deterministic_mode_warns_instead_of_failing(data: tuple) -> None:
+    """``Trainer(deterministic=True)`` turns deterministic algorithms on for the process."""
+    model, x, t = data
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        got = compute_attribution({"method": "captum", "attribution": "DeepLift"}, model, x, t)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    torch.testing.assert_close(got, _captum("DeepLift", model, x, t), rtol=1e-5, atol=1e-6)
 
 
 def test_compute_maps_of_two_models_equal_captum(data: tuple) -> None:

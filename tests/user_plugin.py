@@ -7,6 +7,8 @@ naming ``user_plugin.TinyUserModule`` can use it in the callback's ``methods``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 from torch import Tensor, nn
@@ -30,27 +32,42 @@ def user_cli_grad(
 
 
 class TinyUserModule(L.LightningModule):
-    """A user's LightningModule with none of the linked arguments but ``num_classes``."""
+    """A user's own K-model ensemble (an ``nn.ModuleList`` named ``models``): it takes the
+    linked ``num_models``, ``num_classes`` and ``in_chans`` but no ``image_size``.
 
-    def __init__(self, num_classes: int = 3, hidden: int = 16, lr: float = 0.01) -> None:
+    Defaults differ from the data (3 classes, 3 channels), so the links must apply.
+    """
+
+    def __init__(
+        self, num_models: int = 3, num_classes: int = 3, in_chans: int = 3, lr: float = 0.01
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-            nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
-        )  # fmt: skip
+        self.models = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(in_chans, 4, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(4),
+                nn.Flatten(),
+                nn.Linear(64, num_classes),
+            )
+            for _ in range(num_models)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return torch.stack([m(x) for m in self.models]).mean(0)
 
-    def training_step(self, batch: object, batch_idx: int) -> Tensor:
-        x, y = batch[0] if isinstance(batch, list) else batch  # type: ignore[misc]
-        loss = nn.functional.cross_entropy(self(x), y)
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        pairs = batch if isinstance(batch[0], (list, tuple)) else [batch] * len(self.models)
+        loss = sum(
+            nn.functional.cross_entropy(m(x), y)
+            for m, (x, y) in zip(self.models, pairs, strict=True)
+        )
         self.log("train/loss", loss)
-        return loss
+        return loss  # type: ignore[return-value]
 
-    def validation_step(self, batch: object, batch_idx: int) -> None:
-        x, y = batch  # type: ignore[misc]
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
         self.log("val/loss", nn.functional.cross_entropy(self(x), y))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -24,7 +24,8 @@ Guarantees as for the built-ins: eval mode with every ``training`` flag restored
 parameter ``.grad`` untouched, float32 maps shaped like ``x``, computed in chunks of
 ``batch_size`` expanded rows (default 256; a probe counts ``n_steps``, ``nt_samples``,
 GradientShap's ``n_samples`` rows). Captum draws noise from the global RNGs, so the call
-runs inside a fork of them: torch (CPU and initialized CUDA devices), NumPy and Python's
+runs inside a fork of them (and, under ``torch.use_deterministic_algorithms(True)``, in its
+``warn_only`` mode, since DeepLift's max-unpooling has no deterministic kernel): torch (CPU and initialized CUDA devices), NumPy and Python's
 ``random`` are seeded with ``torch.randint(0, 2**62, (1,), generator=generator)`` (0
 without a generator) and restored afterwards.
 
@@ -258,6 +259,21 @@ def _global_seed(generator: torch.Generator | None) -> int:
 
 
 @contextlib.contextmanager
+def _deterministic_warn_only() -> Iterator[None]:
+    """Under ``use_deterministic_algorithms(True)`` (``Trainer(deterministic=True)``), let
+    Captum's ops without a deterministic kernel (DeepLift's max-unpooling) warn, not fail."""
+    if not torch.are_deterministic_algorithms_enabled():
+        yield
+        return
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+
+
+@contextlib.contextmanager
 def _seeded_global_rng(seed: int) -> Iterator[None]:
     """Seed torch (CPU + initialized CUDA devices), NumPy and ``random``; restore them after."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
@@ -306,6 +322,7 @@ def captum_attribution(
     with (
         attribution_state(model),
         _seeded_global_rng(_global_seed(generator)),
+        _deterministic_warn_only(),
         warnings.catch_warnings(),
     ):
         warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks")

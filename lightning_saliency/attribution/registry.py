@@ -10,7 +10,7 @@ runs it. Methods come from the open registry (:func:`register_method`, in
 label grammar are in ``_builtins.py``, the Captum adapter in ``captum_adapter.py``.
 
 A super-pixel grouping appends ``"_sp-" algorithm { "-" sp-token }`` to the label
-(sp-token: the reduction unless ``"sum"``, then KEY VALUE per segmenter parameter, sorted).
+(``_superpixel_spec.py``).
 Equal configurations (after canonicalization) get equal labels and different ones
 different labels; an explicit ``"label"`` in the config replaces the generated one.
 """
@@ -18,8 +18,6 @@ different labels; an explicit ``"label"`` in the config replaces the generated o
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import re
 import zlib
 from collections.abc import Mapping
@@ -32,7 +30,6 @@ from lightning_saliency.attribution import (
     _builtins,  # noqa: F401  (registers the built-ins)
     captum_adapter,  # noqa: F401  (registers "captum")
 )
-from lightning_saliency.attribution._core import check_choice
 from lightning_saliency.attribution._guard import guarded
 from lightning_saliency.attribution._registry import (
     FrozenParams,
@@ -44,12 +41,8 @@ from lightning_saliency.attribution._registry import (
     registered_names,
     unregister_method,
 )
-from lightning_saliency.attribution._registry import format_number as _fmt
-from lightning_saliency.attribution.superpixels import (
-    GROUP_REDUCTIONS,
-    SEGMENTERS,
-    group_by_segments,
-)
+from lightning_saliency.attribution._superpixel_spec import canonical_superpixel, superpixel_suffix
+from lightning_saliency.attribution.superpixels import group_by_segments
 
 __all__ = [
     "FrozenParams",
@@ -79,56 +72,12 @@ def _check_label(label: object) -> str:
     return label
 
 
-def _canonical_superpixel(superpixel: Any) -> FrozenParams | None:
-    if superpixel is None:
-        return None
-    if isinstance(superpixel, str):
-        superpixel = {"algorithm": superpixel}
-    if not isinstance(superpixel, Mapping):
-        raise TypeError(
-            "superpixel must be None, an algorithm name or a mapping with 'algorithm', "
-            f"got {superpixel!r}"
-        )
-    sp = dict(superpixel)
-    algorithm = sp.pop("algorithm", None)
-    if algorithm not in SEGMENTERS:
-        raise ValueError(
-            f"unknown super-pixel algorithm {algorithm!r}; known: {sorted(SEGMENTERS)}"
-        )
-    reduction = sp.pop("reduction", "sum")
-    check_choice("superpixel reduction", reduction, GROUP_REDUCTIONS)
-    unknown = sorted(set(sp) - set(SEGMENTERS[algorithm]))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {unknown} for super-pixel algorithm {algorithm!r}; "
-            f"accepted: {list(SEGMENTERS[algorithm])}"
-        )
-    for key, value in sp.items():
-        if not isinstance(value, numbers.Real) or (
-            not isinstance(value, bool) and not math.isfinite(float(value))
-        ):
-            raise TypeError(
-                f"super-pixel parameter {key} must be a finite number or bool, got {value!r}"
-            )
-        if not isinstance(value, bool) and isinstance(value, numbers.Real):
-            sp[key] = int(value) if isinstance(value, numbers.Integral) else float(value)
-    return FrozenParams({"algorithm": algorithm, "reduction": reduction, **sp})
-
-
 def _make_label(
     method: str, params: Mapping[str, Any], superpixel: Mapping[str, Any] | None
 ) -> str:
     label = "_".join([method, *get_method(method).label_tokens(params)])
     if superpixel is not None:
-        sp = ["sp", str(superpixel["algorithm"])]
-        if superpixel["reduction"] != "sum":
-            sp.append(str(superpixel["reduction"]))
-        sp += [
-            f"{k}{_fmt(v)}"
-            for k, v in sorted(superpixel.items())
-            if k not in ("algorithm", "reduction")
-        ]
-        label += "_" + "-".join(sp)
+        label += superpixel_suffix(superpixel)
     if not _LABEL_RE.match(label):
         raise ValueError(f"method {method!r} made the label {label!r}, not [A-Za-z0-9_.-]+")
     return label
@@ -157,7 +106,7 @@ class MethodSpec:
         if not isinstance(self.params, Mapping):
             raise TypeError(f"params must be a mapping, got {type(self.params).__name__}")
         params = FrozenParams(info.canonical(self.params))
-        superpixel = _canonical_superpixel(self.superpixel)
+        superpixel = canonical_superpixel(self.superpixel)
         label = (
             _check_label(self.label) if self.label else _make_label(self.method, params, superpixel)
         )
