@@ -1,16 +1,35 @@
-"""Command line: ``lightning-saliency fit --config configs/default.yaml``.
+"""Command line: ``lightning-saliency {fit,validate,test,predict,report} ...``.
 
-A thin :class:`~lightning.pytorch.cli.LightningCLI` around
-:class:`~lightning_saliency.models.DisjointEnsemble` and any
-:class:`~lightning_saliency.data.DisjointSplitDataModule` subclass (chosen in the
-config with ``data.class_path``). The data module decides the number of models, the
-number of classes, the channels and the image size; they are linked into the model so
-a config states them once.
+A thin :class:`~lightning.pytorch.cli.LightningCLI` around any LightningModule
+(``--model <class_path>``; default :class:`~lightning_saliency.models.DisjointEnsemble`)
+and any :class:`~lightning_saliency.data.DisjointSplitDataModule` subclass (chosen with
+``data.class_path``). The data module decides the number of models, the number of
+classes, the channels and the image size; they are linked into the model's
+``num_models``, ``num_classes``, ``in_chans`` and ``image_size`` where the model class
+has those arguments (a config states them once), and left alone where it does not.
+A model section without ``class_path`` configures the default ``DisjointEnsemble``;
+another class starts from its own defaults, never from the ensemble's.
+``report`` reads run folders back into tables and plots (:mod:`lightning_saliency.report`).
 
 Examples:
     Train two small CNNs on disjoint halves of scikit-learn's digits::
 
         lightning-saliency fit --config configs/default.yaml
+
+    One classifier and a reference checkpoint (see the config's header)::
+
+        lightning-saliency fit --config configs/single_model_reference.yaml
+
+    Your own LightningModule (any class importable by its path; a model section without
+    ``class_path``, as in ``configs/default.yaml``, holds DisjointEnsemble arguments, so
+    give yours a ``class_path`` or override only arguments your class takes)::
+
+        lightning-saliency fit --config my_config.yaml --model my_pkg.MyModule
+        lightning-saliency fit --config my_config.yaml --model.init_args.hidden 64
+
+    ``--print_config`` shows the model's defaults for the linked ``num_classes``,
+    ``in_chans`` and ``image_size``; the run uses the data module's values, and
+    ``config.yaml`` in the run folder records them.
 
     Print the fully resolved config instead of running::
 
@@ -19,15 +38,28 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import io
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lightning_saliency.data import DisjointSplitDataModule
-from lightning_saliency.models import DisjointEnsemble
 
-__all__ = ["SaliencyCLI", "cli_main", "main"]
+__all__ = ["DEFAULT_MODEL", "REPORT_HELP", "SaliencyCLI", "cli_main", "main"]
+
+#: The model class of a config whose ``model`` section has no ``class_path``.
+DEFAULT_MODEL = "lightning_saliency.models.DisjointEnsemble"
+#: One-line help of the ``report`` subcommand.
+REPORT_HELP = "Tables and plots of the studies from run folders (lightning-saliency report --help)."
+_EXITING = ("-h", "--help", "--print_config")
+
+
+def _num_models(dm: DisjointSplitDataModule) -> int:
+    return int(dm.num_models)
 
 
 def _num_classes(dm: DisjointSplitDataModule) -> int:
@@ -43,20 +75,107 @@ def _image_size(dm: DisjointSplitDataModule) -> int | None:
     return None if size is None else int(size)
 
 
+#: Model init args computed from the instantiated data module (``num_models`` is linked at
+#: parse time from ``data.init_args.num_models``).
+_INSTANTIATION_LINKS = {
+    "num_classes": _num_classes,
+    "in_chans": _in_chans,
+    "image_size": _image_size,
+}
+
+
 class SaliencyCLI(LightningCLI):
-    """LightningCLI that links the data module's shape facts into the ensemble."""
+    """LightningCLI for any model class, linking the data module's shape facts into it.
+
+    Links target ``model.init_args.<name>``; jsonargparse skips a link whose target the
+    chosen class does not have, so a user's module gets only the facts it asks for.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.init_args.num_models", "model.num_models")
-        parser.link_arguments(
-            "data", "model.num_classes", compute_fn=_num_classes, apply_on="instantiate"
-        )
-        parser.link_arguments(
-            "data", "model.in_chans", compute_fn=_in_chans, apply_on="instantiate"
-        )
-        parser.link_arguments(
-            "data", "model.image_size", compute_fn=_image_size, apply_on="instantiate"
-        )
+        parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
+        parser.link_arguments("data.init_args.num_models", "model.init_args.num_models")
+        for name, fn in _INSTANTIATION_LINKS.items():
+            parser.link_arguments(
+                "data", f"model.init_args.{name}", compute_fn=fn, apply_on="instantiate"
+            )
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        action = parser._subcommands_action  # listed in --help; ``main`` runs it
+        if action is not None:
+            report = LightningArgumentParser(description=REPORT_HELP)
+            action.add_subcommand("report", report, help=REPORT_HELP)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse with the chosen model class as the default, so its own defaults apply.
+
+        jsonargparse carries the previous class's init args over to a new ``class_path``
+        when they type-check; with ``DisjointEnsemble`` as the only default, a user's
+        ``lr: float = 0.01`` would silently become the ensemble's 0.1. A first, silent
+        parse finds the chosen class; the real parse then starts from it.
+        """
+        chosen = self._chosen_model(parser, args)
+        if chosen is not None and chosen != DEFAULT_MODEL:
+            subs = getattr(self, "_subcommand_parsers", None)  # none when run=False
+            for sub in subs.values() if subs else [parser]:
+                sub.set_defaults({"model": {"class_path": chosen}})
+        super().parse_arguments(parser, args)
+
+    def instantiate_classes(self) -> None:
+        """Instantiate, then record the linked values in the config that ``config.yaml`` saves.
+
+        A value the config sets explicitly (not the class default) that contradicts the data
+        module is an error, never silently replaced.
+        """
+        super().instantiate_classes()
+        self._drop_unaccepted_linked_hparams()
+        config = self.config.get(str(self.subcommand), self.config)
+        model = config.get("model")
+        init = None if model is None else model.get("init_args")
+        if init is None or self.datamodule is None:
+            return
+        defaults = inspect.signature(type(self.model).__init__).parameters
+        for name, fn in {"num_models": _num_models, **_INSTANTIATION_LINKS}.items():
+            if name not in init or not hasattr(self.datamodule, name):
+                continue
+            value, given = fn(self.datamodule), init[name]
+            default = defaults[name].default if name in defaults else value
+            if given not in (value, default):
+                raise ValueError(
+                    f"model.init_args.{name}={given!r} contradicts the data module's {name}="
+                    f"{value!r}; the data module sets it (drop it from the model's arguments)"
+                )
+            init[name] = value
+
+    def _drop_unaccepted_linked_hparams(self) -> None:
+        """Lightning records every applied link in ``hparams``, also one jsonargparse skipped
+        because the class lacks the argument; ``load_from_checkpoint`` would then pass it."""
+        params = inspect.signature(type(self.model).__init__).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return
+        for name in _INSTANTIATION_LINKS:
+            if name in params:
+                continue
+            for attr in ("_hparams", "_hparams_initial"):
+                store = getattr(self.model, attr, None)
+                if store is not None and name in store:
+                    del store[name]
+
+    @staticmethod
+    def _chosen_model(parser: LightningArgumentParser, args: ArgsType) -> str | None:
+        if args is not None and not isinstance(args, (list, tuple)):
+            return None  # a dict or Namespace: parse_object, no class change to probe
+        words = list(sys.argv[1:] if args is None else args)
+        words = [w for w in words if w.split("=")[0] not in _EXITING]
+        sink = io.StringIO()
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            try:
+                cfg = parser.parse_args(words)
+            except (SystemExit, Exception):  # the real parse reports the error
+                return None
+        sub = cfg.get("subcommand")
+        model = cfg.get(f"{sub}.model") if sub else cfg.get("model")
+        return None if model is None else str(model.get("class_path"))
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> SaliencyCLI:
@@ -64,20 +183,24 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> SaliencyCLI
 
     Example:
         >>> from lightning_saliency.cli import cli_main
-        >>> cli = cli_main(["--config", "configs/default.yaml"], run=False)  # doctest: +SKIP
+        >>> cli = cli_main(["fit", "--config", "configs/default.yaml"], run=False)  # doctest: +SKIP
     """
+    words = None if args is None else list(args)
+    if words and words[0] == "report":
+        raise ValueError("'report' is not a training subcommand: call lightning_saliency.cli.main")
     return SaliencyCLI(
-        DisjointEnsemble,
+        None,
         DisjointSplitDataModule,
+        subclass_mode_model=True,
         subclass_mode_data=True,
-        args=None if args is None else list(args),
+        args=words,
         run=run,
         save_config_kwargs={"overwrite": True},
     )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: ``lightning-saliency {fit,validate,test,report} ...``."""
+    """Console entry point: ``lightning-saliency {fit,validate,test,predict,report} ...``."""
     words = list(sys.argv[1:] if argv is None else argv)
     if words and words[0] == "report":
         from lightning_saliency.report import main as report_main

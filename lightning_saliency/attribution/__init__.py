@@ -1,7 +1,9 @@
 """Saliency methods, their chunked gradient primitive, super-pixel grouping and the registry.
 
-Pure torch (+ scikit-image for segmentation); no Lightning. Every method is
-``method(model, x, target, **params) -> Tensor`` shaped like ``x`` (float32, detached).
+Pure torch (+ scikit-image for segmentation; Captum only for ``"captum"`` specs); no
+Lightning. Every method is ``method(model, x, target, **params) -> Tensor`` shaped like
+``x`` (float32, detached). Add your own with :func:`register_method`; any Captum class is
+the spec ``{"method": "captum", "attribution": "<Class>", ...}``.
 
 >>> import torch
 >>> from torch import nn
@@ -22,6 +24,8 @@ from lightning_saliency.attribution._core import (
     input_gradients,
     path_nodes,
 )
+from lightning_saliency.attribution._guard import attribution_state
+from lightning_saliency.attribution.captum_adapter import captum_attribution
 from lightning_saliency.attribution.methods import (
     adapt_grad,
     adapt_sigma,
@@ -34,14 +38,19 @@ from lightning_saliency.attribution.methods import (
     var_grad,
 )
 from lightning_saliency.attribution.registry import (
+    FrozenParams,
+    MethodInfo,
     MethodSpec,
     adaptgrad_paper_specs,
     available_methods,
     compute_attribution,
+    method_info,
     method_is_stochastic,
     method_needs_input_range,
+    register_method,
     resolve_method,
     segmenter_args,
+    unregister_method,
 )
 from lightning_saliency.attribution.superpixels import (
     GROUP_REDUCTIONS,
@@ -54,12 +63,16 @@ from lightning_saliency.attribution.superpixels import (
 __all__ = [
     "GROUP_REDUCTIONS",
     "SEGMENTERS",
+    "FrozenParams",
+    "MethodInfo",
     "MethodSpec",
     "activation_memory",
     "adapt_grad",
     "adapt_sigma",
     "adaptgrad_paper_specs",
+    "attribution_state",
     "available_methods",
+    "captum_attribution",
     "compute_attribution",
     "default_segment_params",
     "find_grad_cam_layer",
@@ -69,13 +82,16 @@ __all__ = [
     "group_by_segments",
     "input_gradients",
     "integrated_gradients",
+    "method_info",
     "method_is_stochastic",
     "method_needs_input_range",
     "path_nodes",
+    "register_method",
     "resolve_method",
     "segment",
     "segmenter_args",
     "simple_grad",
     "smooth_grad",
+    "unregister_method",
     "var_grad",
 ]

@@ -3,33 +3,14 @@
 A :class:`MethodSpec` is one saliency configuration: a method name, its parameters
 (canonical: validated, numbers normalized, defaults and irrelevant entries dropped) and
 an optional super-pixel grouping. :func:`resolve_method` builds one from a config entry
-(``"simple_grad"``, ``{"method": "smooth_grad", "sigma": 0.2, "superpixel": "slic"}``, ...)
-and :func:`compute_attribution` runs it.
+(``"simple_grad"``, ``{"method": "smooth_grad", "sigma": 0.2, "superpixel": "slic"}``,
+``{"method": "captum", "attribution": "DeepLift"}``, ...) and :func:`compute_attribution`
+runs it. Methods come from the open registry (:func:`register_method`, in
+``_registry.py`` with the generic label grammar of user methods); the built-ins and their
+label grammar are in ``_builtins.py``, the Captum adapter in ``captum_adapter.py``.
 
-Label grammar (``MethodSpec.label``; characters ``[A-Za-z0-9_.-]`` only)::
-
-    label    := explicit-label | method { "_" token } [ "_sp-" algorithm { "-" sp-token } ]
-    token    := in this order, each only when it applies:
-                "s" NUM | "nl" NUM      sigma | noise_level    (smooth_grad, var_grad; always)
-                "c" NUM                 confidence             (adapt_grad; always)
-                "gxi" | "ig"            base = grad_x_input | integrated_gradients
-                "sq"                    squared = True
-                "n" INT                 samples    (when != 16)
-                "st" INT                steps      (when != 16; IG and base "ig" only)
-                "gl"                    rule = "gauss_legendre"
-                "b" (NUM | "min" | "max")  baseline (when != 0; IG and base "ig" only)
-                "r" NUM "to" NUM        input_range stored in the spec
-                "lsm"                   output = "log_softmax"
-                "at-" LAYER             grad_cam layer (dotted module name)
-    sp-token := the reduction unless "sum" ("mean", "abs_sum" or "abs_mean")  then
-                KEY VALUE for each segmenter parameter, sorted by key (e.g. "n_segments40")
-    NUM      := shortest repr of the float with a trailing ".0" and any "+" removed
-                (0.2, 1, 1e-05, -0.5); INT := decimal; booleans are "true"/"false"
-
-Examples: ``simple_grad``, ``smooth_grad_s0.2``, ``smooth_grad_s0.2_sp-slic``,
-``smooth_grad_s0.1_gxi``, ``adapt_grad_c0.95``, ``integrated_gradients_st32_gl``,
-``smooth_grad_nl0.2_ig_bmin``, ``grad_cam_at-layer4``, ``simple_grad_sp-slic-mean-n_segments40``,
-``smooth_grad_nl0.2_sp-slic-abs_sum``.
+A super-pixel grouping appends ``"_sp-" algorithm { "-" sp-token }`` to the label
+(``_superpixel_spec.py``).
 Equal configurations (after canonicalization) get equal labels and different ones
 different labels; an explicit ``"label"`` in the config replaces the generated one.
 """
@@ -37,136 +18,50 @@ different labels; an explicit ``"label"`` in the config replaces the generated o
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import re
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_saliency.attribution._core import (
-    OUTPUTS,
-    RULES,
-    check_choice,
-    check_input_range,
-    check_nonneg_float,
-    check_positive_int,
+from lightning_saliency.attribution import (
+    _builtins,  # noqa: F401  (registers the built-ins)
+    captum_adapter,  # noqa: F401  (registers "captum")
 )
-from lightning_saliency.attribution.methods import (
-    BASES,
-    _check_confidence,
-    adapt_grad,
-    grad_cam,
-    grad_x_input,
-    integrated_gradients,
-    simple_grad,
-    smooth_grad,
-    var_grad,
+from lightning_saliency.attribution._guard import guarded
+from lightning_saliency.attribution._registry import (
+    FrozenParams,
+    MethodInfo,
+    format_number,
+    get_method,
+    plain,
+    register_method,
+    registered_names,
+    unregister_method,
 )
-from lightning_saliency.attribution.superpixels import (
-    GROUP_REDUCTIONS,
-    SEGMENTERS,
-    group_by_segments,
-)
+from lightning_saliency.attribution._superpixel_spec import canonical_superpixel, superpixel_suffix
+from lightning_saliency.attribution.superpixels import group_by_segments
 
 __all__ = [
+    "FrozenParams",
+    "MethodInfo",
     "MethodSpec",
     "adaptgrad_paper_specs",
     "available_methods",
     "compute_attribution",
+    "format_number",
+    "method_info",
     "method_is_stochastic",
     "method_needs_input_range",
+    "register_method",
     "resolve_method",
     "segmenter_args",
+    "unregister_method",
 ]
 
-_METHODS: dict[str, Callable[..., Any]] = {
-    "simple_grad": simple_grad,
-    "grad_x_input": grad_x_input,
-    "integrated_gradients": integrated_gradients,
-    "smooth_grad": smooth_grad,
-    "var_grad": var_grad,
-    "adapt_grad": adapt_grad,
-    "grad_cam": grad_cam,
-}
-
-_IG = {"steps": 16, "baseline": None, "rule": "riemann"}
-_SMOOTH = {"samples": 16, "base": "grad", "squared": False, **_IG}
-#: Configurable parameters of each method and their defaults.
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "simple_grad": {"output": "logit"},
-    "grad_x_input": {"output": "logit"},
-    "integrated_gradients": {**_IG, "input_range": None, "output": "logit"},
-    "smooth_grad": {
-        "sigma": None,
-        "noise_level": None,
-        "input_range": None,
-        **_SMOOTH,
-        "output": "logit",
-    },
-    "var_grad": {
-        "sigma": None,
-        "noise_level": None,
-        "input_range": None,
-        "samples": 16,
-        "output": "logit",
-    },
-    "adapt_grad": {"confidence": 0.95, "input_range": None, **_SMOOTH, "output": "logit"},
-    "grad_cam": {"layer": None, "output": "logit"},
-}
-_ALWAYS_SHOWN = ("sigma", "noise_level", "confidence")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-class FrozenParams(Mapping[str, Any]):
-    """A read-only, hashable mapping (keys sorted) used for spec parameters.
-
-    >>> FrozenParams({"b": 1, "a": 2})
-    FrozenParams({'a': 2, 'b': 1})
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
-        self._items = tuple(sorted(dict(data or {}).items()))
-
-    def __getitem__(self, key: str) -> Any:
-        for k, v in self._items:
-            if k == key:
-                return v
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return hash(self._items)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return dict(self._items) == dict(other)
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"FrozenParams({dict(self._items)!r})"
-
-
-# --------------------------------------------------------------------------- formatting
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        r = repr(float(value)).replace("+", "")
-        return r[:-2] if r.endswith(".0") else r
-    return str(value)
 
 
 def _check_label(label: object) -> str:
@@ -177,163 +72,14 @@ def _check_label(label: object) -> str:
     return label
 
 
-# --------------------------------------------------------------------------- canonical form
-def _norm_baseline(value: Any) -> float | str | None:
-    if value is None or value == "zero":
-        return None
-    if isinstance(value, str):
-        check_choice("baseline", value, ("zero", "min", "max"))
-        return value
-    if isinstance(value, Tensor):
-        raise TypeError(
-            "a tensor baseline cannot go in a MethodSpec; call integrated_gradients directly"
-        )
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"baseline must be None, a finite number, 'min' or 'max', got {value!r}")
-    v = float(value)
-    return None if v == 0 else v
-
-
-def _norm_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
-def _norm_layer(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, nn.Module):
-        raise TypeError("a MethodSpec stores grad_cam's layer as a dotted module name (str)")
-    if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_.]+$", value):
-        raise ValueError(f"layer must be a dotted submodule name like 'layer4', got {value!r}")
-    return value
-
-
-_NORMALIZERS: dict[str, Callable[[Any], Any]] = {
-    "sigma": lambda v: None if v is None else check_nonneg_float("sigma", v),
-    "noise_level": lambda v: None if v is None else check_nonneg_float("noise_level", v),
-    "input_range": lambda v: None if v is None else check_input_range(v),
-    "samples": lambda v: check_positive_int("samples", v),
-    "steps": lambda v: check_positive_int("steps", v),
-    "base": lambda v: check_choice("base", v, BASES),
-    "rule": lambda v: check_choice("rule", v, RULES),
-    "output": lambda v: check_choice("output", v, OUTPUTS),
-    "squared": lambda v: _norm_bool("squared", v),
-    "baseline": _norm_baseline,
-    "confidence": _check_confidence,
-    "layer": _norm_layer,
-}
-
-
-def _canonical_params(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    defaults = _DEFAULTS[method]
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {unknown} for method {method!r}; accepted: {sorted(defaults)}"
-        )
-    full = dict(defaults)
-    for key, value in params.items():
-        full[key] = _NORMALIZERS[key](value)
-    if method in ("smooth_grad", "var_grad"):
-        if (full["sigma"] is None) == (full["noise_level"] is None):
-            raise ValueError(
-                f"{method} needs exactly one of sigma (absolute) or noise_level (relative), "
-                f"got sigma={full['sigma']}, noise_level={full['noise_level']}"
-            )
-    if "base" in full and full["base"] != "integrated_gradients":
-        given = [k for k in _IG if full[k] != _IG[k]]
-        if given:
-            raise ValueError(
-                f"{given} only apply with base='integrated_gradients', got base={full['base']!r}"
-            )
-    out = {}
-    for key, value in full.items():
-        if value is None:
-            continue
-        if key in _ALWAYS_SHOWN or value != defaults[key]:
-            out[key] = value
-    return out
-
-
-def _canonical_superpixel(superpixel: Any) -> FrozenParams | None:
-    if superpixel is None:
-        return None
-    if isinstance(superpixel, str):
-        superpixel = {"algorithm": superpixel}
-    if not isinstance(superpixel, Mapping):
-        raise TypeError(
-            "superpixel must be None, an algorithm name or a mapping with 'algorithm', "
-            f"got {superpixel!r}"
-        )
-    sp = dict(superpixel)
-    algorithm = sp.pop("algorithm", None)
-    if algorithm not in SEGMENTERS:
-        raise ValueError(
-            f"unknown super-pixel algorithm {algorithm!r}; known: {sorted(SEGMENTERS)}"
-        )
-    reduction = sp.pop("reduction", "sum")
-    check_choice("superpixel reduction", reduction, GROUP_REDUCTIONS)
-    unknown = sorted(set(sp) - set(SEGMENTERS[algorithm]))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {unknown} for super-pixel algorithm {algorithm!r}; "
-            f"accepted: {list(SEGMENTERS[algorithm])}"
-        )
-    for key, value in sp.items():
-        if not isinstance(value, numbers.Real) or (
-            not isinstance(value, bool) and not math.isfinite(float(value))
-        ):
-            raise TypeError(
-                f"super-pixel parameter {key} must be a finite number or bool, got {value!r}"
-            )
-        if not isinstance(value, bool) and isinstance(value, numbers.Real):
-            sp[key] = int(value) if isinstance(value, numbers.Integral) else float(value)
-    return FrozenParams({"algorithm": algorithm, "reduction": reduction, **sp})
-
-
 def _make_label(
     method: str, params: Mapping[str, Any], superpixel: Mapping[str, Any] | None
 ) -> str:
-    p = params
-    tokens = [method]
-    if "sigma" in p:
-        tokens.append("s" + _fmt(p["sigma"]))
-    if "noise_level" in p:
-        tokens.append("nl" + _fmt(p["noise_level"]))
-    if "confidence" in p:
-        tokens.append("c" + _fmt(p["confidence"]))
-    if "base" in p:
-        tokens.append({"grad_x_input": "gxi", "integrated_gradients": "ig"}[p["base"]])
-    if p.get("squared"):
-        tokens.append("sq")
-    if "samples" in p:
-        tokens.append("n" + _fmt(p["samples"]))
-    if "steps" in p:
-        tokens.append("st" + _fmt(p["steps"]))
-    if p.get("rule") == "gauss_legendre":
-        tokens.append("gl")
-    if "baseline" in p:
-        tokens.append("b" + _fmt(p["baseline"]))
-    if "input_range" in p:
-        lo, hi = p["input_range"]
-        tokens.append(f"r{_fmt(lo)}to{_fmt(hi)}")
-    if p.get("output") == "log_softmax":
-        tokens.append("lsm")
-    if "layer" in p:
-        tokens.append("at-" + p["layer"])
-    label = "_".join(tokens)
+    label = "_".join([method, *get_method(method).label_tokens(params)])
     if superpixel is not None:
-        sp = ["sp", str(superpixel["algorithm"])]
-        if superpixel["reduction"] != "sum":
-            sp.append(str(superpixel["reduction"]))
-        sp += [
-            f"{k}{_fmt(v)}"
-            for k, v in sorted(superpixel.items())
-            if k not in ("algorithm", "reduction")
-        ]
-        label += "_" + "-".join(sp)
+        label += superpixel_suffix(superpixel)
+    if not _LABEL_RE.match(label):
+        raise ValueError(f"method {method!r} made the label {label!r}, not [A-Za-z0-9_.-]+")
     return label
 
 
@@ -356,14 +102,11 @@ class MethodSpec:
     label: str = ""
 
     def __post_init__(self) -> None:
-        if self.method not in _METHODS:
-            raise ValueError(
-                f"unknown saliency method {self.method!r}; known: {', '.join(available_methods())}"
-            )
+        info = get_method(self.method)
         if not isinstance(self.params, Mapping):
             raise TypeError(f"params must be a mapping, got {type(self.params).__name__}")
-        params = FrozenParams(_canonical_params(self.method, self.params))
-        superpixel = _canonical_superpixel(self.superpixel)
+        params = FrozenParams(info.canonical(self.params))
+        superpixel = canonical_superpixel(self.superpixel)
         label = (
             _check_label(self.label) if self.label else _make_label(self.method, params, superpixel)
         )
@@ -445,9 +188,10 @@ class MethodSpec:
         >>> MethodSpec("adapt_grad").samples, MethodSpec("simple_grad").samples
         (16, None)
         """
-        if "samples" not in _DEFAULTS[self.method] or not method_is_stochastic(self):
+        defaults = get_method(self.method).defaults
+        if "samples" not in defaults or not method_is_stochastic(self):
             return None
-        return int(self.params.get("samples", _DEFAULTS[self.method]["samples"]))
+        return int(self.params.get("samples", defaults["samples"]))
 
     @property
     def gradient_base(self) -> str:
@@ -489,7 +233,7 @@ class MethodSpec:
         if set(self.params) - {"noise_level", "sigma", "samples"}:
             return None
         kind, _ = self.noise  # type: ignore[misc]  # smooth_grad always has one
-        return kind, int(self.samples or _DEFAULTS["smooth_grad"]["samples"])
+        return kind, int(self.samples or get_method("smooth_grad").defaults["samples"])
 
     def to_config(self) -> dict[str, Any]:
         """A plain dict that :func:`resolve_method` turns back into an equal spec.
@@ -500,7 +244,7 @@ class MethodSpec:
         """
         config: dict[str, Any] = {"method": self.method}
         for key, value in self.params.items():
-            config[key] = list(value) if isinstance(value, tuple) else value
+            config[key] = plain(value)
         if self.superpixel is not None:
             config["superpixel"] = dict(self.superpixel)
         config["label"] = self.label
@@ -508,12 +252,22 @@ class MethodSpec:
 
 
 def available_methods() -> list[str]:
-    """Names of the registered saliency methods.
+    """Names of the registered saliency methods (built-ins, ``captum``, user methods).
 
-    >>> available_methods()[:3]
-    ['adapt_grad', 'grad_cam', 'grad_x_input']
+    >>> {"adapt_grad", "captum", "simple_grad"} <= set(available_methods())
+    True
     """
-    return sorted(_METHODS)
+    return registered_names()
+
+
+def method_info(method: str | Mapping[str, Any] | MethodSpec) -> MethodInfo:
+    """What a method declared: defaults, normalizers, whether it takes a generator, ...
+
+    >>> method_info("adapt_grad").defaults["confidence"], method_info("simple_grad").takes_generator
+    (0.95, False)
+    """
+    name = method if isinstance(method, str) else resolve_method(method).method
+    return get_method(name)
 
 
 def resolve_method(spec: str | Mapping[str, Any] | MethodSpec) -> MethodSpec:
@@ -562,7 +316,8 @@ def segmenter_args(spec: str | Mapping[str, Any] | MethodSpec) -> dict[str, Any]
 
 
 def method_needs_input_range(spec: str | Mapping[str, Any] | MethodSpec) -> bool:
-    """Whether computing the spec needs ``input_range`` (noise_level, adapt_grad, min/max baseline).
+    """Whether computing the spec needs ``input_range`` (noise_level, adapt_grad, min/max
+    baseline; a registered method's ``needs_input_range``) and does not store its own.
 
     >>> method_needs_input_range("adapt_grad"), method_needs_input_range("simple_grad")
     (True, False)
@@ -570,25 +325,18 @@ def method_needs_input_range(spec: str | Mapping[str, Any] | MethodSpec) -> bool
     s = resolve_method(spec)
     if "input_range" in s.params:
         return False
-    return (
-        s.method == "adapt_grad"
-        or "noise_level" in s.params
-        or s.params.get("baseline") in ("min", "max")
-    )
+    return bool(get_method(s.method).needs_input_range(s.params))
 
 
 def method_is_stochastic(spec: str | Mapping[str, Any] | MethodSpec) -> bool:
-    """Whether the spec draws noise (smooth_grad/var_grad with a nonzero scale, adapt_grad).
+    """Whether the spec draws noise (smooth_grad/var_grad with a nonzero scale, adapt_grad,
+    a registered method's ``stochastic``).
 
     >>> method_is_stochastic({"method": "smooth_grad", "sigma": 0.0})
     False
     """
     s = resolve_method(spec)
-    if s.method == "adapt_grad":
-        return True
-    if s.method in ("smooth_grad", "var_grad"):
-        return bool(s.params.get("sigma") or s.params.get("noise_level"))
-    return False
+    return bool(get_method(s.method).stochastic(s.params))
 
 
 def compute_attribution(
@@ -625,24 +373,22 @@ def compute_attribution(
             f"spec {s.label!r} groups by super-pixels: pass segments (N, H, W) computed once "
             "with segment(unnormalized_images, **segmenter_args(spec))"
         )
-    kwargs: dict[str, Any] = dict(s.params)
-    if "input_range" in _DEFAULTS[s.method] and "input_range" not in kwargs:
+    info = get_method(s.method)
+    kwargs: dict[str, Any] = {k: plain(v, lists=False) for k, v in s.params.items()}
+    if "input_range" in info.defaults and "input_range" not in kwargs:
         if input_range is not None:
             kwargs["input_range"] = input_range
         elif method_needs_input_range(s):
             raise ValueError(f"method {s.label!r} needs input_range=(x_min, x_max)")
-    if s.method in ("smooth_grad", "var_grad", "adapt_grad"):
+    if info.takes_generator:
         kwargs["generator"] = generator
-    maps = _METHODS[s.method](
-        model,
-        x,
-        target,
-        **kwargs,
-        precision=precision,
-        channels_last=channels_last,
-        batch_size=batch_size,
-        memory_budget_mb=memory_budget_mb,
-    )
+    options = {"precision": precision, "channels_last": channels_last,
+               "batch_size": batch_size, "memory_budget_mb": memory_budget_mb}  # fmt: skip
+    kwargs.update({k: v for k, v in options.items() if k in info.options})
+    if info.manages_mode:
+        maps = info.fn(model, x, target, **kwargs)
+    else:
+        maps = guarded(info.fn, s.label, model, x, target, **kwargs)
     if s.superpixel is not None:
         maps = group_by_segments(maps, segments, reduction=s.superpixel["reduction"])
     return maps
@@ -664,8 +410,8 @@ def adaptgrad_paper_specs(noise_level: float = 0.2, confidence: float = 0.95) ->
         ("integrated_gradients", {"baseline": "min"}, "integrated_gradients", {"baseline": "min"}),
         ("integrated_gradients", {"baseline": "max"}, "integrated_gradients", {"baseline": "max"}),
     ]
-    for plain, plain_params, base, extra in bases:
-        specs.append(MethodSpec(plain, plain_params))
+    for first, first_params, base, extra in bases:
+        specs.append(MethodSpec(first, first_params))
         specs.append(MethodSpec("smooth_grad", {"noise_level": noise_level, "base": base, **extra}))
         specs.append(MethodSpec("adapt_grad", {"confidence": confidence, "base": base, **extra}))
     return specs
