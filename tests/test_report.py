@@ -792,3 +792,15 @@ def test_an_all_nan_study_is_reported_not_crashed(tmp_path: Path) -> None:
     a = section((tmp_path / "out" / "report.md").read_text(), "a")
     assert "| 2 | sf2 | simple_grad | nan |" in a
     assert_png(tmp_path / "out" / "split_factor.png")
+
+
+def test_a_method_not_registered_here_is_listed_with_a_warning(tmp_path: Path) -> None:
+    folder = make_run(tmp_path / "u", [(0, "simple_grad", "pairs", "test", "ssim", 0.5),
+                                       (0, "my_method", "pairs", "test", "ssim", 0.4)],
+                      methods=["simple_grad"], write_config=False, methods_json=True)  # fmt: skip
+    saved = json.loads((folder / METHODS_NAME).read_text())
+    saved["methods"].append({"method": "my_method", "label": "my_method"})
+    (folder / METHODS_NAME).write_text(json.dumps(saved))
+    with pytest.warns(UserWarning, match="'my_method' cannot be resolved here"):
+        (run,) = load_runs(folder)
+    assert run.labels == ["simple_grad", "my_method"] and "my_method" not in run.specs

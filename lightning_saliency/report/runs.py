@@ -178,10 +178,21 @@ def _specs(folder: Path, config: Mapping[str, Any]) -> dict[str, MethodSpec]:
     if path.is_file():
         try:
             entries = json.loads(path.read_text(encoding="utf-8-sig"))["methods"]
-            specs = [resolve_method(e) for e in entries]
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{str(path)!r} does not hold method specs: {err}") from err
-        return {s.label: s for s in specs}
+        out: dict[str, MethodSpec] = {}
+        for entry in entries:
+            try:
+                spec = resolve_method(entry)
+            except (ValueError, TypeError, ImportError) as err:  # e.g. a user method not
+                warnings.warn(  # registered here: its rows are still listed, by label
+                    f"{str(path)!r}: method {entry.get('label', entry)!r} cannot be resolved "
+                    f"here ({err}); import the package that registers it to use it in studies",
+                    stacklevel=3,
+                )
+                continue
+            out[spec.label] = spec
+        return out
     out: dict[str, MethodSpec] = {}
     for m in _callback_methods(config):
         try:
