@@ -29,6 +29,10 @@ def test_quickstart_notebook_runs(tmp_path: Path) -> None:
     assert "smoothgrad" in outputs.lower()
     assert "'smoothgrad.png'" in outputs  # the report cell finds the report's plots
     assert "gap [95% CI]" in outputs  # the headline table with intervals
+    assert "smooth_grad_nl0.1_n8 (" in outputs  # a map grid was drawn (its shape printed)
+    shown = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+             if "image/png" in o.get("data", {})]  # fmt: skip
+    assert len(shown) >= 4  # two map grids and the report's plots
     errors = [
         o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"
     ]
