@@ -55,6 +55,10 @@ def check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> Non
     if args["batch_size"] is not None:
         _int_at_least("batch_size", args["batch_size"], 1)
     _check_topk(args["topk"])
+    overhead = args["max_overhead"]
+    if overhead is not None and (isinstance(overhead, bool) or not isinstance(overhead, numbers.Real)
+                                 or not 0 < float(overhead) < math.inf):  # fmt: skip
+        raise ValueError(f"max_overhead must be a fraction > 0 of the training time, or None; got {overhead!r}")
     for name in ("normalize", "channels_last"):
         if not isinstance(args[name], bool):
             raise ValueError(f"{name} must be True or False; got {args[name]!r}")

@@ -10,6 +10,7 @@ SmoothGrad, AdaptGrad and super-pixel grouping shrink the gap. See
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -18,7 +19,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
@@ -46,6 +47,7 @@ from lightning_saliency.generalization import (
 from . import _checks, _logging, _setup, _tensorboard
 from ._probes import ProbeSet
 from ._run_files import RunRecord
+from ._schedule import Schedule
 
 __all__ = ["DEFAULT_METHODS", "InterpretationGeneralization"]
 
@@ -118,7 +120,11 @@ class InterpretationGeneralization(Callback):
         methods: method names or specs of :func:`lightning_saliency.attribution.resolve_method`.
         num_train_probes: probes per model drawn from its own training split.
         num_test_probes: held-out probes, the same for every model.
-        every_n_epochs: monitor every n-th training epoch.
+        every_n_epochs: monitor every n-th training epoch (the last epoch always).
+        max_overhead: the monitoring cost the callback keeps, as a fraction of the fit's
+            training time (default 0.1): it times itself and the training epochs and spreads
+            the monitored epochs it can afford over the fit, always monitoring the first and
+            the last; ``None`` monitors every ``every_n_epochs`` epochs whatever the cost.
         reference: reference model (module or checkpoint path) for single-model modules.
         normalize: compare unit-L2-normalized maps (paper 000) instead of raw ones.
         target: explain the true ``"label"`` or the (ensemble's) predicted class ``"pred"``.
@@ -175,6 +181,7 @@ class InterpretationGeneralization(Callback):
         channels_last: bool = False,
         topk: float = 0.1,
         chance_draws: int = CHANCE_DRAWS,
+        max_overhead: float | None = 0.1,
     ) -> None:
         super().__init__()
         self.specs: list[MethodSpec] = [
@@ -213,6 +220,11 @@ class InterpretationGeneralization(Callback):
         self.channels_last = channels_last
         self.topk = topk
         self.chance_draws = chance_draws
+        self.max_overhead = None if max_overhead is None else float(max_overhead)
+        self._schedule = Schedule(every_n_epochs, self.max_overhead)
+        self._epoch_start: float | None = None
+        self._epoch_monitor = 0.0  # seconds the monitor took in the current epoch
+        self._decided: tuple[int, bool] | None = None
 
         # Run state (rebuilt in setup; probe indices and logged epochs travel in checkpoints).
         self.probes: ProbeSet | None = None
@@ -267,6 +279,7 @@ class InterpretationGeneralization(Callback):
             "final_values": dict(self.final_values),
             # last monitored epoch's test-probe maps: drift of the first resumed epoch
             "previous": None if self.previous is None else dict(self.previous),
+            "schedule": self._schedule.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -281,6 +294,7 @@ class InterpretationGeneralization(Callback):
             str(k): float(v) for k, v in state_dict.get("final_values", {}).items()
         }
         self.previous = state_dict.get("previous")
+        self._schedule.load_state_dict(state_dict.get("schedule", {}))
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -301,7 +315,8 @@ class InterpretationGeneralization(Callback):
         if stage == "fit":
             # A new fit starts a new run; a checkpoint restore (after setup) refills this.
             self.logged_epochs, self.final_values, self.previous = [], {}, None
-            self._loaded_indices, self._last = None, None
+            self._loaded_indices, self._last, self._decided = None, None, None
+            self._schedule = Schedule(self.every_n_epochs, self.max_overhead)
         models = _setup.models_of(pl_module)
         self._reference_module = (
             _setup.load_reference(self.reference, pl_module) if len(models) == 1 else None
@@ -413,12 +428,32 @@ class InterpretationGeneralization(Callback):
             # the checkpointed epoch's own scalars and images sit before it
             _purge_tensorboard_after(trainer, trainer.global_step)
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start, self._epoch_monitor = time.perf_counter(), 0.0
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
-        if self._is_monitored(epoch) and epoch > self._last_logged_epoch:
+        if epoch > self._last_logged_epoch and self._due(trainer, epoch):
             self._monitor(trainer, pl_module, epoch=epoch, stage="fit")
+        if self._epoch_start is not None:  # this epoch's training time, the monitor's excluded
+            spent = time.perf_counter() - self._epoch_start - self._epoch_monitor
+            self._schedule.record_training(spent)
+            self._epoch_start = None
+
+    def _due(self, trainer: pl.Trainer, epoch: int) -> bool:
+        """Whether to monitor ``epoch`` (decided once per epoch, the same on every rank)."""
+        if self._decided is not None and self._decided[0] == epoch:
+            return self._decided[1]
+        last = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else None
+        due, reason = self._schedule.due(epoch, last)
+        due = bool(trainer.strategy.broadcast(due, src=0))
+        if not due and reason != "every_n_epochs":
+            self._schedule.record_skip(epoch, reason)
+            rank_zero_info(f"InterpretationGeneralization: epoch {epoch} not monitored ({reason})")
+        self._decided = (epoch, due)
+        return due
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -434,8 +469,8 @@ class InterpretationGeneralization(Callback):
         if (
             trainer.state.fn == "fit"
             and _compat.training_epoch_finished(trainer)
-            and self._is_monitored(epoch)
             and epoch > self._last_logged_epoch
+            and self._due(trainer, epoch)
         ):
             self._monitor(trainer, pl_module, epoch=epoch, stage="fit")
 
@@ -449,15 +484,16 @@ class InterpretationGeneralization(Callback):
         tags = [k.tag for k in self._last if k.in_tensorboard(self._sources) and _is_headline(k)]
         _logging.write_hparams(trainer, self.settings, tags)
         text = _logging.summary_text(self._last, [s.label for s in self.specs], self._record.folder)
+        text += f"\nmonitored epochs: {self.logged_epochs}"
+        if self._schedule.skipped:
+            budget = self._schedule.max_overhead
+            text += f" (the others skipped to keep monitoring within {budget:.0%} of training time)"
         _logging.print_summary(trainer, text)
 
     # ------------------------------------------------------------------ work
     @property
     def _last_logged_epoch(self) -> int:
         return max(self.logged_epochs, default=-1)
-
-    def _is_monitored(self, epoch: int) -> bool:
-        return (epoch + 1) % self.every_n_epochs == 0
 
     def _to_device(self, pl_module: pl.LightningModule) -> None:
         if self.probes is None:
@@ -511,10 +547,15 @@ class InterpretationGeneralization(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, stage: str
     ) -> None:
         bar = _logging.MonitorProgress(trainer, len({s.pixel_twin for s in self.specs}), epoch)
+        start = time.perf_counter()
         try:
             result = self.evaluate(pl_module, stage, progress=bar.step)
         finally:
             bar.close()
+        if stage == "fit":
+            seconds = time.perf_counter() - start
+            self._schedule.record_monitor(epoch, seconds)
+            self._epoch_monitor += seconds
         k_models = len(_setup.models_of(pl_module))
         self._sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
         if stage == "fit":
