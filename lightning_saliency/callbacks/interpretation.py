@@ -32,11 +32,12 @@ from lightning_saliency.generalization import (
     METHODS_NAME,
     REFERENCE_FAMILIES,
     EpochEvaluation,
-    compute_maps,
+    compute_pixel_maps,
     custom_scalars_layout,
     epoch_rows,
     evaluate_epoch,
     figure_tag,
+    group_maps,
     image_tag,
     model_logits,
     nonfinite_key,
@@ -63,6 +64,26 @@ DEFAULT_METHODS: tuple[str | dict[str, Any], ...] = (
     {"method": "simple_grad", "superpixel": "slic"},
     {"method": "smooth_grad", "noise_level": 0.2, "samples": 16, "superpixel": "slic"},
 )
+
+def _sharded_pixel_maps(trainer: pl.Trainer | None, sources: list[nn.Module], *args: Any,
+                        **kw: Any) -> dict:  # fmt: skip
+    """Pixel maps of every source; under DDP, process r explains sources r, r + W, ... and
+    the maps are gathered (each source's maps depend on that source only: the same result)."""
+    world = 1 if trainer is None else int(trainer.world_size)
+    if world <= 1:
+        return compute_pixel_maps(sources, *args, **kw)
+    rank, m = int(trainer.global_rank), len(sources)  # type: ignore[union-attr]
+    mine = list(range(rank, m, world))
+    local = compute_pixel_maps([sources[i] for i in mine], *args, **kw)
+    per = -(-m // world)  # the most sources any process has
+    out = {}
+    for twin, maps in local.items():
+        padded = torch.zeros((per, *maps.shape[1:]), dtype=maps.dtype, device=maps.device)
+        padded[: maps.shape[0]] = maps
+        gathered = trainer.strategy.all_gather(padded)  # type: ignore[union-attr]  # (W, per, ...)
+        out[twin] = torch.stack([gathered[i % world, i // world] for i in range(m)])
+    return out
+
 
 def _is_last_epoch(trainer: pl.Trainer, epoch: int) -> bool:
     """The fit's last epoch (by max_epochs, or stopping early): its images are always logged."""
@@ -521,9 +542,17 @@ class InterpretationGeneralization(Callback):
         return {"methods": [s.to_config() for s in self.specs], "settings": {stage: settings}}
 
     def evaluate(
-        self, pl_module: pl.LightningModule, stage: str = "fit", progress: Any = None
+        self,
+        pl_module: pl.LightningModule,
+        stage: str = "fit",
+        progress: Any = None,
+        trainer: pl.Trainer | None = None,
     ) -> EpochEvaluation:
-        """Explain the probes with every method and compute every number (no logging)."""
+        """Explain the probes with every method and compute every number (no logging).
+
+        Under DDP (``trainer`` with several processes) each process explains its share of
+        the models and the maps are gathered, so every process ends with the same numbers.
+        """
         assert self.probes is not None
         models = _setup.models_of(pl_module)
         sources = models + ([self._reference_module] if self._reference_module is not None else [])
@@ -531,11 +560,12 @@ class InterpretationGeneralization(Callback):
             probes = self._materialize(self.probes)
             logits = model_logits(sources, probes.x, self.batch_size or 256)
             target = probes.y if self.target == "label" else logits[: len(models)].mean(0).argmax(-1)
-            maps = compute_maps(
-                sources, probes.x, target, self.specs, seed=self.seed, segments=self.segments,
+            pixel = _sharded_pixel_maps(
+                trainer, sources, probes.x, target, self.specs, seed=self.seed,
                 input_range=self._range, precision=self.precision,
                 channels_last=self.channels_last, batch_size=self.batch_size, progress=progress,
             )  # fmt: skip
+            maps = group_maps(self.specs, pixel, self.segments)
             return evaluate_epoch(
                 maps, probes.layout, self.specs, labels=probes.y, preds=predictions(logits),
                 families=self.families, normalize=self.normalize, topk=self.topk,
@@ -549,7 +579,7 @@ class InterpretationGeneralization(Callback):
         bar = _logging.MonitorProgress(trainer, len({s.pixel_twin for s in self.specs}), epoch)
         start = time.perf_counter()
         try:
-            result = self.evaluate(pl_module, stage, progress=bar.step)
+            result = self.evaluate(pl_module, stage, progress=bar.step, trainer=trainer)
         finally:
             bar.close()
         if stage == "fit":

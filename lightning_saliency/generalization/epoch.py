@@ -57,7 +57,9 @@ from .statistics import BOOTSTRAP_RESAMPLES, Estimate, Statistic, bootstrap_coun
 __all__ = [
     "EpochEvaluation",
     "compute_maps",
+    "compute_pixel_maps",
     "evaluate_epoch",
+    "group_maps",
     "model_logits",
     "nonfinite_key",
     "predictions",
@@ -113,18 +115,51 @@ def compute_maps(
     Noise comes from a generator seeded by ``spec.noise_seed(seed)``, the same for every
     model (common random numbers). ``progress(label)`` is called after each attribution pass.
     """
+    pixel = compute_pixel_maps(
+        models, x, target, specs, seed=seed, input_range=input_range, precision=precision,
+        channels_last=channels_last, batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    return group_maps(specs, pixel, segments)
+
+
+def compute_pixel_maps(
+    models: Sequence[nn.Module],
+    x: Tensor,
+    target: Tensor,
+    specs: Sequence[MethodSpec],
+    *,
+    seed: int = 0,
+    input_range: tuple[float, float] | None = None,
+    precision: str = "32",
+    channels_last: bool = False,
+    batch_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[MethodSpec, Tensor]:
+    """The pixel maps ``(M, N, C, H, W)`` of each distinct pixel twin of ``specs``.
+
+    Each model's maps depend only on that model (its noise generator is the spec's), so
+    the models can be split between processes and the maps gathered: the result is the same.
+    """
     options = {"input_range": input_range, "precision": precision,
                "channels_last": channels_last, "batch_size": batch_size}  # fmt: skip
     pixel: dict[MethodSpec, Tensor] = {}
-    out: dict[str, MapStack] = {}
     for spec in specs:
         twin = spec.pixel_twin
         if twin not in pixel:
-            pixel[twin] = torch.stack([_maps(twin, m, x, target, seed, options) for m in models])
+            maps = [_maps(twin, m, x, target, seed, options) for m in models]
+            pixel[twin] = torch.stack(maps) if maps else x.new_zeros((0, *x.shape))
             if progress is not None:
                 progress(twin.label)
-        out[spec.label] = _grouped(spec, pixel[twin], segments)
-    return out
+    return pixel
+
+
+def group_maps(
+    specs: Sequence[MethodSpec],
+    pixel: Mapping[MethodSpec, Tensor],
+    segments: Mapping[str, Tensor] | None = None,
+) -> dict[str, MapStack]:
+    """Every spec's :class:`MapStack` from its pixel twin's maps (grouped by its segments)."""
+    return {spec.label: _grouped(spec, pixel[spec.pixel_twin], segments) for spec in specs}
 
 
 def _maps(spec: MethodSpec, model: nn.Module, x: Tensor, target: Tensor, seed: int,
