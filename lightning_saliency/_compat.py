@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["batches_stepped", "epoch_log_step", "tensorboard_event_writer", "training_epoch_finished"]
+import torch
+from torch.nn.utils.parametrizations import _SpectralNorm as SpectralNormParametrization
+
+__all__ = [
+    "SpectralNormParametrization",
+    "batches_stepped",
+    "default_hp_metric",
+    "epoch_log_step",
+    "set_spectral_vectors",
+    "subcommands_action",
+    "tensorboard_event_writer",
+    "training_epoch_finished",
+]
 
 
 def training_epoch_finished(trainer: Any) -> bool:
@@ -44,3 +56,26 @@ def tensorboard_event_writer(experiment: Any) -> Any:
     """The event-file writer of a ``torch.utils.tensorboard.SummaryWriter``
     (``SummaryWriter._get_file_writer``), to add raw events such as a restart marker."""
     return experiment._get_file_writer()
+
+
+def default_hp_metric(logger: Any) -> bool:
+    """Whether a ``TensorBoardLogger`` writes Lightning's ``hp_metric`` placeholder record
+    (``TensorBoardLogger._default_hp_metric``)."""
+    return bool(getattr(logger, "_default_hp_metric", False))
+
+
+def set_spectral_vectors(sn: Any, u: torch.Tensor | None, v: torch.Tensor | None,
+                         weight: torch.Tensor, steps: int = 3) -> None:  # fmt: skip
+    """Set a spectral-norm parametrization's power-iteration vectors (``_u``, ``_v``; None
+    keeps them) and run ``steps`` iterations (``_power_method``), so it starts at the fixed
+    point."""
+    if u is not None and v is not None:
+        sn._u.copy_(u.to(sn._u.dtype))
+        sn._v.copy_(v.to(sn._v.dtype))
+    sn._power_method(weight, steps)
+
+
+def subcommands_action(parser: Any) -> Any:
+    """A LightningCLI parser's subcommands action (jsonargparse's ``_subcommands_action``),
+    to list one more subcommand in ``--help``."""
+    return parser._subcommands_action

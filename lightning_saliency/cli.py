@@ -47,6 +47,7 @@ from typing import Any
 
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from lightning_saliency import _compat
 from lightning_saliency.data import DisjointSplitDataModule
 
 __all__ = ["DEFAULT_MODEL", "REPORT_HELP", "SaliencyCLI", "cli_main", "main"]
@@ -101,7 +102,7 @@ class SaliencyCLI(LightningCLI):
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
-        action = parser._subcommands_action  # listed in --help; ``main`` runs it
+        action = _compat.subcommands_action(parser)  # listed in --help; ``main`` runs it
         if action is not None:
             report = LightningArgumentParser(description=REPORT_HELP)
             action.add_subcommand("report", report, help=REPORT_HELP)

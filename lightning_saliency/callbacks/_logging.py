@@ -75,7 +75,7 @@ def write_hparams(
     for logger in trainer.loggers:
         if not isinstance(logger, TensorBoardLogger):
             continue
-        if getattr(logger, "_default_hp_metric", False):
+        if _compat.default_hp_metric(logger):
             rank_zero_warn(
                 "InterpretationGeneralization: this TensorBoardLogger already wrote Lightning's "
                 "HParams record (hp_metric = -1), and TensorBoard shows only the first record of a "

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
+from torch.nn.utils.parametrizations import spectral_norm
 
+from lightning_saliency._compat import SpectralNormParametrization, set_spectral_vectors
 from lightning_saliency._modes import eval_mode
 
 __all__ = ["apply_spectral_norm", "capacity", "spectral_layers", "spectral_norms"]
@@ -92,7 +93,7 @@ def _weight_matrix(module: nn.Module, weight: Tensor) -> Tensor:
 def _has_spectral_norm(module: nn.Module) -> bool:
     if not parametrize.is_parametrized(module, "weight"):
         return False
-    return any(isinstance(p, _SpectralNorm) for p in module.parametrizations["weight"])
+    return any(isinstance(p, SpectralNormParametrization) for p in module.parametrizations["weight"])
 
 
 def apply_spectral_norm(model: nn.Module, factor: float, n_power_iterations: int = 1) -> nn.Module:
@@ -145,11 +146,10 @@ def apply_spectral_norm(model: nn.Module, factor: float, n_power_iterations: int
             sn = module.parametrizations["weight"][0]
             w = _weight_matrix(module, module.parametrizations["weight"].original)
             u, s, vh = torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False)
-            if s[0] > 0:
-                sn._u.copy_(u[:, 0].to(sn._u.dtype))
-                sn._v.copy_(vh[0].conj().to(sn._v.dtype))
             # a few power-iteration steps from the exact vectors keep them at the fixed point
-            sn._power_method(w.detach(), 3)
+            exact = s[0] > 0
+            set_spectral_vectors(sn, u[:, 0] if exact else None, vh[0].conj() if exact else None,
+                                 w.detach())  # fmt: skip
     return model
 
 
