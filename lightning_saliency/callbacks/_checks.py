@@ -59,6 +59,10 @@ def check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> Non
     if overhead is not None and (isinstance(overhead, bool) or not isinstance(overhead, numbers.Real)
                                  or not 0 < float(overhead) < math.inf):  # fmt: skip
         raise ValueError(f"max_overhead must be a fraction > 0 of the training time, or None; got {overhead!r}")
+    if args["is_ensemble"] not in (None, True, False):
+        raise ValueError(f"is_ensemble must be None, True or False; got {args['is_ensemble']!r}")
+    if args["probe_transform"] is not None and not callable(args["probe_transform"]):
+        raise ValueError("probe_transform must be callable (e.g. a torchvision transform)")
     for name in ("normalize", "channels_last"):
         if not isinstance(args[name], bool):
             raise ValueError(f"{name} must be True or False; got {args[name]!r}")

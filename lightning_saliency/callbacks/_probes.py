@@ -7,8 +7,9 @@ resumed run rebuilds exactly the same tensors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 
 from lightning_saliency.generalization import ProbeLayout
 
-__all__ = ["ProbeSet", "as_dataset", "draw_indices", "gather"]
+__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "ProbeSet", "as_dataset", "draw_indices", "gather"]
 
 
 class _TensorPairs(Dataset):
@@ -84,23 +85,64 @@ def draw_indices(n_available: int, n: int, generator: torch.Generator, what: str
     return torch.randperm(n_available, generator=generator)[:n]
 
 
-def gather(dataset: Dataset, indices: Tensor) -> tuple[Tensor, Tensor]:
+#: Keys a probe dataset's dict items may hold their image and label under (first found).
+IMAGE_KEYS = ("image", "pixel_values", "img", "x", "input", "inputs")
+LABEL_KEYS = ("label", "labels", "target", "y", "class")
+
+
+def _split_item(item: Any, index: int) -> tuple[Any, Any]:
+    """(image, label) of one dataset item: a pair, a dict, or the image alone (label -1)."""
+    if isinstance(item, Mapping):
+        image = next((item[k] for k in IMAGE_KEYS if k in item), None)
+        if image is None:
+            raise ValueError(
+                f"probe dataset item {index} is a dict with keys {sorted(item)}; its image must "
+                f"be under one of {list(IMAGE_KEYS)}"
+            )
+        return image, next((item[k] for k in LABEL_KEYS if k in item), -1)
+    if isinstance(item, (tuple, list)):
+        return item[0], item[1] if len(item) > 1 else -1
+    return item, -1
+
+
+def _as_image(x: Any, transform: Callable[[Any], Any] | None, index: int) -> Tensor:
+    if transform is not None:
+        x = transform(x)
+    if not isinstance(x, Tensor) and hasattr(x, "convert") and hasattr(x, "size"):  # a PIL image
+        from torchvision.transforms.functional import pil_to_tensor
+
+        x = pil_to_tensor(x).float() / 255.0
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"probe dataset item {index}: cannot make a tensor image of a "
+            f"{type(x).__name__}; pass probe_transform= to convert it"
+        ) from err
+
+
+def gather(
+    dataset: Dataset, indices: Tensor, transform: Callable[[Any], Any] | None = None
+) -> tuple[Tensor, Tensor]:
     """Stack ``dataset[i]`` for the given indices into ``(images, labels)`` tensors.
+
+    An item is an ``(image, label)`` pair, a dict (image under one of :data:`IMAGE_KEYS`,
+    label under one of :data:`LABEL_KEYS`; HuggingFace datasets), or an image alone; an
+    image is a tensor, an array or a PIL image (scaled to [0, 1]), after ``transform``.
 
     Example:
         >>> x, y = gather(as_dataset(torch.ones(5, 1, 2, 2)), torch.tensor([0, 3]))
         >>> tuple(x.shape), y.tolist()
         ((2, 1, 2, 2), [-1, -1])
+        >>> x, y = gather([{"pixel_values": torch.zeros(1, 2, 2), "label": 7}], torch.tensor([0]))
+        >>> y.tolist()
+        [7]
     """
     xs, ys = [], []
     for i in indices.tolist():
-        item = dataset[i]
-        if isinstance(item, (tuple, list)):
-            x, y = item[0], item[1] if len(item) > 1 else -1
-        else:
-            x, y = item, -1
-        xs.append(torch.as_tensor(x))
-        ys.append(int(torch.as_tensor(y)))
+        image, label = _split_item(dataset[i], i)
+        xs.append(_as_image(image, transform, i))
+        ys.append(int(torch.as_tensor(label)))
     x = torch.stack(xs).float()
     if x.ndim != 4:
         raise ValueError(

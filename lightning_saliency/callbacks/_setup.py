@@ -33,12 +33,22 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
 
 
-def models_of(pl_module: nn.Module) -> list[nn.Module]:
-    """The monitored models: an ensemble's ``models`` ModuleList, else the module itself."""
+def models_of(pl_module: nn.Module, is_ensemble: bool | None = None) -> list[nn.Module]:
+    """The monitored models: an ensemble's ``models`` ModuleList, else the module itself.
+
+    ``is_ensemble`` None detects the ensemble (a non-empty ``nn.ModuleList`` named
+    ``models``); False monitors the module as one model whatever it holds; True requires it.
+    """
     models = getattr(pl_module, "models", None)
-    if isinstance(models, nn.ModuleList) and len(models) > 0:
-        return list(models)
-    return [pl_module]
+    found = isinstance(models, nn.ModuleList) and len(models) > 0
+    if is_ensemble is False or (is_ensemble is None and not found):
+        return [pl_module]
+    if not found:
+        raise ValueError(
+            "is_ensemble=True but the module has no non-empty nn.ModuleList named `models`; "
+            "an ensemble keeps its K models there (see DisjointEnsemble)"
+        )
+    return list(models)  # type: ignore[arg-type]
 
 
 def load_reference(reference: Any, pl_module: pl.LightningModule) -> nn.Module | None:
@@ -103,6 +113,7 @@ def draw_probes(
     test_probes: Any = None,
     loaded: dict[str, list[int]] | None = None,
     need_labels: bool = True,
+    transform: Callable[[Any], Any] | None = None,
 ) -> ProbeSet:
     """The fixed probes of a run: drawn with a dedicated generator, or the checkpoint's."""
     train_sets, test_set = _probe_sources(trainer, k_models, train_probes, test_probes)
@@ -115,12 +126,12 @@ def draw_probes(
         if loaded is not None and key in loaded:
             idx = torch.tensor(loaded[key], dtype=torch.long)
         indices[key] = idx.tolist()
-        parts.append(gather(ds, idx))
+        parts.append(gather(ds, idx, transform))
     idx = draw_indices(len(test_set), num_test, gen, "test")
     if loaded is not None and "test" in loaded:
         idx = torch.tensor(loaded["test"], dtype=torch.long)
     indices["test"] = idx.tolist()
-    probes = ProbeSet.build(parts, gather(test_set, idx), indices)
+    probes = ProbeSet.build(parts, gather(test_set, idx, transform), indices)
     if need_labels and bool((probes.y < 0).any()):
         raise ValueError("the probes have no labels: pass (images, labels) or use target='pred'")
     return probes

@@ -166,6 +166,10 @@ class InterpretationGeneralization(Callback):
         topk: fraction (or count) of pixels for the top-k intersection.
         chance_draws: random derangements of the probes the class-blind chance level of
             every agreement averages over (``docs/metrics.md``).
+        is_ensemble: None detects an ensemble (a ``models`` ModuleList, as in
+            DisjointEnsemble); False monitors the module as one model whatever it holds.
+        probe_transform: applied to each probe image of a dataset (e.g. a torchvision
+            transform for PIL images); dict items give their image and label by key.
 
     Example:
         >>> import lightning as L
@@ -203,6 +207,8 @@ class InterpretationGeneralization(Callback):
         topk: float = 0.1,
         chance_draws: int = CHANCE_DRAWS,
         max_overhead: float | None = 0.1,
+        is_ensemble: bool | None = None,
+        probe_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__()
         self.specs: list[MethodSpec] = [
@@ -241,6 +247,8 @@ class InterpretationGeneralization(Callback):
         self.channels_last = channels_last
         self.topk = topk
         self.chance_draws = chance_draws
+        self.is_ensemble = is_ensemble
+        self.probe_transform = probe_transform
         self.max_overhead = None if max_overhead is None else float(max_overhead)
         self._schedule = Schedule(every_n_epochs, self.max_overhead)
         self._epoch_start: float | None = None
@@ -338,7 +346,7 @@ class InterpretationGeneralization(Callback):
             self.logged_epochs, self.final_values, self.previous = [], {}, None
             self._loaded_indices, self._last, self._decided = None, None, None
             self._schedule = Schedule(self.every_n_epochs, self.max_overhead)
-        models = _setup.models_of(pl_module)
+        models = _setup.models_of(pl_module, self.is_ensemble)
         self._reference_module = (
             _setup.load_reference(self.reference, pl_module) if len(models) == 1 else None
         )
@@ -381,7 +389,7 @@ class InterpretationGeneralization(Callback):
         self.probes = _setup.draw_probes(
             trainer, k_models, num_train=self.num_train_probes, num_test=self.num_test_probes,
             seed=self.seed, train_probes=self.train_probes, test_probes=self.test_probes,
-            loaded=loaded, need_labels=self.target == "label",
+            loaded=loaded, need_labels=self.target == "label", transform=self.probe_transform,
         )  # fmt: skip
         dm = getattr(trainer, "datamodule", None)
         self._range, self._unnormalize = self.input_range, self.unnormalize
@@ -419,7 +427,7 @@ class InterpretationGeneralization(Callback):
             and self.probes is not None
             and self._loaded_indices != self.probes.indices
         ):
-            k_models = len(_setup.models_of(pl_module))
+            k_models = len(_setup.models_of(pl_module, self.is_ensemble))
             self._prepare_probes(trainer, k_models, self._loaded_indices)
         if self._loaded_indices is None:  # a fresh fit, not a resume: a fresh record
             self._record.check_fresh("fit")
@@ -554,7 +562,7 @@ class InterpretationGeneralization(Callback):
         the models and the maps are gathered, so every process ends with the same numbers.
         """
         assert self.probes is not None
-        models = _setup.models_of(pl_module)
+        models = _setup.models_of(pl_module, self.is_ensemble)
         sources = models + ([self._reference_module] if self._reference_module is not None else [])
         with isolate_rng(), torch.inference_mode(False), torch.enable_grad():
             probes = self._materialize(self.probes)
@@ -586,7 +594,7 @@ class InterpretationGeneralization(Callback):
             seconds = time.perf_counter() - start
             self._schedule.record_monitor(epoch, seconds)
             self._epoch_monitor += seconds
-        k_models = len(_setup.models_of(pl_module))
+        k_models = len(_setup.models_of(pl_module, self.is_ensemble))
         self._sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
         if stage == "fit":
             test = self.probes.layout.test  # type: ignore[union-attr]
@@ -660,7 +668,7 @@ class InterpretationGeneralization(Callback):
             return
         baseline = next((s.label for s in self.specs if s.is_plain_baseline), None)
         layout = custom_scalars_layout(
-            [s.label for s in self.specs], len(_setup.models_of(trainer.lightning_module)),
+            [s.label for s in self.specs], len(_setup.models_of(trainer.lightning_module, self.is_ensemble)),
             reference=self._reference_module is not None, baseline=baseline,
         )  # fmt: skip
         for logger in trainer.loggers:
