@@ -13,7 +13,14 @@ from torch import Tensor
 from lightning_saliency.attribution import MethodSpec
 from lightning_saliency.generalization import FAMILIES
 
-__all__ = ["IDENTITY", "check_arguments", "check_probe_values", "settings_changes"]
+__all__ = [
+    "IDENTITY",
+    "check_arguments",
+    "check_probe_values",
+    "resume_error",
+    "saturated_fraction",
+    "settings_changes",
+]
 
 #: Settings that define which probes are explained and how the numbers are computed: a
 #: resumed run must keep them (else its epochs would not be comparable).
@@ -142,3 +149,13 @@ def saturated_fraction(x: Tensor, input_range: tuple[float, float], tol: float =
     lo, hi = input_range
     band = tol * (hi - lo)
     return float(((x <= lo + band) | (x >= hi - band)).double().mean())
+
+
+def resume_error(changes: list[str]) -> ValueError:
+    """The refusal of a resume whose callback settings changed, naming each change."""
+    return ValueError(
+        "InterpretationGeneralization: the checkpoint was written with other settings ("
+        + "; ".join(changes)
+        + "). Its probes and methods define this run's numbers: resume with the checkpoint's "
+        "settings, or start a new run in a new folder."
+    )

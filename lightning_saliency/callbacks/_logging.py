@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,38 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_saliency import _compat
-from lightning_saliency.generalization import Estimate, MetricKey, format_headline, headline
+from lightning_saliency.attribution import MethodSpec
+from lightning_saliency.generalization import (
+    CSV_NAME,
+    METHODS_NAME,
+    EpochEvaluation,
+    Estimate,
+    MetricKey,
+    custom_scalars_layout,
+    figure_tag,
+    format_headline,
+    headline,
+    image_tag,
+    nonfinite_key,
+    tensorboard_scalars,
+)
 
-__all__ = ["MonitorProgress", "log_images", "summary_text", "write_hparams"]
+from . import _tensorboard
+
+__all__ = [
+    "MonitorProgress",
+    "add_layout",
+    "has_media_logger",
+    "is_headline",
+    "log_images",
+    "log_media",
+    "log_scalars",
+    "print_summary",
+    "purge_tensorboard_after",
+    "summary_text",
+    "warn_nonfinite",
+    "write_hparams",
+]
 
 
 def _logger_kind(logger: Any) -> str:
@@ -132,3 +162,97 @@ class MonitorProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def is_headline(key: MetricKey) -> bool:
+    """The numbers the HParams tab lists: gap, test loss, headline agreements above chance,
+    gap reduction, test prediction agreement."""
+    if key.metric == "loss":
+        return key.split == "test" and key.aggregate == "mean"
+    if key.metric == "prediction_agreement":
+        return key.split == "test"
+    return key.aggregate in ("mean", "pairs") and key.split in ("gap", "test") and key.metric in (
+        "gap", "gap_reduction", "spearman_above_chance", "ssim_above_chance")  # fmt: skip
+
+
+def purge_tensorboard_after(trainer: pl.Trainer, step: int) -> None:
+    """Hide events at ``step`` and later that a run wrote before it was resumed.
+
+    TensorBoard's own restart marker (what ``SummaryWriter(purge_step=...)`` writes): a
+    resumed run re-logs those steps, so without it they would show twice.
+    """
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            writer = _compat.tensorboard_event_writer(logger.experiment)
+            writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+
+
+def warn_nonfinite(result: EpochEvaluation, epoch: int, stage: str) -> None:
+    """One warning naming every method with non-finite maps, and how many probes."""
+    bad = {lb: int(result.estimates[nonfinite_key(lb, stage)].value) for lb in result.methods}
+    bad = {lb: n for lb, n in bad.items() if n}
+    if bad:
+        n = result.maps[result.methods[0]].shape[1]
+        rank_zero_warn(
+            f"InterpretationGeneralization ({stage}, epoch {epoch}): non-finite maps on "
+            + ", ".join(f"{lb}: {k} of {n} probes" for lb, k in bad.items())
+            + "; every number over those probes is NaN (with the count in `nonfinite`). "
+            "A model with NaN weights, or a method that overflows, gives this."
+        )
+
+
+def log_scalars(trainer: pl.Trainer, pl_module: pl.LightningModule, result: EpochEvaluation,
+                stage: str, warned: bool) -> bool:  # fmt: skip
+    """Every TensorBoard-bound number through ``pl_module.log`` (so every logger gets it);
+    returns whether the no-media-logger warning has been given."""
+    sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
+    metrics = tensorboard_scalars(result.estimates, sources)
+    if not has_media_logger(trainer) and not warned:
+        warned = True
+        rank_zero_warn(
+            "InterpretationGeneralization: no TensorBoard, W&B or MLflow logger, so no image "
+            "grids or figures; scalars still go through the module's logging and "
+            f"{CSV_NAME} and {METHODS_NAME} are still written."
+        )
+    to_logger = bool(trainer.loggers)  # without one, Lightning warns once per name
+    on_epoch = {"on_step": False, "on_epoch": True} if stage == "fit" else {}
+    # Logged from every rank with identical values; rank_zero_only avoids any collective.
+    for name, value in metrics.items():
+        pl_module.log(name, value, rank_zero_only=True, logger=to_logger, **on_epoch)
+    return warned
+
+
+def add_layout(trainer: pl.Trainer, specs: Sequence[MethodSpec], k_models: int, reference: bool) -> None:
+    """The custom-scalars layout, once, into every TensorBoard logger."""
+    baseline = next((s.label for s in specs if s.is_plain_baseline), None)
+    layout = custom_scalars_layout([s.label for s in specs], k_models, reference=reference,
+                                   baseline=baseline)  # fmt: skip
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_custom_scalars(layout)
+
+
+def log_media(trainer: pl.Trainer, result: EpochEvaluation, specs: Sequence[MethodSpec],
+              probes: Any, num_images: int, step: int, k_models: int, epoch: int) -> None:  # fmt: skip
+    """Map grids of the first test probes and the epoch's figures, to every media logger."""
+    if not has_media_logger(trainer):
+        return
+    test = probes.part("test")
+    rows = slice(test.start, test.start + min(num_images, test.stop - test.start))
+    images = {
+        image_tag(label): _tensorboard.map_grid(probes.images[rows].cpu(), maps[:, rows].cpu(),
+                                                k_models, title=f"{label}, epoch {epoch}")
+        for label, maps in result.maps.items()
+    }
+    stage = next(iter(result.estimates)).stage if result.estimates else "fit"
+    try:
+        figures = _tensorboard.figures(result.estimates, specs, stage, epoch)
+    except Exception as err:  # a broken figure must never stop training
+        warnings.warn(f"InterpretationGeneralization: could not draw figures: {err}", stacklevel=2)
+        figures = {}
+    for name, fig in figures.items():
+        images[figure_tag(name)] = _tensorboard.figure_array(fig)
+        _tensorboard.close(fig)
+    log_images(trainer, images, step)

@@ -18,7 +18,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
@@ -27,25 +26,17 @@ from lightning_saliency import _compat
 from lightning_saliency.attribution import MethodSpec, method_needs_input_range, resolve_method
 from lightning_saliency.generalization import (
     CHANCE_DRAWS,
-    CSV_NAME,
     FAMILIES,
-    METHODS_NAME,
     REFERENCE_FAMILIES,
     EpochEvaluation,
-    compute_pixel_maps,
-    custom_scalars_layout,
     epoch_rows,
     evaluate_epoch,
-    figure_tag,
     group_maps,
-    image_tag,
     model_logits,
-    nonfinite_key,
     predictions,
-    tensorboard_scalars,
 )
 
-from . import _checks, _logging, _setup, _tensorboard
+from . import _checks, _epoch, _logging, _setup
 from ._probes import ProbeSet
 from ._run_files import RunRecord
 from ._schedule import Schedule
@@ -64,64 +55,6 @@ DEFAULT_METHODS: tuple[str | dict[str, Any], ...] = (
     {"method": "simple_grad", "superpixel": "slic"},
     {"method": "smooth_grad", "noise_level": 0.2, "samples": 16, "superpixel": "slic"},
 )
-
-def _sharded_pixel_maps(trainer: pl.Trainer | None, sources: list[nn.Module], *args: Any,
-                        **kw: Any) -> dict:  # fmt: skip
-    """Pixel maps of every source; under DDP, process r explains sources r, r + W, ... and
-    the maps are gathered (each source's maps depend on that source only: the same result)."""
-    world = 1 if trainer is None else int(trainer.world_size)
-    if world <= 1:
-        return compute_pixel_maps(sources, *args, **kw)
-    rank, m = int(trainer.global_rank), len(sources)  # type: ignore[union-attr]
-    mine = list(range(rank, m, world))
-    local = compute_pixel_maps([sources[i] for i in mine], *args, **kw)
-    per = -(-m // world)  # the most sources any process has
-    out = {}
-    for twin, maps in local.items():
-        padded = torch.zeros((per, *maps.shape[1:]), dtype=maps.dtype, device=maps.device)
-        padded[: maps.shape[0]] = maps
-        gathered = trainer.strategy.all_gather(padded)  # type: ignore[union-attr]  # (W, per, ...)
-        out[twin] = torch.stack([gathered[i % world, i // world] for i in range(m)])
-    return out
-
-
-def _is_last_epoch(trainer: pl.Trainer, epoch: int) -> bool:
-    """The fit's last epoch (by max_epochs, or stopping early): its images are always logged."""
-    last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs - 1
-    return bool(last or trainer.should_stop)
-
-
-def _is_headline(key: Any) -> bool:
-    """The numbers the HParams tab lists: gap, test loss, headline agreements above chance,
-    gap reduction, test prediction agreement."""
-    return (key.aggregate in ("mean", "pairs") and key.metric in (
-        "gap", "gap_reduction", "spearman_above_chance", "ssim_above_chance",
-    ) and key.split in ("gap", "test")) or (key.metric == "loss" and key.split == "test"
-        and key.aggregate == "mean") or (key.metric == "prediction_agreement" and key.split == "test")  # fmt: skip
-
-
-def _resume_error(changes: list[str]) -> ValueError:
-    return ValueError(
-        "InterpretationGeneralization: the checkpoint was written with other settings ("
-        + "; ".join(changes)
-        + "). Its probes and methods define this run's numbers: resume with the checkpoint's "
-        "settings, or start a new run in a new folder."
-    )
-
-
-def _purge_tensorboard_after(trainer: pl.Trainer, step: int) -> None:
-    """Hide events at ``step`` and later that a run wrote before it was resumed.
-
-    TensorBoard's own restart marker (what ``SummaryWriter(purge_step=...)`` writes): a
-    resumed run re-logs those steps, so without it they would show twice.
-    """
-    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            writer = _compat.tensorboard_event_writer(logger.experiment)
-            writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
-
 
 class InterpretationGeneralization(Callback):
     """Watch whether saliency maps generalize from training to held-out data.
@@ -316,7 +249,7 @@ class InterpretationGeneralization(Callback):
         if int(state_dict.get("seed", self.seed)) != self.seed:
             changes.insert(0, f"seed: {state_dict['seed']!r} -> {self.seed!r}")
         if changes:
-            raise _resume_error(changes)
+            raise _checks.resume_error(changes)
         self._loaded_indices = state_dict.get("probe_indices")
         self.logged_epochs = [int(e) for e in state_dict.get("logged_epochs", [])]
         self.final_values = {
@@ -337,7 +270,7 @@ class InterpretationGeneralization(Callback):
         diffs = [_checks.settings_changes(v.get("settings", {}), self.settings) for v in others]
         diffs = [d for d in diffs if d]
         if diffs:
-            raise _resume_error(min(diffs, key=len))
+            raise _checks.resume_error(min(diffs, key=len))
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -455,7 +388,7 @@ class InterpretationGeneralization(Callback):
             self._record.keep_fit_epochs(self.logged_epochs)
             # the earlier run's events from the first step after the checkpoint on are hidden;
             # the checkpointed epoch's own scalars and images sit before it
-            _purge_tensorboard_after(trainer, trainer.global_step)
+            _logging.purge_tensorboard_after(trainer, trainer.global_step)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start, self._epoch_monitor = time.perf_counter(), 0.0
@@ -510,7 +443,7 @@ class InterpretationGeneralization(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or self._last is None:
             return
-        tags = [k.tag for k in self._last if k.in_tensorboard(self._sources) and _is_headline(k)]
+        tags = [k.tag for k in self._last if k.in_tensorboard(self._sources) and _logging.is_headline(k)]
         _logging.write_hparams(trainer, self.settings, tags)
         text = _logging.summary_text(self._last, [s.label for s in self.specs], self._record.folder)
         text += f"\nmonitored epochs: {self.logged_epochs}"
@@ -565,10 +498,10 @@ class InterpretationGeneralization(Callback):
         models = _setup.models_of(pl_module, self.is_ensemble)
         sources = models + ([self._reference_module] if self._reference_module is not None else [])
         with isolate_rng(), torch.inference_mode(False), torch.enable_grad():
-            probes = self._materialize(self.probes)
+            probes = _epoch.materialize(self.probes)
             logits = model_logits(sources, probes.x, self.batch_size or 256)
             target = probes.y if self.target == "label" else logits[: len(models)].mean(0).argmax(-1)
-            pixel = _sharded_pixel_maps(
+            pixel = _epoch.sharded_pixel_maps(
                 trainer, sources, probes.x, target, self.specs, seed=self.seed,
                 input_range=self._range, precision=self.precision,
                 channels_last=self.channels_last, batch_size=self.batch_size, progress=progress,
@@ -605,98 +538,26 @@ class InterpretationGeneralization(Callback):
             self.final_values = {k.tag: e.value for k, e in result.estimates.items()}
             self._last = result.estimates
         step = _compat.epoch_log_step(trainer, stage)  # where Lightning puts the scalars
-        self._warn_nonfinite(result, epoch, stage)
-        self._log_scalars(trainer, pl_module, result, stage)
+        _logging.warn_nonfinite(result, epoch, stage)
+        self._warned_no_tb = _logging.log_scalars(trainer, pl_module, result, stage, self._warned_no_tb)
         if trainer.is_global_zero:
             self._record.append(epoch_rows(result.estimates, epoch, step, stage))
             every = self.log_images_every_n_epochs
             images_due = stage != "fit" or (every > 0 and (
-                (len(self.logged_epochs) - 1) % every == 0 or _is_last_epoch(trainer, epoch)))  # fmt: skip
+                (len(self.logged_epochs) - 1) % every == 0 or _epoch.is_last_epoch(trainer, epoch)))  # fmt: skip
             if images_due:
                 self._log_media(trainer, result, step, k_models, epoch)
 
-    def _warn_nonfinite(self, result: EpochEvaluation, epoch: int, stage: str) -> None:
-        bad = {lb: int(result.estimates[nonfinite_key(lb, stage)].value) for lb in result.methods}
-        bad = {lb: n for lb, n in bad.items() if n}
-        if bad:
-            n = result.maps[result.methods[0]].shape[1]
-            rank_zero_warn(
-                f"InterpretationGeneralization ({stage}, epoch {epoch}): non-finite maps on "
-                + ", ".join(f"{lb}: {k} of {n} probes" for lb, k in bad.items())
-                + "; every number over those probes is NaN (with the count in `nonfinite`). "
-                "A model with NaN weights, or a method that overflows, gives this."
-            )
-
-    @staticmethod
-    def _materialize(probes: ProbeSet) -> ProbeSet:
-        """Copies that are ordinary tensors even when created under inference mode."""
-        return ProbeSet(
-            x=probes.x.clone(),
-            y=probes.y.clone(),
-            layout=probes.layout,
-            images=None if probes.images is None else probes.images.clone(),
-            indices=probes.indices,
-        )
-
-    def _log_scalars(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: EpochEvaluation,
-        stage: str,
-    ) -> None:  # fmt: skip
-        sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
-        metrics = tensorboard_scalars(result.estimates, sources)
-        if not _logging.has_media_logger(trainer) and not self._warned_no_tb:
-            self._warned_no_tb = True
-            rank_zero_warn(
-                "InterpretationGeneralization: no TensorBoard, W&B or MLflow logger, so no image "
-                "grids or figures; scalars still go through the module's logging and "
-                f"{CSV_NAME} and {METHODS_NAME} are still written."
-            )
-        to_logger = bool(trainer.loggers)  # without one, Lightning warns once per name
-        if stage == "fit":
-            # Logged from every rank with identical values; rank_zero_only avoids any collective.
-            for name, value in metrics.items():
-                pl_module.log(
-                    name, value, on_step=False, on_epoch=True, rank_zero_only=True, logger=to_logger
-                )
-        else:
-            for name, value in metrics.items():
-                pl_module.log(name, value, rank_zero_only=True, logger=to_logger)
-
     # ------------------------------------------------------------------ media
     def _add_layout(self, trainer: pl.Trainer) -> None:
-        if self._layout_done:
-            return
-        baseline = next((s.label for s in self.specs if s.is_plain_baseline), None)
-        layout = custom_scalars_layout(
-            [s.label for s in self.specs], len(_setup.models_of(trainer.lightning_module, self.is_ensemble)),
-            reference=self._reference_module is not None, baseline=baseline,
-        )  # fmt: skip
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_custom_scalars(layout)
-        self._layout_done = True
+        if not self._layout_done:
+            k = len(_setup.models_of(trainer.lightning_module, self.is_ensemble))
+            _logging.add_layout(trainer, self.specs, k, self._reference_module is not None)
+            self._layout_done = True
 
     def _log_media(
         self, trainer: pl.Trainer, result: EpochEvaluation, step: int, k_models: int, epoch: int
     ) -> None:
-        if not _logging.has_media_logger(trainer) or self.probes is None or self.probes.images is None:
-            return
-        test = self.probes.part("test")
-        rows = slice(test.start, test.start + min(self.num_images, test.stop - test.start))
-        images = {
-            image_tag(label): _tensorboard.map_grid(
-                self.probes.images[rows].cpu(), maps[:, rows].cpu(), k_models,
-                title=f"{label}, epoch {epoch}",
-            )
-            for label, maps in result.maps.items()
-        }
-        stage = next(iter(result.estimates)).stage if result.estimates else "fit"
-        try:
-            figures = _tensorboard.figures(result.estimates, self.specs, stage, epoch)
-        except Exception as err:  # a broken figure must never stop training
-            warnings.warn(f"InterpretationGeneralization: could not draw figures: {err}", stacklevel=2)
-            figures = {}
-        for name, fig in figures.items():
-            images[figure_tag(name)] = _tensorboard.figure_array(fig)
-            _tensorboard.close(fig)
-        _logging.log_images(trainer, images, step)
+        if self.probes is not None and self.probes.images is not None:
+            _logging.log_media(trainer, result, self.specs, self.probes, self.num_images,
+                               step, k_models, epoch)  # fmt: skip
