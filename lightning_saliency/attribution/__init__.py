@@ -22,6 +22,7 @@ from lightning_saliency.attribution._core import (
     input_gradients,
     path_nodes,
 )
+from lightning_saliency.attribution.fold import attribution_model, foldable_pairs
 from lightning_saliency.attribution.methods import (
     adapt_grad,
     adapt_sigma,
@@ -59,10 +60,12 @@ __all__ = [
     "adapt_grad",
     "adapt_sigma",
     "adaptgrad_paper_specs",
+    "attribution_model",
     "available_methods",
     "compute_attribution",
     "default_segment_params",
     "find_grad_cam_layer",
+    "foldable_pairs",
     "forward_scores",
     "grad_cam",
     "grad_x_input",
