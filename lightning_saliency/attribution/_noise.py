@@ -144,9 +144,10 @@ def baseline_tensor(baseline: float | Tensor | None, x: Tensor) -> Tensor:
 class Accumulator:
     """Reduces per-draw values (draw d of sample d // samples) to per-sample statistics.
 
-    Draws arrive in order. ``"var"`` uses sums of values shifted by each sample's first draw
-    (exact for constant draws, and free of the cancellation of plain sums of squares); every
-    update is device-side (no host synchronization).
+    Draws arrive in order, so a chunk holds the consecutive samples ``n0 .. n1``. ``"var"``
+    uses Chan et al.'s parallel update of the mean and the sum of squared deviations, with
+    the per-sample counts of the chunk counted on the device: no update synchronizes with
+    the host.
     """
 
     def __init__(self, reduction: str, n: int, samples: int, like: Tensor) -> None:
@@ -161,7 +162,7 @@ class Accumulator:
             self.total = torch.zeros(shape, **kw)
         if reduction == "var":
             self.m2 = torch.zeros(shape, **kw)
-            self.shift = torch.zeros(shape, **kw)
+            self.count = torch.zeros(n, **kw)
 
     def add(self, d0: int, ids: Tensor, v: Tensor) -> None:
         v = v.to(self.dtype)
@@ -172,20 +173,29 @@ class Accumulator:
         elif self.reduction == "mean_square":
             self.total.index_add_(0, ids, v * v)
         else:
-            s = self.samples
-            p0 = (-d0) % s  # position of the first draw of a sample in this chunk
-            if p0 < v.shape[0]:
-                firsts = v[p0::s]
-                n0 = (d0 + p0) // s
-                self.shift[n0 : n0 + firsts.shape[0]] = firsts
-            u = v - self.shift[ids]
-            self.total.index_add_(0, ids, u)
-            self.m2.index_add_(0, ids, u * u)
+            self._add_var(d0, ids, v)
+
+    def _add_var(self, d0: int, ids: Tensor, v: Tensor) -> None:
+        n0, n1 = d0 // self.samples, (d0 + v.shape[0] - 1) // self.samples + 1
+        inverse = ids - n0
+        ones = torch.ones(v.shape[0], dtype=self.dtype, device=v.device)
+        c = torch.zeros(n1 - n0, dtype=self.dtype, device=v.device).index_add_(0, inverse, ones)
+        c = c.view(-1, *[1] * (v.ndim - 1))
+        csum = torch.zeros((n1 - n0, *v.shape[1:]), dtype=self.dtype, device=v.device)
+        csum.index_add_(0, inverse, v)
+        cmean = csum / c
+        cm2 = torch.zeros_like(csum).index_add_(0, inverse, (v - cmean[inverse]) ** 2)
+        old = self.count[n0:n1].view_as(c)
+        new = old + c
+        mean = self.total[n0:n1]  # running mean
+        delta = cmean - mean
+        self.total[n0:n1] = mean + delta * (c / new)
+        self.m2[n0:n1] = self.m2[n0:n1] + cm2 + delta * delta * (old * c / new)
+        self.count[n0:n1] = new.flatten()
 
     def result(self) -> Tensor:
         if self.reduction == "none":
             return self.values.view(-1, self.samples, *self.values.shape[1:])
         if self.reduction == "var":
-            mean_u = self.total / self.samples
-            return (self.m2 / self.samples - mean_u * mean_u).clamp_min(0)
+            return self.m2 / self.samples
         return self.total / self.samples
