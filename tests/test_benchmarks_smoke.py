@@ -62,11 +62,14 @@ def test_quick_cpu_run_writes_expected_json(tmp_path: Path) -> None:
     rows = {(r["method"], r["impl"]): r for r in saved["throughput"]}
     assert set(rows) == {(m, i) for m in bench.METHODS for i in bench.IMPLS}
     assert all(r["maps_per_s"] > 0 and math.isfinite(r["maps_per_s"]) for r in rows.values())
-    # on CPU, bf16 is ignored by the library: maps equal fp32 ones; ours equals Captum
+    # bf16 really runs on the CPU (the maps move) and stays close; ours equals Captum
     for q in saved["quality"]:
-        assert q["spearman_bf16_vs_fp32"] == pytest.approx(1.0, abs=1e-6)
-        if q["max_rel_err_vs_captum"] is not None:
-            assert q["max_rel_err_vs_captum"] < 1e-4
+        assert 0.5 < q["spearman_bf16_vs_fp32"] < 1.0
+        for arm in ("ours_fp32_vs_captum", "ours_fast_fp32_vs_captum"):
+            assert q[arm]["spearman_min"] > 0.99, (q["method"], arm, q[arm])
+        assert q["ours_fp32_vs_captum"]["max_rel_max"] < 1e-4  # same model, same noise
+    env = saved["environment"]
+    assert env["tf32"] == "off" and env["cudnn_allow_tf32"] is False
     assert all(r["completed"] for r in saved["memory_budget"])
     seg = {r["algorithm"] for r in saved["segmentation"]}
     assert seg == {"slic", "watershed"}
