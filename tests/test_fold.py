@@ -229,6 +229,32 @@ def test_a_wrong_fold_is_caught_by_the_example_check(monkeypatch: pytest.MonkeyP
         assert len(attribution_model(model, example=x).folded_batchnorm) == 3
 
 
+def test_grad_cam_refuses_a_folded_convolution_as_its_layer() -> None:
+    torch.manual_seed(0)
+    net = _randomize_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64, 2),
+        )
+    ).eval()
+    x = torch.randn(2, 3, 4, 4)
+    assert find_grad_cam_layer(net, x) == "0"  # the conv itself, whose output BN changes
+    with pytest.raises(ValueError, match="BatchNorm folded into it"):
+        grad_cam(attribution_model(net), x, 1)
+    kept = attribution_model(net, keep=["0"])
+    assert kept.folded_batchnorm == ()
+    torch.testing.assert_close(grad_cam(kept, x, 1), grad_cam(net, x, 1))
+    # the BN's own output is the folded conv's: Grad-CAM at the (now Identity) BN is unchanged
+    folded = attribution_model(net)
+    want = grad_cam(net, x, 1, layer="1")
+    assert (grad_cam(folded, x, 1, layer="1") - want).abs().max() <= 1e-5 * want.abs().max()
+    with pytest.raises(ValueError, match="does not have"):
+        attribution_model(net, keep=["nope"])
+
+
 def test_channels_last_choice_and_timm_layout() -> None:
     model = timm.create_model("resnet18", num_classes=10, pretrained=False).eval()
     auto = attribution_model(model)  # on the CPU: channels-last weights

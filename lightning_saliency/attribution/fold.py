@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -212,12 +212,23 @@ def _check_copy(model: nn.Module, clone: nn.Module, example: Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
 
 
+def _check_keep(model: nn.Module, keep: Sequence[str]) -> set[str]:
+    if isinstance(keep, str) or not all(isinstance(k, str) for k in keep):
+        raise TypeError(f"keep must be a sequence of dotted module names, got {keep!r}")
+    names = dict(model.named_modules())
+    unknown = sorted(set(keep) - set(names))
+    if unknown:
+        raise ValueError(f"keep names modules the model does not have: {unknown}")
+    return set(keep)
+
+
 def attribution_model(
     model: nn.Module,
     *,
     fold_batchnorm: bool = True,
     channels_last: bool | None = None,
     example: Tensor | None = None,
+    keep: Sequence[str] = (),
 ) -> nn.Module:
     """An eval-mode, frozen deep copy of ``model`` for attribution passes (see the module doc).
 
@@ -232,6 +243,9 @@ def attribution_model(
         example: a few input rows; if given, the copy's logits on them are compared with the
             model's (eval mode), and if they differ by more than ``CHECK_RTOL`` relative the
             folding is dropped with a warning (an unfolded copy is returned).
+        keep: dotted names of convolutions whose own output must stay as in the model (a
+            folded convolution outputs what its BN did); :func:`grad_cam` refuses a folded
+            convolution as its layer, so name a Grad-CAM layer here if it is a convolution.
 
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
     >>> with torch.no_grad():
@@ -255,7 +269,8 @@ def attribution_model(
         p.requires_grad_(False)
         p.grad = None
     _bake_parametrizations(clone)
-    folded = foldable_pairs(clone) if fold_batchnorm else []
+    kept = _check_keep(model, keep)
+    folded = [p for p in foldable_pairs(clone) if p[0] not in kept] if fold_batchnorm else []
     for conv_name, bn_name in folded:
         _fold(clone.get_submodule(conv_name), clone.get_submodule(bn_name))
         _set_submodule(clone, bn_name, nn.Identity())

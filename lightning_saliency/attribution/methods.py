@@ -589,6 +589,17 @@ def _resolve_layer(model: nn.Module, layer: nn.Module | str | None, x: Tensor) -
     )
 
 
+def _check_not_folded(model: nn.Module, module: nn.Module) -> None:
+    """A convolution with BatchNorm folded into it outputs what the BN did: not its own A."""
+    folded = {conv for conv, _ in getattr(model, "folded_batchnorm", ())}
+    if folded and (name := _module_name(model, module)) in folded:
+        raise ValueError(
+            f"the grad_cam layer {name!r} is a convolution with BatchNorm folded into it "
+            "(attribution_model); its output is the BN's, not the convolution's: build the "
+            f"copy with attribution_model(model, keep=[{name!r}]) or use the model itself"
+        )
+
+
 def grad_cam(
     model: nn.Module,
     x: Tensor,
@@ -623,6 +634,7 @@ def grad_cam(
         tmax = int(tgt.max())
         chunk = chunk_rows(model, xd, batch_size, memory_budget_mb, precision, channels_last)
         module = _resolve_layer(model, layer, xd)
+        _check_not_folded(model, module)
         acc_dtype = torch.promote_types(x.dtype, torch.float32)
         parts = []
         for c0 in range(0, n, chunk):
