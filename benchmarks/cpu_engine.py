@@ -231,6 +231,56 @@ def profile_ops(backbone: str, n: int, cfg: dict, top: int = 12) -> list[dict[st
     ]
 
 
+def merged_bound(backbone: str, n: int, cfg: dict) -> dict[str, Any]:
+    """Upper bound of what one pass over all of a model's rows could save: simple_grad +
+    SmoothGrad + IG as three calls, against their rows pre-built and run in the same chunks
+    without noise draws, path building or reductions (what a merged pass must still do)."""
+    from lightning_saliency.attribution import attribution_model
+    from lightning_saliency.attribution._chunks import chunk_rows
+    from lightning_saliency.attribution._core import _row_gradients
+
+    model, x, y = make_case(backbone, n, cfg["size"])
+    fast = attribution_model(model)
+    s, t = cfg["draws"], cfg["steps"]
+    calls = [our_call(m, fast, x, y, cfg) for m in METHODS]
+    g = torch.Generator().manual_seed(0)
+    alphas = torch.arange(1, t + 1).div(t).repeat(n).view(-1, 1, 1, 1)
+    rows = torch.cat(
+        [
+            x,
+            x.repeat_interleave(s, 0) + SIGMA * torch.randn(n * s, *x.shape[1:], generator=g),
+            x.repeat_interleave(t, 0) * alphas,
+        ]
+    )
+    tg = torch.cat([y, y.repeat_interleave(s), y.repeat_interleave(t)])
+    cap = chunk_rows(fast, x, None, None)
+
+    def merged() -> None:
+        for i in range(0, rows.shape[0], cap):
+            _row_gradients(fast, rows[i : i + cap], tg[i : i + cap], "logit", "32", False, 9)
+
+    timed = interleaved({"three_calls": lambda: [c() for c in calls], "merged": merged}, 4)
+    return {"case": backbone, "rows": rows.shape[0], "rows_per_chunk": cap} | {
+        f"{k}_cpu_min": v["cpu_min"] for k, v in timed.items()
+    }
+
+
+def compile_check(backbone: str, n: int, cfg: dict) -> dict[str, Any]:
+    """``torch.compile`` (inductor) of the fast copy against the eager copy, SmoothGrad."""
+    from lightning_saliency.attribution import attribution_model
+
+    model, x, y = make_case(backbone, n, cfg["size"])
+    eager = our_call("smooth_grad", attribution_model(model), x, y, cfg)
+    compiled = our_call("smooth_grad", torch.compile(attribution_model(model)), x, y, cfg)
+    w0 = time.perf_counter()
+    compiled()
+    first = time.perf_counter() - w0
+    timed = interleaved({"eager": eager, "compiled": compiled}, 4)
+    return {"case": backbone, "first_compiled_call_wall_s": first} | {
+        f"{k}_cpu_min": v["cpu_min"] for k, v in timed.items()
+    }
+
+
 # ------------------------------------------------------------------------------- reporting
 def _f(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
@@ -326,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cases", nargs="*", default=["small_cnn", "cifar:resnet18"])
     parser.add_argument("--sweep", nargs="*", type=int, default=[], help="rows per chunk to sweep")
     parser.add_argument("--profile", action="store_true", help="top ops of the fast path")
+    parser.add_argument("--merged", action="store_true", help="bound of a one-pass engine")
+    parser.add_argument("--compile", action="store_true", help="torch.compile against eager")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -353,7 +405,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if args.profile
             for row in profile_ops(case, probes[case], cfg)
         ]
+        if args.merged:
+            res["merged_bound"] = [merged_bound(c, probes[c], cfg) for c in args.cases]
+        if args.compile:
+            res["compile"] = [compile_check(c, probes[c], cfg) for c in args.cases]
     print(markdown(res))
+    for key in ("merged_bound", "compile"):
+        for row in res.get(key, []):
+            print(key, json.dumps(row))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
     return res

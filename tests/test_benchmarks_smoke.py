@@ -75,3 +75,26 @@ def test_quick_cpu_run_writes_expected_json(tmp_path: Path) -> None:
     assert seg == {"slic", "watershed"}
     assert all(r["images_per_s"] > 0 and r["segments_min"] >= 1 for r in saved["segmentation"])
     assert results["throughput"] == saved["throughput"]
+
+
+def test_cpu_engine_quick_run(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("cpu_engine", SCRIPT.parent / "cpu_engine.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "cpu.json"
+    res = bench.main(
+        ["--quick", "--cases", "small_cnn", "--sweep", "2", "--merged", "--out", str(out)]
+    )
+    saved = json.loads(out.read_text())
+    assert saved["throughput"] == json.loads(json.dumps(res["throughput"]))
+    rows = {(r["method"], r["arm"]): r for r in saved["throughput"]}
+    assert set(rows) == {(m, a) for m in bench.METHODS for a in bench.ARMS}
+    assert all(r["cpu_min"] > 0 and len(r["cpu_s"]) == 1 for r in rows.values())
+    for method in bench.METHODS:
+        # the default path on the same noise is Captum's map; the folded copy is close
+        assert rows[(method, "ours")]["vs_captum"]["max_rel_max"] < 1e-5
+        assert rows[(method, "ours_fast")]["vs_captum"]["spearman_min"] > 0.999
+        assert 0.5 < rows[(method, "ours_bf16")]["vs_ours_fast_fp32"]["spearman_mean"] < 1.0
+    assert {r["arm"] for r in saved["chunk_sweep"]} == {"ours", "ours_fast"}
+    assert saved["merged_bound"][0]["merged_cpu_min"] > 0
