@@ -391,7 +391,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # captum's "requires_grad" notes
         res["throughput"] = [
-            row for case in args.cases for row in run_case(case, probes[case], cfg, args.arms)
+            row
+            for case in args.cases
+            if args.arms
+            for row in run_case(case, probes[case], cfg, args.arms)
         ]
         res["chunk_sweep"] = [
             row
