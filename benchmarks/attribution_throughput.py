@@ -24,7 +24,6 @@ See ``docs/benchmarks.md`` for the table layout and the targets.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import math
@@ -43,8 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_engine import agreement, captum_same_noise
+
 METHODS = ("simple_grad", "smooth_grad", "integrated_gradients")
-IMPLS = ("captum_fp32", "ours_fp32", "ours_bf16_cl")
+#: captum_fp32: Captum's defaults; ours_fp32: the library on the model as given; ours_fast_fp32:
+#: on attribution_model(model) (BatchNorm folded; channels-last weights on CPU); ours_fast_bf16:
+#: precision="bf16" + channels_last on a channels-last copy. Implementation ratios compare fp32
+#: with fp32; the precision ratio compares ours_fast_bf16 with ours_fast_fp32.
+IMPLS = ("captum_fp32", "ours_fp32", "ours_fast_fp32", "ours_fast_bf16")
 CASES = ("resnet18_32", "resnet18_224", "vit_tiny_32", "vit_tiny_224")
 SEGMENTERS = ("quickshift", "slic", "felzenszwalb", "watershed")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -191,26 +197,50 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(
-    fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
-) -> tuple[Any, list[float], float | None]:
-    """Run ``fn`` warmup + repeats times; (last output, repeat times in s, peak MB or None)."""
+def time_arms(
+    fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, tuple[Any, list[float], float | None]]:
+    """Every arm warmed up, then ``repeats`` rounds with every arm once, in an order rotated
+    per round (interleaved: drifts of clock or load hit all arms alike); then one call per
+    arm for its peak memory. Returns {arm: (last output, repeat times in s, peak MB)}."""
+    names = list(fns)
+    outs = {k: None for k in names}
+    for k in names:
+        for _ in range(warmup):
+            outs[k] = fns[k]()
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            _sync(device)
+            start = time.perf_counter()
+            outs[k] = fns[k]()
+            _sync(device)
+            times[k].append(time.perf_counter() - start)
+    peaks: dict[str, float | None] = dict.fromkeys(names)
     if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return out, times, peak
+        for k in names:
+            outs[k] = None
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            outs[k] = fns[k]()
+            _sync(device)
+            peaks[k] = torch.cuda.max_memory_allocated(device) / 2**20
+    return {k: (outs[k], times[k], peaks[k]) for k in names}
+
+
+def set_tf32(mode: str) -> dict[str, Any]:
+    """TF32 on or off for CUDA matmuls and cuDNN convolutions, set explicitly and recorded
+    (cuDNN allows TF32 by default, so an unset "fp32" would be TF32)."""
+    on = mode == "on"
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    return {
+        "tf32": mode,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
 
 
 # ------------------------------------------------------------------------------- methods
@@ -264,6 +294,42 @@ def _nanmean(t: Tensor) -> float:
 # ---------------------------------------------------------------------------------- runs
 
 
+def _arms(
+    method: str, model: nn.Module, x: Tensor, target: Tensor, cfg: dict[str, Any]
+) -> dict[str, Callable[[], Tensor]]:
+    """The four arms on copies that never change ``model`` (see IMPLS)."""
+    from lightning_saliency.attribution import attribution_model
+
+    fast32 = attribution_model(model)  # folded; channels-last weights on CPU only
+    fast16 = attribution_model(model, channels_last=True)
+    return {
+        "captum_fp32": captum_fn(method, model, x, target, cfg),
+        "ours_fp32": ours_fn(method, model, x, target, cfg, bf16=False),
+        "ours_fast_fp32": ours_fn(method, fast32, x, target, cfg, bf16=False),
+        "ours_fast_bf16": ours_fn(method, fast16, x, target, cfg, bf16=True),
+    }
+
+
+def _quality(
+    method: str, maps: dict[str, Tensor], pair: dict[str, Tensor], ref: Tensor
+) -> dict[str, Any]:
+    from lightning_saliency.metrics import spearman, ssim
+
+    a32, a16 = maps["ours_fast_fp32"], maps["ours_fast_bf16"]
+    b32, b16 = pair["ours_fast_fp32"], pair["ours_fast_bf16"]
+    return {
+        # precision: bf16 map against the fp32 map of the same copy (1 = identical ranking)
+        "spearman_bf16_vs_fp32": _nanmean(spearman(a16, a32)),
+        "ssim_bf16_vs_fp32": _nanmean(ssim(a16, a32)),
+        # change of the between-model agreement metric when computed in bf16
+        "delta_spearman_pair": abs(_nanmean(spearman(a16, b16)) - _nanmean(spearman(a32, b32))),
+        "delta_ssim_pair": abs(_nanmean(ssim(a16, b16)) - _nanmean(ssim(a32, b32))),
+        # implementation: ours fp32 against Captum fp32 (SmoothGrad: on the same noise)
+        "ours_fp32_vs_captum": agreement(maps["ours_fp32"], ref),
+        "ours_fast_fp32_vs_captum": agreement(a32, ref),
+    }
+
+
 def run_throughput(
     cases: Sequence[str],
     methods: Sequence[str],
@@ -272,8 +338,6 @@ def run_throughput(
     data: str | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Time every (case, method, implementation); compare bf16 with fp32 maps."""
-    from lightning_saliency.metrics import spearman, ssim
-
     rows: list[dict[str, Any]] = []
     quality: list[dict[str, Any]] = []
     for case in cases:
@@ -284,20 +348,12 @@ def run_throughput(
         target = labels.to(device)
         model_a = build_model(case, size, seed=0).to(device)
         model_b = build_model(case, size, seed=1).to(device)  # a second model: pair metrics
-        models_cl = {
-            "a": copy.deepcopy(model_a).to(memory_format=torch.channels_last),
-            "b": copy.deepcopy(model_b).to(memory_format=torch.channels_last),
-        }
         for method in methods:
-            maps: dict[str, Tensor] = {}
-            for impl in IMPLS:
-                if impl == "captum_fp32":
-                    fn = captum_fn(method, model_a, x, target, cfg)
-                else:
-                    bf16 = impl == "ours_bf16_cl"
-                    fn = ours_fn(method, models_cl["a"] if bf16 else model_a, x, target, cfg, bf16)
-                out, times, peak = time_call(fn, device, cfg["warmup"], cfg["repeats"])
-                maps[impl] = out.detach().float()
+            timed = time_arms(
+                _arms(method, model_a, x, target, cfg), device, cfg["warmup"], cfg["repeats"]
+            )
+            maps = {impl: out.detach().float() for impl, (out, _, _) in timed.items()}
+            for impl, (_, times, peak) in timed.items():
                 med = statistics.median(times)
                 rows.append(
                     {
@@ -307,35 +363,19 @@ def run_throughput(
                         "method": method,
                         "impl": impl,
                         "median_s": med,
+                        "min_s": min(times),
                         "times_s": times,
                         "maps_per_s": n / med,
                         "peak_mem_mb": peak,
                     }
                 )
-            b32 = ours_fn(method, model_b, x, target, cfg, bf16=False)()
-            b16 = ours_fn(method, models_cl["b"], x, target, cfg, bf16=True)()
-            a32, a16 = maps["ours_fp32"], maps["ours_bf16_cl"]
+            arms_b = _arms(method, model_b, x, target, cfg)
+            pair = {k: arms_b[k]().float() for k in ("ours_fast_fp32", "ours_fast_bf16")}
             ref = maps["captum_fp32"]
-            entry = {
-                "case": case,
-                "method": method,
-                # bf16 map against the fp32 map of the same model (1 = identical ranking)
-                "spearman_bf16_vs_fp32": _nanmean(spearman(a16, a32)),
-                "ssim_bf16_vs_fp32": _nanmean(ssim(a16, a32)),
-                # change of the between-model agreement metric when computed in bf16
-                "delta_spearman_pair": abs(
-                    _nanmean(spearman(a16, b16)) - _nanmean(spearman(a32, b32))
-                ),
-                "delta_ssim_pair": abs(_nanmean(ssim(a16, b16)) - _nanmean(ssim(a32, b32))),
-                # ours fp32 against Captum fp32 (SmoothGrad noise differs: not comparable)
-                "max_rel_err_vs_captum": (
-                    float((a32 - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-                    if method != "smooth_grad"
-                    else None
-                ),
-            }
-            quality.append(entry)
-        del model_a, model_b, models_cl
+            if method == "smooth_grad":
+                ref = captum_same_noise(model_a, x, target, cfg).float()
+            quality.append({"case": case, "method": method, **_quality(method, maps, pair, ref)})
+        del model_a, model_b
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows, quality
@@ -343,7 +383,7 @@ def run_throughput(
 
 def run_memory_budget(device: torch.device, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """SmoothGrad over many probes and draws under a memory budget: must chunk, not OOM."""
-    from lightning_saliency.attribution import smooth_grad
+    from lightning_saliency.attribution import attribution_model, smooth_grad
     from lightning_saliency.attribution._core import activation_memory, chunk_rows
 
     n, draws, budget = cfg["budget_probes"], cfg["budget_draws"], cfg["budget_mb"]
@@ -359,7 +399,7 @@ def run_memory_budget(device: torch.device, cfg: dict[str, Any]) -> list[dict[st
     results = []
     for (name, model), bf16 in itertools.product(models.items(), (False, True)):
         model.to(device)
-        net = copy.deepcopy(model).to(memory_format=torch.channels_last) if bf16 else model
+        net = attribution_model(model, fold_batchnorm=False, channels_last=True) if bf16 else model
 
         def fn(net: nn.Module = net, bf16: bool = bf16) -> Tensor:
             return smooth_grad(
@@ -382,7 +422,19 @@ def run_memory_budget(device: torch.device, cfg: dict[str, Any]) -> list[dict[st
             "precision": "bf16_cl" if bf16 else "fp32",
         }
         try:
-            out, times, peak = time_call(fn, device, 0, 1)
+            smooth_grad(  # warm-up with the same shapes on a slice: kernels, cuDNN choices
+                net,
+                x[:64],
+                target[:64],
+                sigma=SIGMA,
+                samples=draws,
+                seed=0,
+                precision="bf16" if bf16 else "32",
+                channels_last=bf16,
+                memory_budget_mb=budget,
+            )
+            timed = time_arms({"run": fn}, device, 0, 1)
+            out, times, peak = timed["run"]
             per_row, _ = activation_memory(
                 net, x, precision="bf16" if bf16 else "32", channels_last=bf16
             )
@@ -468,22 +520,28 @@ def markdown(results: dict[str, Any]) -> str:
     q = {(r["case"], r["method"]): r for r in results["quality"]}
     if tp:
         lines += [
-            "| case | probes | method | Captum fp32 maps/s | ours fp32 maps/s | ours bf16+CL maps/s "
-            "| fp32 x Captum | bf16 x Captum | peak MB (Captum / fp32 / bf16) "
-            "| Spearman bf16 vs fp32 | SSIM bf16 vs fp32 | max rel err vs Captum |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+            "| case | probes | method | Captum fp32 maps/s | ours fp32 | ours fast fp32 "
+            "| ours fast bf16 | ours fp32 x Captum fp32 | fast fp32 x Captum fp32 "
+            "| bf16 x fast fp32 (precision) | bf16 x Captum fp32 (both) "
+            "| peak MB (Captum / fp32 / fast / bf16) | fast fp32 vs Captum: max rel err median "
+            "/ max, share <= 1e-4 | Spearman bf16 vs fp32 | SSIM bf16 vs fp32 |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
         ]
         for case, method in dict.fromkeys((c, m) for c, m, _ in tp):
-            c, o32, o16 = (tp[(case, method, i)] for i in IMPLS)
-            peaks = " / ".join(_fmt(r["peak_mem_mb"]) for r in (c, o32, o16))
+            c, o32, f32, f16 = (tp[(case, method, i)] for i in IMPLS)
+            peaks = " / ".join(_fmt(r["peak_mem_mb"]) for r in (c, o32, f32, f16))
             qq = q[(case, method)]
+            a = qq["ours_fast_fp32_vs_captum"]
             lines.append(
                 f"| {case} | {c['probes']} | {method} | {_fmt(c['maps_per_s'])} "
-                f"| {_fmt(o32['maps_per_s'])} | {_fmt(o16['maps_per_s'])} "
-                f"| {o32['maps_per_s'] / c['maps_per_s']:.2f} "
-                f"| {o16['maps_per_s'] / c['maps_per_s']:.2f} | {peaks} "
-                f"| {_fmt(qq['spearman_bf16_vs_fp32'], 4)} | {_fmt(qq['ssim_bf16_vs_fp32'], 4)} "
-                f"| {_fmt(qq['max_rel_err_vs_captum'], 7)} |"
+                f"| {_fmt(o32['maps_per_s'])} | {_fmt(f32['maps_per_s'])} "
+                f"| {_fmt(f16['maps_per_s'])} | {o32['maps_per_s'] / c['maps_per_s']:.2f} "
+                f"| {f32['maps_per_s'] / c['maps_per_s']:.2f} "
+                f"| {f16['maps_per_s'] / f32['maps_per_s']:.2f} "
+                f"| {f16['maps_per_s'] / c['maps_per_s']:.2f} | {peaks} "
+                f"| {a['max_rel_median']:.1e} / {a['max_rel_max']:.1e}, "
+                f"{a['share_within_1e-4']:.2f} "
+                f"| {_fmt(qq['spearman_bf16_vs_fp32'], 4)} | {_fmt(qq['ssim_bf16_vs_fp32'], 4)} |"
             )
         lines += [
             "",
@@ -568,6 +626,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--segmenters", nargs="*", default=list(SEGMENTERS), choices=SEGMENTERS)
     parser.add_argument("--seg-jobs", type=int, default=2, help="segmentation threads")
     parser.add_argument("--skip-memory-budget", action="store_true")
+    parser.add_argument("--tf32", choices=["off", "on"], default="off", help="CUDA TF32")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5)")
     return parser.parse_args(argv)
 
 
@@ -576,9 +636,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = torch.device(args.device)
     cfg = settings(args.quick)
+    if args.repeats is not None:
+        cfg["repeats"] = args.repeats
+    tf32 = set_tf32(args.tf32)
     inputs = f"imagefolder:{args.data}" if args.data else "random uniform [0, 1]"
     results: dict[str, Any] = {
-        "environment": environment(device),
+        "environment": {**environment(device), **tf32},
         "settings": {**cfg, "quick": args.quick, "inputs": inputs, "sigma": SIGMA},
     }
     with warnings.catch_warnings():
@@ -586,7 +649,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tp, quality = run_throughput(args.cases, args.methods, device, cfg, args.data)
     results["throughput"], results["quality"] = tp, quality
     results["memory_budget"] = [] if args.skip_memory_budget else run_memory_budget(device, cfg)
-    seg, natural = run_segmentation(cfg, args.data, args.seg_jobs, args.segmenters)
+    seg, natural = (
+        run_segmentation(cfg, args.data, args.seg_jobs, args.segmenters)
+        if args.segmenters
+        else ([], [])
+    )
     results["segmentation"], results["segment_counts_natural"] = seg, natural
     print(markdown(results))
     if args.out:

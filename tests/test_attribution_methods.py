@@ -438,13 +438,6 @@ def test_flags_restored_on_error_and_no_grad_context(cnn_batch: tuple) -> None:
     assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
-def test_cpu_ignores_bf16_and_channels_last(cnn: nn.Module, cnn_batch: tuple) -> None:
-    x, t = cnn_batch
-    ref = simple_grad(cnn, x, t)
-    assert torch.equal(simple_grad(cnn, x, t, precision="bf16", channels_last=True), ref)
-    close(grad_cam(cnn, x, t, precision="bf16", channels_last=True), grad_cam(cnn, x, t))
-
-
 def test_forward_scores_and_int_target(cnn: nn.Module, cnn_batch: tuple) -> None:
     x, _ = cnn_batch
     with torch.no_grad():

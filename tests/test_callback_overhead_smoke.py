@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "callback_overhead.py"
 
 
-def test_quick_cpu_run_reports_both_epoch_times(tmp_path: Path) -> None:
+def test_quick_cpu_run_times_the_monitor_inside_each_epoch(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("callback_overhead", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "overhead.json"
+    ckpt = tmp_path / "models.ckpt"
     result = module.main(
         [
             "--quick",
@@ -21,8 +23,13 @@ def test_quick_cpu_run_reports_both_epoch_times(tmp_path: Path) -> None:
             "cpu",
             "--epochs",
             "2",
+            "--every-n-epochs",
+            "2",
             "--limit-train-batches",
             "2",
+            "--baseline",
+            "--save-checkpoint",
+            str(ckpt),
             "--log-dir",
             str(tmp_path),
             "--out",
@@ -31,6 +38,12 @@ def test_quick_cpu_run_reports_both_epoch_times(tmp_path: Path) -> None:
     )
     saved = json.loads(out.read_text())
     assert saved["overhead_ratio"] == result["overhead_ratio"]
-    assert len(saved["epoch_s_without"]) == len(saved["epoch_s_with"]) == 2
-    assert saved["median_epoch_s_with"] > 0 and saved["median_epoch_s_without"] > 0
-    assert saved["overhead_ratio"] == saved["median_epoch_s_with"] / saved["median_epoch_s_without"]
+    assert len(saved["epoch_s"]) == len(saved["monitor_s"]) == len(saved["baseline_epoch_s"]) == 2
+    # every_n_epochs=2 monitors epoch 1 (0-based) only: its monitor time is real, epoch 0's ~0
+    mon = saved["monitor_s"]
+    assert mon[1] > 10 * mon[0] and mon[1] > 0
+    for t, m, r in zip(saved["epoch_s"], mon, saved["rest_s"], strict=True):
+        assert math.isclose(t, m + r) and 0 <= m <= t
+    assert saved["overhead_ratio"] == saved["median_monitor_s"] / saved["median_rest_s"]
+    assert saved["tf32"] == {"matmul_allow_tf32": False, "cudnn_allow_tf32": False}
+    assert ckpt.is_file()

@@ -17,8 +17,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from lightning_saliency.attribution import (
+    attribution_model,
     grad_cam,
     grad_x_input,
+    input_gradients,
     integrated_gradients,
     simple_grad,
     smooth_grad,
@@ -170,3 +172,37 @@ def test_callback_monitors_a_bf16_gpu_fit(tmp_path: Path) -> None:
     losses = [float(r["value"]) for r in rows if r["metric"] == "loss"]
     assert losses and all(math.isfinite(v) and 0.0 <= v <= 2.0 for v in losses)
     assert all(p.device.type == "cuda" for p in model.parameters())
+
+
+def test_the_chunk_loop_never_synchronizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA's sync debug mode raises on any device-to-host synchronization inside the loop."""
+    from lightning_saliency.attribution import _core
+
+    real = _core._run_chunks
+
+    def strict(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return real(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(_core, "_run_chunks", strict)
+    model = _model("small_cnn").cuda()
+    x, t = (v.cuda() for v in _batch())
+    for kw in (
+        {"samples": 4, "noise_std": 0.2},
+        {"steps": 4},
+        {"samples": 3, "noise_std": 0.1, "reduction": "var"},
+    ):
+        g = input_gradients(model, x, t, batch_size=8, **kw)
+        assert bool(torch.isfinite(g).all())
+
+
+def test_folded_copy_on_cuda_matches_the_model(no_tf32: None) -> None:
+    model = _model("cifar:resnet18").cuda()
+    copy = attribution_model(model)
+    assert copy.conv1.weight.is_contiguous()  # channels_last=None: off on CUDA
+    x, t = (v.cuda() for v in _batch())
+    want, got = simple_grad(model, x, t), simple_grad(copy, x, t)
+    assert float(spearman(got, want).min()) > 0.999

@@ -90,7 +90,7 @@ def test_a_study_fit_is_packed_and_reported(tmp_path: Path) -> None:
     # the methods run keeps its checkpoint for the bf16 check, but does not pack it
     assert list((runs / "methods" / "sf2").rglob("*.ckpt"))
     bf16 = json.loads((out / "bf16_trained.json").read_text())
-    assert bf16["models"] == 2 and bf16["bf16_path"].startswith("CPU autocast")
+    assert bf16["models"] == 2 and bf16["bf16_path"].startswith("library on cpu")
     for row in bf16["rows"]:
         # bf16 really ran (the maps are not their fp32 selves) and stayed close to fp32
         assert 0.5 < row["spearman_same"] < 1.0, row
@@ -103,3 +103,35 @@ def test_a_study_fit_is_packed_and_reported(tmp_path: Path) -> None:
     assert "## (d)" in report and "c1" in report
     with tarfile.open(out / "reports.tar.gz") as tar:
         assert "reports/spectral_norm/report.md" in tar.getnames()
+
+
+def test_the_gpu_steps_run_on_cpu_at_toy_size(tmp_path: Path) -> None:
+    """Steps overhead and bf16 of the one-call GPU plan, QUICK on the CPU: the monitored
+    fit keeps its models, and the bf16 check reads them back; a step with too little time
+    left before the deadline is skipped and logged, not started."""
+    data = tmp_path / "cifar10"
+    _image_folder(data, {"train": 4, "test": 2})
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    env = {
+        "ACC": "cpu",
+        "QUICK": "1",
+        "OUT": str(out),
+        "DATA": str(data),
+        "RUNS": str(runs),
+        "TRAIN_PRECISION": "32-true",
+        "OMP_NUM_THREADS": "1",
+    }
+    done = _run(env, "overhead", "bf16")
+    assert done.returncode == 0, done.stdout + done.stderr
+    session = (out / "session.log").read_text()
+    for step in ("overhead_fp32", "overhead_bf16", "bf16"):
+        assert f"{step} status=0" in session, session
+    fp32 = json.loads((out / "overhead.json").read_text())
+    bf16_cb = json.loads((out / "overhead_bf16.json").read_text())
+    assert fp32["callback_precision"] == "32" and bf16_cb["callback_precision"] == "bf16"
+    assert fp32["tf32"] == {"matmul_allow_tf32": False, "cudnn_allow_tf32": False}
+    assert fp32["median_monitor_s"] > 0
+    agreement = json.loads((out / "bf16_trained.json").read_text())
+    assert agreement["models"] == 2 and agreement["probes"] == 8
+    late = _run({**env, "DEADLINE": "30"}, "bench")
+    assert late.returncode == 0 and "skipped bench: " in (out / "session.log").read_text()

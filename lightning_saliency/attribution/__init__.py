@@ -26,6 +26,7 @@ from lightning_saliency.attribution._core import (
 )
 from lightning_saliency.attribution._guard import attribution_state
 from lightning_saliency.attribution.captum_adapter import captum_attribution
+from lightning_saliency.attribution.fold import attribution_model, foldable_pairs
 from lightning_saliency.attribution.methods import (
     adapt_grad,
     adapt_sigma,
@@ -70,12 +71,14 @@ __all__ = [
     "adapt_grad",
     "adapt_sigma",
     "adaptgrad_paper_specs",
+    "attribution_model",
     "attribution_state",
     "available_methods",
     "captum_attribution",
     "compute_attribution",
     "default_segment_params",
     "find_grad_cam_layer",
+    "foldable_pairs",
     "forward_scores",
     "grad_cam",
     "grad_x_input",

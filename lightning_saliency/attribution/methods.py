@@ -7,12 +7,16 @@ the target logit (``output="logit"``) or log-softmax w.r.t. the input, in eval m
 Common keyword arguments (see :mod:`._core` for the guarantees):
 
 * ``output``: ``"logit"`` or ``"log_softmax"``;
-* ``precision``: ``"32"`` or ``"bf16"`` (bf16 autocast on CUDA only; ignored on CPU);
-* ``channels_last``: channels-last chunks on CUDA (ignored on CPU);
+* ``precision``: ``"32"`` or ``"bf16"`` (bf16 autocast of the forward, CPU and CUDA);
+* ``channels_last``: channels-last input chunks (any device);
 * ``batch_size``: max rows of the expanded batch (N x samples x steps) per chunk;
 * ``memory_budget_mb``: derive the chunk size from a memory budget instead (default: a
   quarter of the free CUDA memory, 1024 MB on CPU), divided by the bytes the model keeps
-  for backward per row (:func:`activation_memory`).
+  for backward per row (:func:`activation_memory`); on CPU chunks are also capped for
+  cache locality (:func:`~._chunks.cpu_row_cap`).
+
+For speed, pass :func:`~.fold.attribution_model`'s copy of the model (BatchNorm folded,
+channels-last weights on CPU); the default path runs the model as given.
 
 Definitions (``/DESIGN.md``): with f_c the target score and g = grad f_c,
 
@@ -55,6 +59,7 @@ from lightning_saliency.attribution._core import (
     chunk_rows,
     forward_scores,
     input_gradients,
+    prepare_rows,
     select_scores,
 )
 
@@ -584,6 +589,17 @@ def _resolve_layer(model: nn.Module, layer: nn.Module | str | None, x: Tensor) -
     )
 
 
+def _check_not_folded(model: nn.Module, module: nn.Module) -> None:
+    """A convolution with BatchNorm folded into it outputs what the BN did: not its own A."""
+    folded = {conv for conv, _ in getattr(model, "folded_batchnorm", ())}
+    if folded and (name := _module_name(model, module)) in folded:
+        raise ValueError(
+            f"the grad_cam layer {name!r} is a convolution with BatchNorm folded into it "
+            "(attribution_model); its output is the BN's, not the convolution's: build the "
+            f"copy with attribution_model(model, keep=[{name!r}]) or use the model itself"
+        )
+
+
 def grad_cam(
     model: nn.Module,
     x: Tensor,
@@ -615,15 +631,15 @@ def grad_cam(
     with attribution_mode(model):
         xd = x.detach().clone()
         tgt = check_target(target, n, x.device)
+        tmax = int(tgt.max())
         chunk = chunk_rows(model, xd, batch_size, memory_budget_mb, precision, channels_last)
         module = _resolve_layer(model, layer, xd)
+        _check_not_folded(model, module)
         acc_dtype = torch.promote_types(x.dtype, torch.float32)
         parts = []
         for c0 in range(0, n, chunk):
-            rows = xd[c0 : c0 + chunk].detach()
-            if channels_last and rows.is_cuda:
-                rows = rows.contiguous(memory_format=torch.channels_last)
-            rows.requires_grad_(True)  # keeps A in the graph even if all parameters are frozen
+            # requires grad: keeps A in the graph even if all parameters are frozen
+            rows = prepare_rows(xd[c0 : c0 + chunk], channels_last)
             captured: list[object] = []
             handle = module.register_forward_hook(lambda m, a, o, store=captured: store.append(o))
             try:
@@ -643,7 +659,7 @@ def grad_cam(
                     f"the grad_cam layer must output a 4-D feature map (N, K, h, w), got {shape}"
                 )
             tg = tgt[c0 : c0 + chunk]
-            check_output(out, rows.shape[0], tg)
+            check_output(out, rows.shape[0], tmax)
             scores = select_scores(out, tg, output)
             if not scores.requires_grad or not act.requires_grad:
                 raise RuntimeError("the model output does not depend differentiably on the layer")
