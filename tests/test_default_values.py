@@ -50,7 +50,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("default"))
     try:
-        cli = cli_main(["fit", *FIXTURE["args"]])
+        # the models as they are (no BatchNorm-folded copy): the numbers of version 0.1 bit
+        # for bit, where only rounding would otherwise differ
+        cli = cli_main(["fit", *FIXTURE["args"],
+                        "--trainer.callbacks.init_args.fold_batchnorm", "false"])  # fmt: skip
         return Path(cli.trainer.logger.log_dir).resolve()
     finally:
         os.chdir(cwd)

@@ -26,7 +26,7 @@ __all__ = [
 #: resumed run must keep them (else its epochs would not be comparable).
 IDENTITY: tuple[str, ...] = (
     "methods", "num_train_probes", "num_test_probes", "seed", "target", "normalize", "topk",
-    "metrics", "input_range", "precision", "chance_draws",
+    "metrics", "input_range", "precision", "chance_draws", "fold_batchnorm",
 )  # fmt: skip
 
 
@@ -70,7 +70,7 @@ def check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> Non
         raise ValueError(f"is_ensemble must be None, True or False; got {args['is_ensemble']!r}")
     if args["probe_transform"] is not None and not callable(args["probe_transform"]):
         raise ValueError("probe_transform must be callable (e.g. a torchvision transform)")
-    for name in ("normalize", "channels_last"):
+    for name in ("normalize", "channels_last", "fold_batchnorm"):
         if not isinstance(args[name], bool):
             raise ValueError(f"{name} must be True or False; got {args[name]!r}")
     if args["target"] not in ("label", "pred"):

@@ -8,11 +8,12 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning_saliency.attribution import MethodSpec, attribution_model, find_grad_cam_layer
 from lightning_saliency.generalization import compute_pixel_maps
 
 from ._probes import ProbeSet
 
-__all__ = ["is_last_epoch", "materialize", "sharded_pixel_maps"]
+__all__ = ["attribution_sources", "is_last_epoch", "materialize", "sharded_pixel_maps"]
 
 
 def sharded_pixel_maps(trainer: pl.Trainer | None, sources: list[nn.Module], *args: Any,
@@ -50,3 +51,17 @@ def materialize(probes: ProbeSet) -> ProbeSet:
         images=None if probes.images is None else probes.images.clone(),
         indices=probes.indices,
     )
+
+
+def attribution_sources(
+    sources: list[nn.Module], specs: list[MethodSpec], x: torch.Tensor, channels_last: bool
+) -> list[nn.Module]:
+    """A frozen eval-mode copy of each source for this epoch's attribution passes, with
+    BatchNorm folded into its convolutions (and channels-last weights on CPU): the same maps
+    up to float32 rounding, faster (``docs/benchmarks.md``). A Grad-CAM layer is kept."""
+    out = []
+    for model in sources:
+        keep = [s.params.get("layer") or find_grad_cam_layer(model, x[:1])
+                for s in specs if s.method == "grad_cam"]  # fmt: skip
+        out.append(attribution_model(model, channels_last=channels_last or None, keep=keep))
+    return out

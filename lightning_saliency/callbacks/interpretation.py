@@ -82,7 +82,8 @@ class InterpretationGeneralization(Callback):
         reference: reference model (module or checkpoint path) for single-model modules.
         normalize: compare unit-L2-normalized maps (paper 000) instead of raw ones.
         target: explain the true ``"label"`` or the (ensemble's) predicted class ``"pred"``.
-        precision: ``"32"`` or ``"bf16"`` (bf16 autocast on CUDA) for the attribution passes.
+        precision: ``"32"`` or ``"bf16"`` (bf16 autocast, on CUDA or CPU; on a CPU without
+            bf16 units it is slower) for the attribution passes.
         seed: seeds the probe draw and every method's noise (a dedicated generator).
         log_images_every_n_epochs: image grids and figures every n monitored epochs (0: never).
         num_images: test probes shown in each image grid.
@@ -95,7 +96,8 @@ class InterpretationGeneralization(Callback):
         unnormalize: maps model inputs back to [0, 1] images for super-pixels and display
             (default: the data module's ``unnormalize``; else per-image min-max scaling).
         batch_size: rows per forward/backward chunk of the attribution passes.
-        channels_last: channels_last memory format on CUDA.
+        channels_last: channels_last memory format for the attribution passes (on CPU the
+            folded copy is channels-last anyway).
         topk: fraction (or count) of pixels for the top-k intersection.
         chance_draws: random derangements of the probes the class-blind chance level of
             every agreement averages over (``docs/metrics.md``).
@@ -103,6 +105,11 @@ class InterpretationGeneralization(Callback):
             DisjointEnsemble); False monitors the module as one model whatever it holds.
         probe_transform: applied to each probe image of a dataset (e.g. a torchvision
             transform for PIL images); dict items give their image and label by key.
+        fold_batchnorm: explain a frozen eval-mode copy of each model with BatchNorm folded
+            into its convolutions (channels-last weights on CPU), built once per monitored
+            epoch: faster, the same maps up to float32 rounding (a ReLU decision within
+            rounding of its threshold can flip in a few percent of maps). False explains the
+            models as they are, bit for bit as version 0.1.
 
     Example:
         >>> import lightning as L
@@ -142,6 +149,7 @@ class InterpretationGeneralization(Callback):
         max_overhead: float | None = 0.1,
         is_ensemble: bool | None = None,
         probe_transform: Callable[[Any], Any] | None = None,
+        fold_batchnorm: bool = True,
     ) -> None:
         super().__init__()
         self.specs: list[MethodSpec] = [
@@ -181,6 +189,7 @@ class InterpretationGeneralization(Callback):
         self.topk = topk
         self.chance_draws = chance_draws
         self.is_ensemble = is_ensemble
+        self.fold_batchnorm = fold_batchnorm
         self.probe_transform = probe_transform
         self.max_overhead = None if max_overhead is None else float(max_overhead)
         self._schedule = Schedule(every_n_epochs, self.max_overhead)
@@ -230,6 +239,7 @@ class InterpretationGeneralization(Callback):
             "input_range": None if self.input_range is None else list(self.input_range),
             "precision": self.precision,
             "chance_draws": self.chance_draws,
+            "fold_batchnorm": self.fold_batchnorm,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -501,8 +511,10 @@ class InterpretationGeneralization(Callback):
             probes = _epoch.materialize(self.probes)
             logits = model_logits(sources, probes.x, self.batch_size or 256)
             target = probes.y if self.target == "label" else logits[: len(models)].mean(0).argmax(-1)
+            explained = (_epoch.attribution_sources(sources, self.specs, probes.x, self.channels_last)
+                         if self.fold_batchnorm else sources)  # fmt: skip
             pixel = _epoch.sharded_pixel_maps(
-                trainer, sources, probes.x, target, self.specs, seed=self.seed,
+                trainer, explained, probes.x, target, self.specs, seed=self.seed,
                 input_range=self._range, precision=self.precision,
                 channels_last=self.channels_last, batch_size=self.batch_size, progress=progress,
             )  # fmt: skip
