@@ -81,3 +81,57 @@ def test_is_ensemble_false_monitors_a_module_with_a_models_list_as_one_model(tmp
     with pytest.raises(ValueError, match="is_ensemble=True but the module has no"):
         trainer(tmp_path / "c", [callback(is_ensemble=True, **kw)], max_epochs=1,
                 limit_val_batches=0).fit(Plain(), loader)  # fmt: skip
+
+
+class _Output:
+    """A HuggingFace-style output object (``transformers.modeling_outputs.ModelOutput``)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits, self.hidden_states = logits, None
+
+
+class _Wrapped(Plain):
+    """Returns its logits inside a dict, a tuple or an output object."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor):
+        logits = self.net(x)
+        return {"dict": {"logits": logits, "aux": 0}, "tuple": (logits, x),
+                "object": _Output(logits), "other": object()}[self.kind]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple", "object"])
+def test_dict_tuple_and_output_object_models_are_monitored(tmp_path: Path, kind: str) -> None:
+    loader, (x, y) = plain_loader()
+    cb = callback(methods=["simple_grad", {"method": "smooth_grad", "sigma": 0.3, "samples": 2}],
+                  train_probes=(x[:8], y[:8]), test_probes=(x[8:16], y[8:16]),
+                  reference=_Wrapped(kind))  # fmt: skip
+    t = trainer(tmp_path, [cb], max_epochs=1, limit_val_batches=0)
+    model = _Wrapped(kind)
+    t.fit(model, loader)
+    gap = t.callback_metrics["interp/simple_grad/gap"]
+    assert torch.isfinite(gap)
+    # the maps are the gradients of the logits inside the output
+    plain = Plain()
+    plain.net.load_state_dict(model.net.state_dict())
+    result = cb.evaluate(model)
+    xs = cb.probes.x.clone().requires_grad_(True)
+    plain.eval()
+    (g,) = torch.autograd.grad(plain(xs).gather(1, cb.probes.y[:, None]).sum(), xs)
+    torch.testing.assert_close(result.maps["simple_grad"][0], g, rtol=1e-4, atol=1e-6)
+
+
+def test_an_output_that_is_not_logits_fails_at_setup_naming_output_transform(tmp_path: Path) -> None:
+    loader, (x, y) = plain_loader()
+    cb = callback(methods=["simple_grad"], train_probes=(x[:8], y[:8]), test_probes=(x[8:16], y[8:16]))
+    with pytest.raises(ValueError, match="give output_transform="):
+        trainer(tmp_path, [cb], max_epochs=1, limit_val_batches=0).fit(_Wrapped("other"), loader)
+    # with a transform it works
+    cb = callback(methods=["simple_grad"], train_probes=(x[:8], y[:8]), test_probes=(x[8:16], y[8:16]),
+                  output_transform=lambda out: out["logits"])  # fmt: skip
+    t = trainer(tmp_path / "b", [cb], max_epochs=1, limit_val_batches=0)
+    t.fit(_Wrapped("dict"), loader)
+    assert torch.isfinite(t.callback_metrics["interp/simple_grad/test/sparseness"])

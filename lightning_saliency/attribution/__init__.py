@@ -38,6 +38,7 @@ from lightning_saliency.attribution.methods import (
     smooth_grad,
     var_grad,
 )
+from lightning_saliency.attribution.outputs import as_logits, logits_outputs
 from lightning_saliency.attribution.registry import (
     FrozenParams,
     MethodInfo,
@@ -71,6 +72,7 @@ __all__ = [
     "adapt_grad",
     "adapt_sigma",
     "adaptgrad_paper_specs",
+    "as_logits",
     "attribution_model",
     "attribution_state",
     "available_methods",
@@ -85,6 +87,7 @@ __all__ = [
     "group_by_segments",
     "input_gradients",
     "integrated_gradients",
+    "logits_outputs",
     "method_info",
     "method_is_stochastic",
     "method_needs_input_range",

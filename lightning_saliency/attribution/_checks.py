@@ -135,7 +135,9 @@ def check_output(out: object, rows: int, target_max: int | Tensor) -> Tensor:
     """
     if not isinstance(out, Tensor):
         raise TypeError(
-            f"the model must return a logits Tensor (N, num_classes), got {type(out).__name__}"
+            f"the model must return a logits Tensor (N, num_classes), got {type(out).__name__}; "
+            "wrap it with lightning_saliency.attribution.logits_outputs (or give the "
+            "callback output_transform=) for tuples, dicts and objects with .logits"
         )
     if out.ndim != 2 or out.shape[0] != rows:
         raise ValueError(

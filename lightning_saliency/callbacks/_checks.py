@@ -68,6 +68,8 @@ def check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> Non
         raise ValueError(f"max_overhead must be a fraction > 0 of the training time, or None; got {overhead!r}")
     if args["is_ensemble"] not in (None, True, False):
         raise ValueError(f"is_ensemble must be None, True or False; got {args['is_ensemble']!r}")
+    if args["output_transform"] is not None and not callable(args["output_transform"]):
+        raise ValueError("output_transform must be callable: the model's output -> its logits")
     if args["probe_transform"] is not None and not callable(args["probe_transform"]):
         raise ValueError("probe_transform must be callable (e.g. a torchvision transform)")
     for name in ("normalize", "channels_last", "fold_batchnorm"):

@@ -139,9 +139,14 @@ def draw_probes(
 
 @torch.no_grad()
 def check_models(
-    models: Sequence[nn.Module], reference: nn.Module | None, probes: ProbeSet, need_labels: bool
+    models: Sequence[nn.Module],
+    reference: nn.Module | None,
+    probes: ProbeSet,
+    need_labels: bool,
+    transform: Callable[[Any], Tensor] = lambda out: out,
 ) -> None:
-    """The models (and reference) return 2-D logits with matching classes for the labels."""
+    """The models (and reference) return 2-D logits (after ``transform``) with matching
+    classes for the labels."""
     x = probes.x[:2]
     checked = [*models, *([reference] if reference is not None else [])]
     outs = []
@@ -149,7 +154,7 @@ def check_models(
         for i, m in enumerate(checked):
             dev = next((p.device for p in m.parameters()), torch.device("cpu"))
             try:
-                outs.append(m(x.to(dev)))
+                out = m(x.to(dev))
             except Exception as err:  # wrong channels, an image too small for the network, ...
                 who = "the reference model" if i == len(models) else f"model {i}"
                 raise ValueError(
@@ -157,6 +162,10 @@ def check_models(
                     f"{_first_line(err)}. Check the model's "
                     "input channels and image size against the data (or the probes you passed)"
                 ) from None
+            try:
+                outs.append(transform(out))
+            except TypeError as err:  # not logits by the convention, and no output_transform
+                raise ValueError(str(err)) from None
     for out in outs:
         if not isinstance(out, Tensor) or out.ndim != 2:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__

@@ -23,7 +23,13 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
 from lightning_saliency import _compat
-from lightning_saliency.attribution import MethodSpec, method_needs_input_range, resolve_method
+from lightning_saliency.attribution import (
+    MethodSpec,
+    as_logits,
+    logits_outputs,
+    method_needs_input_range,
+    resolve_method,
+)
 from lightning_saliency.generalization import (
     CHANCE_DRAWS,
     FAMILIES,
@@ -110,6 +116,9 @@ class InterpretationGeneralization(Callback):
             epoch: faster, the same maps up to float32 rounding (a ReLU decision within
             rounding of its threshold can flip in a few percent of maps). False explains the
             models as they are, bit for bit as version 0.1.
+        output_transform: maps a model's output to its ``(N, classes)`` logits; default: a
+            tensor as it is, a tuple's first element, a dict's ``"logits"``, an object's
+            ``.logits`` (:func:`~lightning_saliency.attribution.as_logits`).
 
     Example:
         >>> import lightning as L
@@ -150,6 +159,7 @@ class InterpretationGeneralization(Callback):
         is_ensemble: bool | None = None,
         probe_transform: Callable[[Any], Any] | None = None,
         fold_batchnorm: bool = True,
+        output_transform: Callable[[Any], Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.specs: list[MethodSpec] = [
@@ -190,6 +200,7 @@ class InterpretationGeneralization(Callback):
         self.chance_draws = chance_draws
         self.is_ensemble = is_ensemble
         self.fold_batchnorm = fold_batchnorm
+        self.output_transform = output_transform
         self.probe_transform = probe_transform
         self.max_overhead = None if max_overhead is None else float(max_overhead)
         self._schedule = Schedule(every_n_epochs, self.max_overhead)
@@ -300,7 +311,8 @@ class InterpretationGeneralization(Callback):
             )
         self.families = self._families(len(models), self._reference_module is not None)
         self._prepare_probes(trainer, len(models), self._loaded_indices)
-        _setup.check_models(models, self._reference_module, self.probes, self.target == "label")
+        _setup.check_models(models, self._reference_module, self.probes, self.target == "label",
+                            self.output_transform or as_logits)  # fmt: skip
         # Every rank reads the log dir here, outside any rank-0-only branch (it may synchronize).
         self._record = RunRecord(_setup.find_log_dir(trainer))
 
@@ -507,17 +519,20 @@ class InterpretationGeneralization(Callback):
         assert self.probes is not None
         models = _setup.models_of(pl_module, self.is_ensemble)
         sources = models + ([self._reference_module] if self._reference_module is not None else [])
+        transform = self.output_transform or as_logits
         with isolate_rng(), torch.inference_mode(False), torch.enable_grad():
             probes = _epoch.materialize(self.probes)
-            logits = model_logits(sources, probes.x, self.batch_size or 256)
+            logits = model_logits(sources, probes.x, self.batch_size or 256, transform)
             target = probes.y if self.target == "label" else logits[: len(models)].mean(0).argmax(-1)
             explained = (_epoch.attribution_sources(sources, self.specs, probes.x, self.channels_last)
                          if self.fold_batchnorm else sources)  # fmt: skip
-            pixel = _epoch.sharded_pixel_maps(
-                trainer, explained, probes.x, target, self.specs, seed=self.seed,
-                input_range=self._range, precision=self.precision,
-                channels_last=self.channels_last, batch_size=self.batch_size, progress=progress,
-            )  # fmt: skip
+            with logits_outputs(explained, transform):
+                pixel = _epoch.sharded_pixel_maps(
+                    trainer, explained, probes.x, target, self.specs, seed=self.seed,
+                    input_range=self._range, precision=self.precision,
+                    channels_last=self.channels_last, batch_size=self.batch_size,
+                    progress=progress,
+                )  # fmt: skip
             maps = group_maps(self.specs, pixel, self.segments)
             return evaluate_epoch(
                 maps, probes.layout, self.specs, labels=probes.y, preds=predictions(logits),

@@ -29,12 +29,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_saliency._modes import eval_mode
-from lightning_saliency.attribution import MethodSpec, compute_attribution, group_by_segments
+from lightning_saliency.attribution import (
+    MethodSpec,
+    as_logits,
+    compute_attribution,
+    group_by_segments,
+)
 from lightning_saliency.metrics import finite_rows
 
 from .chance import CHANCE_DRAWS, ChancePairing, PredictionChance
@@ -69,8 +75,15 @@ Stats = dict[MetricKey, Statistic]
 
 
 @torch.no_grad()
-def model_logits(models: Sequence[nn.Module], x: Tensor, batch_size: int = 256) -> Tensor:
-    """``(M, N, classes)`` float logits of every model, in eval mode, in chunks.
+def model_logits(
+    models: Sequence[nn.Module],
+    x: Tensor,
+    batch_size: int = 256,
+    output_transform: Callable[[Any], Tensor] = as_logits,
+) -> Tensor:
+    """``(M, N, classes)`` float logits of every model, in eval mode, in chunks; a model's
+    output goes through ``output_transform`` (default: the library's convention,
+    :func:`~lightning_saliency.attribution.as_logits`).
 
     >>> model_logits([nn.Flatten()], torch.ones(3, 1, 1, 2)).shape
     torch.Size([1, 3, 2])
@@ -78,7 +91,8 @@ def model_logits(models: Sequence[nn.Module], x: Tensor, batch_size: int = 256) 
     out = []
     with eval_mode(*models):
         for model in models:
-            parts = [model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
+            parts = [output_transform(model(x[i : i + batch_size])).float()
+                     for i in range(0, len(x), batch_size)]  # fmt: skip
             out.append(torch.cat(parts))
     return torch.stack(out)
 
