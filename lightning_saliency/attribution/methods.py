@@ -511,17 +511,20 @@ def _module_name(model: nn.Module, layer: nn.Module) -> str:
 
 def _trace_modules(
     model: nn.Module, x: Tensor
-) -> tuple[dict[str, int], dict[str, tuple], list[str]]:
-    """One dry forward on x[:1]: call counts, last output shapes, Conv2d call order."""
+) -> tuple[dict[str, int], dict[str, tuple], list[str], list[str]]:
+    """One dry forward on x[:1]: call counts, last output shapes, Conv2d call order, and the
+    order in which modules finished."""
     calls: dict[str, int] = {}
     shapes: dict[str, tuple] = {}
     conv_order: list[str] = []
+    finished: list[str] = []
     handles = []
 
     def make_hook(name: str, is_conv: bool) -> Callable[..., None]:
         def hook(module: nn.Module, args: object, out: object) -> None:
             calls[name] = calls.get(name, 0) + 1
             shapes[name] = tuple(out.shape) if isinstance(out, Tensor) else ()
+            finished.append(name)
             if is_conv:
                 conv_order.append(name)
 
@@ -538,7 +541,7 @@ def _trace_modules(
     finally:
         for h in handles:
             h.remove()
-    return calls, shapes, conv_order
+    return calls, shapes, conv_order, finished
 
 
 def find_grad_cam_layer(model: nn.Module, x: Tensor) -> str:
@@ -552,18 +555,28 @@ def find_grad_cam_layer(model: nn.Module, x: Tensor) -> str:
     last conv itself; for a model wrapping a backbone (``self.model = resnet``) it is
     ``"model.layer4"``.
 
+    A token model (ViT, Mixer: the last convolution is the patch embedding, and the modules
+    after it output ``(N, tokens, dim)`` sequences) gets the last such module, called once
+    (normalization layers aside), whose patch tokens the output still depends on: for a
+    global-average-pooled model its last block, for a class-token ViT the block before the
+    last (the last block's patch tokens never reach the class token). :func:`grad_cam`
+    reshapes it to the patch grid. Never the patch embedding.
+
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
     >>> find_grad_cam_layer(net, torch.zeros(1, 1, 5, 5))
     '0'
     """
     check_input(x)
     with attribution_mode(model):
-        calls, shapes, conv_order = _trace_modules(model, x.detach().clone())
+        calls, shapes, conv_order, finished = _trace_modules(model, x.detach().clone())
     if not conv_order:
         raise ValueError(
             "grad_cam found no nn.Conv2d in the model's forward pass; pass layer= "
             "(a submodule or its dotted name) whose output is a 4-D feature map"
         )
+    tokens = _token_layers(model, conv_order[-1], calls, shapes, finished)
+    if tokens:
+        return _last_with_patch_gradient(model, x.detach()[:1].clone(), tokens)
     parts = conv_order[-1].split(".")
     chain = [".".join(parts[: i + 1]) for i in range(len(parts))]
     spatial = [n for n in chain if calls.get(n) == 1 and len(shapes.get(n, ())) == 4]
@@ -571,6 +584,69 @@ def find_grad_cam_layer(model: nn.Module, x: Tensor) -> str:
         if shapes[name][2] * shapes[name][3] > 1:
             return name
     return spatial[0] if spatial else conv_order[-1]
+
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.Identity, nn.Dropout)
+
+
+def _token_layers(model: nn.Module, last_conv: str, calls: dict[str, int],
+                  shapes: dict[str, tuple], finished: list[str]) -> list[str]:  # fmt: skip
+    """Token-sequence layers after a patch-embedding convolution, in finishing order."""
+    conv_shape = shapes.get(last_conv, ())
+    if len(conv_shape) != 4:
+        return []
+    grid = conv_shape[2] * conv_shape[3]
+    after = finished[finished.index(last_conv) + 1 :]
+    parents = {n: model.get_submodule(n.rpartition(".")[0]) if "." in n else model for n in after}
+    seqs = [n for n in after if calls.get(n) == 1 and len(shapes.get(n, ())) == 3
+            and grid <= shapes[n][1] <= grid + _MAX_PREFIX_TOKENS
+            and isinstance(parents[n], (nn.Sequential, nn.ModuleList))  # a block of a stack
+            and not isinstance(model.get_submodule(n), _NORMS)]  # fmt: skip
+    return seqs if len(seqs) >= 2 else []  # a convnet: a lone reshape after its last conv
+
+
+def _last_with_patch_gradient(model: nn.Module, x: Tensor, names: list[str]) -> str:
+    """The last of ``names`` whose patch tokens the model's top logit depends on (the last of
+    them all when no gradient reaches any, as with a zero-initialized head)."""
+    acts: dict[str, Tensor] = {}
+    handles = [model.get_submodule(n).register_forward_hook(
+        lambda m, a, o, n=n: acts.__setitem__(n, o)) for n in names]  # fmt: skip
+    try:
+        with attribution_mode(model), torch.enable_grad():
+            out = model(x.requires_grad_(True))
+            score = out.max(dim=1).values.sum() if isinstance(out, Tensor) else None
+            if score is None:
+                raise TypeError(f"the model returned a {type(out).__name__}, not logits")
+            grads = torch.autograd.grad(score, [acts[n] for n in names], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, g in zip(reversed(names), reversed(grads), strict=True):
+        grid = _tokens_to_grid(acts[name].detach(), x.shape[-2], x.shape[-1])
+        patches = grid.shape[-2] * grid.shape[-1]
+        if g is not None and bool(g[:, -patches:].abs().sum() > 0):
+            return name
+    return names[-1]  # no gradient anywhere (e.g. a zero-initialized head): the last block
+
+
+#: Class / distillation / register tokens a ViT may put before its patch tokens.
+_MAX_PREFIX_TOKENS = 16
+
+
+def _tokens_to_grid(act: Tensor, h: int, w: int) -> Tensor:
+    """``(N, T, D)`` tokens -> ``(N, D, gh, gw)`` patch grid (prefix tokens dropped), with
+    ``gh x gw`` (at least 2 x 2) the patch grid of an ``h x w`` input (same aspect ratio)."""
+    n, t, d = act.shape
+    for prefix in range(0, min(_MAX_PREFIX_TOKENS, t - 4) + 1):  # at least a 2 x 2 grid
+        patches = t - prefix
+        gh = round(math.sqrt(patches * h / w))
+        if gh > 0 and patches % gh == 0 and abs(patches // gh / gh - w / h) < 1e-6 + 0.5 / gh:
+            return act[:, prefix:].transpose(1, 2).reshape(n, d, gh, patches // gh)
+    raise ValueError(
+        f"the grad_cam layer outputs {t} tokens, which do not make a patch grid of a "
+        f"{h}x{w} input with up to {_MAX_PREFIX_TOKENS} prefix tokens; pass layer= naming a "
+        "feature map (N, C, H, W)"
+    )
 
 
 def _resolve_layer(model: nn.Module, layer: nn.Module | str | None, x: Tensor) -> nn.Module:
@@ -615,7 +691,8 @@ def grad_cam(
     """Grad-CAM: ``upsample(ReLU(sum_k alpha_k A_k))``, alpha_k = spatial mean of d f_c/dA_k.
 
     ``A`` is the 4-D output of ``layer`` (a submodule, its dotted name, or None for
-    :func:`find_grad_cam_layer`); the map is upsampled bilinearly to x's H x W
+    :func:`find_grad_cam_layer`), or its ``(N, tokens, dim)`` output reshaped to the patch
+    grid for a token model (prefix tokens such as a class token dropped); the map is upsampled bilinearly to x's H x W
     (``align_corners=False``, as Captum's ``LayerAttribution.interpolate``) and repeated
     over x's channels, so it is shaped like x. The layer must be called once per forward
     and its output must not be modified in place afterwards (e.g. by ``ReLU(inplace=True)``).
@@ -653,10 +730,11 @@ def grad_cam(
                     f"it was called {len(captured)} times"
                 )
             act = captured[0]
-            if not isinstance(act, Tensor) or act.ndim != 4:
+            if not isinstance(act, Tensor) or act.ndim not in (3, 4):
                 shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
                 raise ValueError(
-                    f"the grad_cam layer must output a 4-D feature map (N, K, h, w), got {shape}"
+                    "the grad_cam layer must output a 4-D feature map (N, K, h, w) or a token "
+                    f"sequence (N, tokens, dim), got {shape}"
                 )
             tg = tgt[c0 : c0 + chunk]
             check_output(out, rows.shape[0], tmax)
@@ -666,6 +744,8 @@ def grad_cam(
             (d_act,) = torch.autograd.grad(scores.sum(), inputs=[act], allow_unused=True)
             a32 = act.detach().to(acc_dtype)
             d32 = torch.zeros_like(a32) if d_act is None else d_act.to(acc_dtype)
+            if a32.ndim == 3:  # tokens (ViT, Mixer): the patch grid
+                a32, d32 = _tokens_to_grid(a32, h, w), _tokens_to_grid(d32, h, w)
             alpha = d32.mean(dim=(2, 3), keepdim=True)
             cam = torch.relu((alpha * a32).sum(dim=1, keepdim=True))
             cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
