@@ -804,3 +804,43 @@ def test_a_method_not_registered_here_is_listed_with_a_warning(tmp_path: Path) -
     with pytest.warns(UserWarning, match="'my_method' cannot be resolved here"):
         (run,) = load_runs(folder)
     assert run.labels == ["simple_grad", "my_method"] and "my_method" not in run.specs
+
+
+# --------------------------------------------------------------------------- seeds, verdicts
+def _seed_run(root: Path, sf: int, seed: int, spearman_above: float, ssim: tuple[float, float]) -> None:
+    rows = [
+        (0, "simple_grad", "pairs", "test", "spearman", spearman_above + 0.2, 0.01),
+        (0, "simple_grad", "pairs", "test", "spearman_above_chance", spearman_above, 0.01),
+        (0, "simple_grad", "pairs", "test", "ssim_above_chance", ssim[0], 0.01),
+        (0, "simple_grad_sp-slic", "pairs", "test", "ssim_above_chance", ssim[1], 0.01),
+        (0, "-", "pairs", "test", "prediction_kappa", 0.8 - 0.1 * (sf == 16), 0.01),
+    ]
+    folder = make_run(root / f"sf{sf}_seed{seed}", rows, split_factor=sf,
+                      methods=["simple_grad", {"method": "simple_grad", "superpixel": "slic"}])  # fmt: skip
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    cfg["seed_everything"] = seed
+    cfg["trainer"]["logger"]["init_args"]["version"] = f"sf{sf}_seed{seed}"
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_seed_replicates_are_aggregated_and_the_verdicts_follow_the_protocol(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, noise in enumerate((0.0, 0.02, -0.02)):
+        _seed_run(root, 2, seed, 0.30 + noise, (0.10, 0.20 + noise))
+        _seed_run(root, 16, seed, 0.10 + noise, (0.10, 0.10 - noise))
+    runs = load_runs(root)
+    assert len({r.signature for r in runs if r.split_factor == 2}) == 1  # seeds differ only
+    main([str(root), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "report.md").read_text()
+    a = section(md, "a")
+    assert "Seed level" in a and "3 seeds: sf2_seed0, sf2_seed1, sf2_seed2" in a
+    assert "| 2 | 3 seeds: sf2_seed0, sf2_seed1, sf2_seed2 | simple_grad | 0.5000 [0.4503, 0.5497] |" in a
+    verdicts = md[md.index("## Verdicts"):md.index("## (a)")]
+    # (a): 0.10 - 0.30 per seed, every seed alike: an interval below 0
+    assert "| a | map agreement falls" in verdicts and "-0.2000 [" in verdicts
+    line_a = next(ln for ln in verdicts.splitlines() if ln.startswith("| a |"))
+    assert line_a.endswith("| 0, 1, 2 | **reproduces** |")
+    # (c): SSIM above chance, grouped minus pixel: 0.10 + noise, interval above 0
+    line_c = next(ln for ln in verdicts.splitlines() if ln.startswith("| c |"))
+    assert line_c.endswith("**reproduces** |")
+    assert "| d |" not in verdicts  # no spectral-norm runs: not listed

@@ -15,6 +15,7 @@ from .runs import Run
 from .seeds import seed_table
 from .studies import ALL_STUDIES
 from .table import Cell, Column, Row, Table, fmt_x
+from .verdicts import verdict_rows
 
 __all__ = ["REPORT_FIELDS", "build_studies", "cell_text", "write_report"]
 
@@ -110,6 +111,21 @@ def _runs_table(runs: Sequence[Run]) -> list[str]:
     return md
 
 
+def _verdicts(runs: Sequence[Run]) -> list[str]:
+    """The protocol's verdicts, when some finding has two or more seeds."""
+    rows = [r for r in verdict_rows(runs) if r[1] is not None]
+    if not rows:
+        return []
+    md = ["## Verdicts (the rules of docs/results_protocol.md)", "",
+          "Seed-level mean of the deciding number and its 95% interval over the seeds.", "",
+          "| finding | claim | deciding number | seed-level value [95% CI] | seeds | verdict |",
+          "|---|---|---|---|---|---|"]  # fmt: skip
+    for f, est, seeds, word in rows:
+        md.append(f"| {f.key} | {f.claim} | {f.metric} | {cell_text(est)} | "
+                  f"{', '.join(map(str, seeds))} | **{word}** |")  # fmt: skip
+    return [*md, ""]
+
+
 def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
     """Write ``report.md``, ``report.csv`` and one PNG per study with data into ``out_dir``.
 
@@ -132,6 +148,7 @@ def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
            "the seeds and its interval over them (training noise), and the verdicts use it. A "
            "difference is a finding only when its interval excludes 0.", ""]  # fmt: skip
     tidy: list[dict[str, Any]] = []
+    md += _verdicts(runs)
     for study in ALL_STUDIES:
         table = study.build(runs)
         md += [f"## {study.title}", ""]
