@@ -44,7 +44,8 @@ def test_forward_backward_shapes(channels_last: bool) -> None:
     out = net(x)
     assert out.shape == (4, 7)
     out.sum().backward()
-    assert all(p.grad is not None and p.grad.shape == p.shape for p in net.parameters())
+    trainable = [p for p in net.parameters() if p.requires_grad]  # BN scales stay 1
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in trainable)
     assert x.grad is not None and x.grad.shape == x.shape and x.grad.is_contiguous()
     assert tuple(net.features(x).shape) == (4, 16, 3, 3)  # 32 -> 31 -> 15 -> 7 -> 3
     gray = build_backbone("airbench", num_classes=2, in_chans=1, widths=TINY)
@@ -60,6 +61,28 @@ def test_channels_last_does_not_change_outputs() -> None:
     b.load_state_dict(a.state_dict())
     x = torch.randn(3, 3, 32, 32)
     assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
+def test_batchnorm_bias_learns_scale_times_faster_and_scales_stay_one() -> None:
+    torch.manual_seed(0)
+    fast = AirbenchCNN(widths=TINY, bn_bias_lr_scale=64.0)
+    plain = AirbenchCNN(widths=TINY, bn_bias_lr_scale=1.0, bn_weight=True)
+    # the same function: BN biases start at 0 in both, the other tensors are copied by name
+    state = fast.state_dict()
+    plain.load_state_dict({k.replace(".parametrizations.bias.original", ".bias"): v
+                           for k, v in state.items()})  # fmt: skip
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    F.cross_entropy(plain(x), y).backward()
+    g = plain.features.block1.norm1.bias.grad.clone()
+    opt = torch.optim.SGD([p for p in fast.parameters() if p.requires_grad], lr=1e-3)
+    F.cross_entropy(fast(x), y).backward()
+    before = fast.features.block1.norm1.bias.detach().clone()
+    opt.step()
+    with torch.no_grad():
+        delta = fast.features.block1.norm1.bias - before
+    assert torch.allclose(delta, -64 * 1e-3 * g, atol=1e-7)
+    norm = fast.features.block1.norm1
+    assert not norm.weight.requires_grad and torch.equal(norm.weight, torch.ones(8))
 
 
 def test_count_macs_by_hand() -> None:

@@ -15,11 +15,16 @@ widths (64, 256, 256) (airbench94) 118 M, (32, 128, 128) 33 M, (16, 64, 64) 9.5 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .spectral import _Scale
 
 __all__ = ["AirbenchCNN", "count_macs"]
 
@@ -32,17 +37,34 @@ def _conv(cin: int, cout: int, bias: bool, dirac: bool) -> nn.Conv2d:
     return conv
 
 
+def _norm(channels: int, momentum: float | None, weight: bool, bias_lr_scale: float) -> nn.Module:
+    """BatchNorm (``momentum=None``: none) with an optionally frozen scale and a faster bias.
+
+    ``bias_lr_scale`` s stores the bias as ``sqrt(s) * b'`` (a parametrization: ``.bias``
+    reads the real value) so plain SGD moves the bias s times as fast as an ``lr`` step would
+    (airbench94's ``bias_scaler``), while weight decay shrinks it at the usual per-step rate.
+    """
+    if momentum is None:
+        return nn.Identity()
+    bn = nn.BatchNorm2d(channels, momentum=momentum)
+    bn.weight.requires_grad_(weight)
+    if bias_lr_scale != 1.0:
+        parametrize.register_parametrization(bn, "bias", _Scale(math.sqrt(bias_lr_scale)))
+    return bn
+
+
 class _Block(nn.Module):
     """``conv -> max-pool 2 -> BN -> GELU -> conv -> BN -> GELU`` (airbench94's ConvGroup)."""
 
-    def __init__(self, cin: int, cout: int, batch_norm: bool, bn_momentum: float, dirac: bool):
+    def __init__(self, cin: int, cout: int, norm: dict[str, Any], dirac: bool) -> None:
         super().__init__()
-        self.conv1 = _conv(cin, cout, bias=not batch_norm, dirac=dirac)
+        bias = norm["momentum"] is None
+        self.conv1 = _conv(cin, cout, bias=bias, dirac=dirac)
         self.pool = nn.MaxPool2d(2)
-        self.norm1 = nn.BatchNorm2d(cout, momentum=bn_momentum) if batch_norm else nn.Identity()
+        self.norm1 = _norm(cout, **norm)
         self.act1 = nn.GELU()
-        self.conv2 = _conv(cout, cout, bias=not batch_norm, dirac=dirac)
-        self.norm2 = nn.BatchNorm2d(cout, momentum=bn_momentum) if batch_norm else nn.Identity()
+        self.conv2 = _conv(cout, cout, bias=bias, dirac=dirac)
+        self.norm2 = _norm(cout, **norm)
         self.act2 = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -59,6 +81,11 @@ class AirbenchCNN(nn.Module):
         widths: output channels of the three blocks (airbench94: ``(64, 256, 256)``).
         batch_norm: BatchNorm after every block convolution (else the convs get a bias).
         bn_momentum: ``nn.BatchNorm2d`` momentum (torch convention; airbench94 uses 0.4).
+        bn_weight: train the BatchNorm scales (airbench94: no, they stay 1, which makes every
+            block convolution scale-invariant).
+        bn_bias_lr_scale: the BatchNorm biases learn this many times faster than the other
+            parameters under SGD (airbench94's ``bias_scaler``: 64), through a
+            parametrization ``bias = sqrt(scale) * bias'``.
         dirac_init: identity-initialize the first ``in_channels`` filters of every block conv.
         logit_scale: constant factor on the logits (airbench94: 1/9).
         channels_last: keep the block convolutions' weights in channels-last memory format
@@ -83,6 +110,8 @@ class AirbenchCNN(nn.Module):
         widths: Sequence[int] = (64, 256, 256),
         batch_norm: bool = True,
         bn_momentum: float = 0.4,
+        bn_weight: bool = False,
+        bn_bias_lr_scale: float = 64.0,
         dirac_init: bool = True,
         logit_scale: float = 1.0 / 9.0,
         channels_last: bool = True,
@@ -93,15 +122,22 @@ class AirbenchCNN(nn.Module):
             raise ValueError(f"widths must be three ints >= 1, got {widths!r}")
         if not 0.0 < float(bn_momentum) <= 1.0:
             raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum!r}")
+        if not float(bn_bias_lr_scale) > 0.0:
+            raise ValueError(f"bn_bias_lr_scale must be > 0, got {bn_bias_lr_scale!r}")
+        norm = dict(
+            momentum=float(bn_momentum) if batch_norm else None,
+            weight=bool(bn_weight),
+            bias_lr_scale=float(bn_bias_lr_scale),
+        )
         stem = 2 * in_chans * 4
         w1, w2, w3 = widths
         self.features = nn.Sequential(
             OrderedDict(
                 stem=nn.Conv2d(in_chans, stem, kernel_size=2, padding=0, bias=True),
                 stem_act=nn.GELU(),
-                block1=_Block(stem, w1, batch_norm, bn_momentum, dirac_init),
-                block2=_Block(w1, w2, batch_norm, bn_momentum, dirac_init),
-                block3=_Block(w2, w3, batch_norm, bn_momentum, dirac_init),
+                block1=_Block(stem, w1, norm, dirac_init),
+                block2=_Block(w1, w2, norm, dirac_init),
+                block3=_Block(w2, w3, norm, dirac_init),
             )
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
