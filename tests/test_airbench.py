@@ -198,3 +198,34 @@ def test_recipe_option_errors() -> None:
         DisjointEnsemble(backbone="mlp", image_size=4, label_smoothing=1.0)
     with pytest.raises(ValueError, match="triangle"):
         DisjointEnsemble(backbone="mlp", image_size=4, scheduler="linear")  # type: ignore[arg-type]
+
+
+def test_whitening_is_initialized_on_each_models_own_split(tmp_path) -> None:
+    from lightning_saliency.data import DigitsDataModule
+
+    dm = DigitsDataModule(image_size=16, batch_size=256, split_factor=2)
+    ens = DisjointEnsemble(
+        backbone="airbench", num_models=2, in_chans=1, image_size=16,
+        backbone_kwargs={"widths": [8, 16, 16], "whitening": True}, log_spectral=False,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="not whitened yet"):
+        ens.models[0](torch.zeros(2, 1, 16, 16))
+    assert not ens.models[0].features.stem.weight.requires_grad  # frozen: no optimizer step
+    trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(ens, datamodule=dm)
+    for k, model in enumerate(ens.models):
+        split = dm.split_dataset(k)
+        idx = (torch.arange(len(split)) * len(split) // len(split)).tolist()  # all 718 < 5000
+        ref = AirbenchCNN(in_chans=1, widths=(8, 16, 16))
+        ref.init_whitening(torch.stack([split[i][0] for i in idx]))
+        assert bool(model.whitened)
+        assert torch.allclose(model.features.stem.weight, ref.features.stem.weight, atol=1e-5)
+    assert not torch.allclose(
+        ens.models[0].features.stem.weight, ens.models[1].features.stem.weight
+    )
+    # a restored model keeps its stem: the buffer says it is whitened
+    ckpt = tmp_path / "w.ckpt"
+    trainer.save_checkpoint(ckpt)
+    again = DisjointEnsemble.load_from_checkpoint(ckpt)
+    assert not again.models[1].needs_data_init
+    assert torch.equal(again.models[1].features.stem.weight, ens.models[1].features.stem.weight)

@@ -205,18 +205,34 @@ def test_in_memory_equals_pil_path(tmp_path, image_size) -> None:
     assert torch.equal(again.heldout_dataset()[5][0], mem.heldout_dataset()[5][0])
 
 
-def test_batched_augmentation_matches_numpy_reference() -> None:
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_batched_augmentation_matches_numpy_reference(mode: str) -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 3, 5, 7), dtype=np.uint8)
     params = draw_params(16, ("crop", "flip"), 2, torch.Generator().manual_seed(3))
-    out = augment_batch(torch.from_numpy(images), params, padding=2).numpy()
+    out = augment_batch(torch.from_numpy(images), params, padding=2, crop_mode=mode).numpy()
+    np_mode = "constant" if mode == "zeros" else "reflect"
     for i in range(16):
         dy, dx = params["shift"][i].tolist()
-        ref = np.pad(images[i], ((0, 0), (2, 2), (2, 2)))[:, dy : dy + 5, dx : dx + 7]
+        ref = np.pad(images[i], ((0, 0), (2, 2), (2, 2)), mode=np_mode)[:, dy : dy + 5, dx : dx + 7]
         if params["flip"][i]:
             ref = ref[:, :, ::-1]
         np.testing.assert_array_equal(out[i], ref)
     assert 0 < int(params["flip"].sum()) < 16 and len(set(params["shift"][:, 0].tolist())) > 1
+
+
+def test_pil_reflect_crop_is_a_window_of_the_reflected_image() -> None:
+    from lightning_saliency.data.augment import PadRandomCrop
+
+    arr = np.random.default_rng(2).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    padded = np.pad(arr, ((2, 2), (2, 2), (0, 0)), mode="reflect")
+    windows = {padded[i : i + 6, j : j + 5].tobytes() for i in range(5) for j in range(5)}
+    torch.manual_seed(0)
+    seen = {np.asarray(PadRandomCrop(2, "reflect")(Image.fromarray(arr))).tobytes()
+            for _ in range(40)}  # fmt: skip
+    assert seen <= windows and len(seen) > 5
+    with pytest.raises(ValueError, match="crop_mode"):
+        PadRandomCrop(2, "wrap")
 
 
 def test_in_memory_augmentation_is_seeded_per_epoch_and_leaves_global_rng() -> None:

@@ -3,8 +3,9 @@
 ``augment`` arguments of the data modules take the transforms to apply: ``True`` (the data
 module's default), ``False`` / ``[]`` (none), or names from :data:`AUGMENTATIONS`:
 
-- ``"crop"``: pad every side by ``padding`` zero pixels (black in [0, 1] image space), then
-  crop a window of the original size at a uniformly random offset (0 .. 2 * padding per axis);
+- ``"crop"``: pad every side by ``padding`` pixels (``crop_mode="zeros"``: black in [0, 1]
+  image space; ``"reflect"``: mirrored without repeating the edge, as airbench94), then crop a
+  window of the original size at a uniformly random offset (0 .. 2 * padding per axis);
 - ``"flip"``: horizontal flip with probability 1/2 (wrong for glyphs and digits).
 
 Per-sample transforms (:func:`train_transform`, PIL images, torch's global RNG as torchvision
@@ -19,12 +20,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
     "AUGMENTATIONS",
+    "CROP_MODES",
     "PadRandomCrop",
     "augment_batch",
+    "check_crop_mode",
     "check_padding",
     "default_padding",
     "draw_params",
@@ -77,6 +81,16 @@ def default_padding(size: int) -> int:
     return max(1, int(size) // 8)
 
 
+CROP_MODES: tuple[str, ...] = ("zeros", "reflect")
+
+
+def check_crop_mode(mode: str) -> str:
+    """Validate a ``crop_mode`` argument (one of :data:`CROP_MODES`)."""
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop_mode must be one of {list(CROP_MODES)}, got {mode!r}")
+    return mode
+
+
 def check_padding(padding: int | None) -> int | None:
     """Validate a ``crop_padding`` argument (``None``: :func:`default_padding`)."""
     if padding is None:
@@ -98,21 +112,24 @@ class PadRandomCrop:
     (5, 3)
     """
 
-    def __init__(self, padding: int | None = None) -> None:
+    def __init__(self, padding: int | None = None, mode: str = "zeros") -> None:
         self.padding = check_padding(padding)
+        self.mode = check_crop_mode(mode)
 
     def __call__(self, img: Any) -> Any:
         from torchvision.transforms import functional as TF
 
         width, height = TF.get_image_size(img)
         pad = self.padding if self.padding is not None else default_padding(height)
-        padded = TF.pad(img, [pad], fill=0)
+        padded = TF.pad(
+            img, [pad], fill=0, padding_mode="constant" if self.mode == "zeros" else "reflect"
+        )
         top = int(torch.randint(0, 2 * pad + 1, (1,)).item())
         left = int(torch.randint(0, 2 * pad + 1, (1,)).item())
         return TF.crop(padded, top, left, height, width)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(padding={self.padding})"
+        return f"{type(self).__name__}(padding={self.padding}, mode={self.mode!r})"
 
 
 def _resize_steps(image_size: int | None, crop: bool) -> list[Any]:
@@ -147,6 +164,7 @@ def train_transform(
     augment: Sequence[str],
     padding: int | None = None,
     crop: bool = False,
+    crop_mode: str = "zeros",
 ) -> Any:
     """:func:`eval_transform` with the named augmentations inserted before ``ToTensor``.
 
@@ -159,9 +177,10 @@ def train_transform(
     if "crop" in augment:
         if image_size is not None:
             pad = padding if padding is not None else default_padding(image_size)
-            steps.append(T.RandomCrop(image_size, padding=pad))
+            mode = "constant" if crop_mode == "zeros" else "reflect"
+            steps.append(T.RandomCrop(image_size, padding=pad, padding_mode=mode))
         else:
-            steps.append(PadRandomCrop(padding))
+            steps.append(PadRandomCrop(padding, crop_mode))
     if "flip" in augment:
         steps.append(T.RandomHorizontalFlip())
     steps.append(T.ToTensor())
@@ -188,12 +207,15 @@ def draw_params(
     return out
 
 
-def _batch_crop(images: Tensor, shift: Tensor, padding: int) -> Tensor:
-    """Zero-pad ``images`` (N, C, H, W) by ``padding`` and crop H x W at per-sample offsets."""
+def _batch_crop(images: Tensor, shift: Tensor, padding: int, mode: str = "zeros") -> Tensor:
+    """Pad ``images`` (N, C, H, W) by ``padding`` and crop H x W at per-sample offsets."""
     n, c, h, w = images.shape
     p = padding
-    padded = images.new_zeros(n, c, h + 2 * p, w + 2 * p)
-    padded[:, :, p : p + h, p : p + w] = images
+    if mode == "reflect":
+        padded = F.pad(images.float(), (p, p, p, p), mode="reflect").to(images.dtype)
+    else:
+        padded = images.new_zeros(n, c, h + 2 * p, w + 2 * p)
+        padded[:, :, p : p + h, p : p + w] = images
     rows = images.new_empty(n, c, h, w + 2 * p)
     for s in range(2 * p + 1):
         m = shift[:, 0] == s
@@ -205,7 +227,9 @@ def _batch_crop(images: Tensor, shift: Tensor, padding: int) -> Tensor:
     return out
 
 
-def augment_batch(images: Tensor, params: dict[str, Tensor], padding: int = 0) -> Tensor:
+def augment_batch(
+    images: Tensor, params: dict[str, Tensor], padding: int = 0, crop_mode: str = "zeros"
+) -> Tensor:
     """Apply :func:`draw_params`' crops and flips to a batch ``(N, C, H, W)`` (any dtype).
 
     >>> x = torch.arange(9, dtype=torch.uint8).view(1, 1, 3, 3)
@@ -215,7 +239,7 @@ def augment_batch(images: Tensor, params: dict[str, Tensor], padding: int = 0) -
     [2, 1, 0]
     """
     if "shift" in params:
-        images = _batch_crop(images, params["shift"], padding)
+        images = _batch_crop(images, params["shift"], padding, crop_mode)
     if "flip" in params:
         images = torch.where(params["flip"].view(-1, 1, 1, 1), images.flip(-1), images)
     return images

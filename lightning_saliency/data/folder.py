@@ -15,7 +15,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ._utils import STATS_FROM_DATA, TransformDataset
-from .augment import _resize_steps, check_padding, eval_transform, parse_augment, train_transform
+from .augment import (
+    _resize_steps,
+    check_crop_mode,
+    check_padding,
+    eval_transform,
+    parse_augment,
+    train_transform,
+)
 from .datamodules import DisjointSplitDataModule
 from .memory import InMemoryImages, image_stats, stats_indices
 
@@ -71,7 +78,8 @@ class ImageFolderDataModule(DisjointSplitDataModule):
             ``["crop", "flip"]``, ``False`` / ``[]`` = none, or a list of names from
             :data:`~lightning_saliency.data.augment.AUGMENTATIONS` (``["crop"]`` for glyphs
             and digits, where flips are wrong).
-        crop_padding: the crop's zero padding (None: ``max(1, side // 8)``, 4 at 32x32).
+        crop_padding: the crop's padding (None: ``max(1, side // 8)``, 4 at 32x32).
+        crop_mode: ``"zeros"`` (black borders) or ``"reflect"`` (mirrored, as airbench94).
         in_memory: decode every image once into a uint8 tensor (all images must then have one
             size) and serve batches from memory with batched, epoch-keyed crop/flip drawn from
             a dedicated generator seeded by ``split_seed`` (no PIL per sample, no workers:
@@ -111,6 +119,7 @@ class ImageFolderDataModule(DisjointSplitDataModule):
         channels: int = 3,
         augment: bool | str | list[str] = False,
         crop_padding: int | None = None,
+        crop_mode: str = "zeros",
         in_memory: bool = False,
         cache_dir: str | None = None,
         split_factor: int = 2,
@@ -132,6 +141,7 @@ class ImageFolderDataModule(DisjointSplitDataModule):
             raise ValueError(f"stats_samples must be None or an int >= 1, got {stats_samples!r}")
         self.augment = parse_augment(augment)
         self.crop_padding = check_padding(crop_padding)
+        self.crop_mode = check_crop_mode(crop_mode)
         super().__init__(
             split_factor=split_factor,
             num_models=num_models,
@@ -268,11 +278,14 @@ class ImageFolderDataModule(DisjointSplitDataModule):
             )
             augmented = InMemoryImages(
                 images, targets, augment=self.augment, padding=self.crop_padding,
+                crop_mode=self.crop_mode,
                 seed=self.split_seed, **common,  # type: ignore[arg-type]
             )  # fmt: skip
             return augmented, heldout, base
         size = self._resize
         eval_tf = eval_transform(mean, std, size, crop=True)
-        train_tf = train_transform(mean, std, size, self.augment, self.crop_padding, crop=True)
+        train_tf = train_transform(
+            mean, std, size, self.augment, self.crop_padding, crop=True, crop_mode=self.crop_mode
+        )
         test.transform = eval_tf
         return TransformDataset(train, train_tf), test, TransformDataset(train, eval_tf)

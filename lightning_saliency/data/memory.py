@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .augment import augment_batch, default_padding, draw_params
+from .augment import augment_batch, check_crop_mode, default_padding, draw_params
 from .sampling import mix_seed
 
 __all__ = ["InMemoryImages", "image_stats", "stats_indices"]
@@ -81,6 +81,7 @@ class InMemoryImages(Dataset):
         augment: names from :data:`~lightning_saliency.data.augment.AUGMENTATIONS` (already
             validated, e.g. by :func:`~lightning_saliency.data.augment.parse_augment`).
         padding: crop padding (None: ``default_padding(H)``).
+        crop_mode: ``"zeros"`` or ``"reflect"`` padding of the crop.
         seed: seed of the per-epoch augmentation draws.
 
     >>> ds = InMemoryImages(torch.full((4, 1, 2, 2), 255, dtype=torch.uint8), torch.arange(4))
@@ -98,6 +99,7 @@ class InMemoryImages(Dataset):
         augment: Sequence[str] = (),
         padding: int | None = None,
         seed: int = 0,
+        crop_mode: str = "zeros",
     ) -> None:
         if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be a uint8 tensor shaped (N, C, H, W)")
@@ -120,6 +122,7 @@ class InMemoryImages(Dataset):
         self.augment = tuple(augment)
         self.padding = padding if padding is not None else default_padding(images.shape[-2])
         self.seed = int(seed)
+        self.crop_mode = check_crop_mode(crop_mode)
         self.epoch = 0
         self._params: dict[str, Tensor] | None = None
         self._params_epoch: int | None = None
@@ -153,7 +156,7 @@ class InMemoryImages(Dataset):
         x = self.images[idx]
         if self.augment:
             params = {k: v[idx] for k, v in self._epoch_params().items()}
-            x = augment_batch(x, params, self.padding)
+            x = augment_batch(x, params, self.padding, self.crop_mode)
         out = x.to(torch.float32).div(255)
         if self._mean is not None and self._scale is not None:
             out = out.sub_(self._mean).div_(self._scale)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from ._utils import TransformDataset
-from .augment import check_padding, eval_transform, parse_augment, train_transform
+from .augment import check_crop_mode, check_padding, eval_transform, parse_augment, train_transform
 from .datamodules import DisjointSplitDataModule
 
 __all__ = [
@@ -128,7 +128,8 @@ class CIFAR10DataModule(DisjointSplitDataModule):
 
     Expects ``root/cifar-10-batches-py/`` (the python version); ``download=True`` fetches it in
     :meth:`prepare_data`. ``augment`` names the training augmentations (``True`` = random crop
-    with ``crop_padding`` (default 4 at 32x32) and horizontal flip; a list such as ``["crop"]``;
+    with ``crop_padding`` (default 4 at 32x32; ``crop_mode`` "zeros" or "reflect") and
+    horizontal flip; a list such as ``["crop"]``;
     :func:`~lightning_saliency.data.augment.parse_augment`), applied to the training loaders
     only; probes (:meth:`split_dataset`) never see augmentation.
     ``image_size`` resizes (e.g. 224 for ImageNet-pretrained models).
@@ -156,6 +157,7 @@ class CIFAR10DataModule(DisjointSplitDataModule):
         download: bool = False,
         augment: bool | str | list[str] = False,
         crop_padding: int | None = None,
+        crop_mode: str = "zeros",
         image_size: int | None = None,
         split_factor: int = 2,
         num_models: int = 2,
@@ -183,6 +185,7 @@ class CIFAR10DataModule(DisjointSplitDataModule):
         self.download = bool(download)
         self.augment = parse_augment(augment)
         self.crop_padding = check_padding(crop_padding)
+        self.crop_mode = check_crop_mode(crop_mode)
         self._resize = image_size
 
     def _missing_files(self) -> list[str]:
@@ -222,7 +225,10 @@ class CIFAR10DataModule(DisjointSplitDataModule):
             )
         size = self._resize
         eval_tf = eval_transform(self.mean, self.std, size)
-        train_tf = train_transform(self.mean, self.std, size or 32, self.augment, self.crop_padding)
+        train_tf = train_transform(
+            self.mean, self.std, size or 32, self.augment, self.crop_padding,
+            crop_mode=self.crop_mode,
+        )  # fmt: skip
         try:
             base = CIFAR10(self.root, train=True, transform=None)
             heldout = CIFAR10(self.root, train=False, transform=eval_tf)

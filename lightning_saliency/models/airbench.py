@@ -92,7 +92,11 @@ class AirbenchCNN(nn.Module):
             (oneDNN runs them about 1.7x faster on CPU; outputs are unchanged). The stem stays
             contiguous, so gradients with respect to the input keep the input's layout.
 
-    The stem is a plain learnable convolution unless :meth:`init_whitening` is called.
+        whitening: the stem is a frozen patch-whitening filter bank (airbench94) computed from
+            training images by :meth:`init_from_data` (``DisjointEnsemble`` / ``Classifier``
+            call it in ``setup("fit")`` with their own split); until then a training-mode
+            forward raises. False: a plain learnable stem (:meth:`init_whitening` may still
+            set it).
 
     >>> net = AirbenchCNN(in_chans=3, num_classes=10, widths=(8, 16, 16))
     >>> net(torch.zeros(2, 3, 32, 32)).shape
@@ -115,6 +119,7 @@ class AirbenchCNN(nn.Module):
         dirac_init: bool = True,
         logit_scale: float = 1.0 / 9.0,
         channels_last: bool = True,
+        whitening: bool = False,
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -146,6 +151,20 @@ class AirbenchCNN(nn.Module):
         if channels_last:
             for name in ("block1", "block2", "block3"):
                 self.features.get_submodule(name).to(memory_format=torch.channels_last)
+        self.whitening = bool(whitening)
+        # saved with the weights: a restored model is not whitened again
+        self.register_buffer("whitened", torch.tensor(False))
+        if self.whitening:
+            _stem_weight_param(self.features.stem).requires_grad_(False)
+
+    @property
+    def needs_data_init(self) -> bool:
+        """True while ``whitening`` waits for :meth:`init_from_data`."""
+        return self.whitening and not bool(self.whitened)
+
+    def init_from_data(self, images: Tensor) -> None:
+        """Whiten the stem on ``images`` (model inputs of the training split; about 5,000)."""
+        self.init_whitening(images)
 
     @property
     def last_conv_block(self) -> nn.Module:
@@ -153,6 +172,11 @@ class AirbenchCNN(nn.Module):
         return self.features.block3
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.needs_data_init:
+            raise RuntimeError(
+                "AirbenchCNN(whitening=True) is not whitened yet: call init_from_data(images) "
+                "with training images first (DisjointEnsemble/Classifier do it in setup('fit'))"
+            )
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1)) * self.logit_scale
 
     @torch.no_grad()
@@ -175,9 +199,20 @@ class AirbenchCNN(nn.Module):
         eigvals, eigvecs = torch.linalg.eigh(cov)
         filters = (eigvecs.T / torch.sqrt(eigvals.clamp_min(0) + eps)[:, None]).flip(0)
         filters = filters.reshape(c * h * w, c, h, w).to(stem.weight.dtype)
-        stem.weight.copy_(torch.cat([filters, -filters]))
+        bank = torch.cat([filters, -filters])
+        if parametrize.is_parametrized(stem, "weight"):
+            stem.weight = bank  # through the parametrizations' right_inverse
+        else:
+            stem.weight.copy_(bank)
         if stem.bias is not None:
             stem.bias.zero_()
+        self.whitened.fill_(True)
+
+
+def _stem_weight_param(conv: nn.Conv2d) -> Tensor:
+    if parametrize.is_parametrized(conv, "weight"):
+        return conv.parametrizations.weight.original  # type: ignore[union-attr]
+    return conv.weight
 
 
 def count_macs(model: nn.Module, x: Tensor) -> int:

@@ -78,10 +78,42 @@ def triangle(step: int, total: int) -> float:
     return 1.0 + (end - 1.0) * min(1.0, (step - top) / max(1, total - top))
 
 
+DATA_INIT_SAMPLES = 5000
+
+
+def _init_from_data(models: list[nn.Module], datasets: list[Any]) -> None:
+    """Call ``init_from_data`` of every model that asks for it (``needs_data_init``) with
+    ``DATA_INIT_SAMPLES`` evenly spaced samples of its own dataset (e.g. whitening)."""
+    for model, dataset in zip(models, datasets, strict=True):
+        if not getattr(model, "needs_data_init", False):
+            continue
+        n = len(dataset)
+        idx = (torch.arange(min(n, DATA_INIT_SAMPLES)) * n // min(n, DATA_INIT_SAMPLES)).tolist()
+        items = dataset.__getitems__(idx) if hasattr(dataset, "__getitems__") else None
+        items = items if items is not None else [dataset[i] for i in idx]
+        device = next(model.parameters()).device
+        model.init_from_data(torch.stack([torch.as_tensor(x) for x, _ in items]).to(device))
+
+
 class _SaliencyModuleBase(L.LightningModule):
     """Optimizer/scheduler/clipping/spectral-logging logic shared by the two modules."""
 
     _log_per_model: bool = True
+
+    def setup(self, stage: str) -> None:
+        """Before fitting, initialize backbones that need data (``needs_data_init``) on their
+        own training split (``datamodule.split_dataset(k)``); a resumed run then restores
+        the checkpoint's weights over it."""
+        models = self._backbones()
+        if stage != "fit" or not any(getattr(m, "needs_data_init", False) for m in models):
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "split_dataset"):
+            raise ValueError(
+                "the backbone needs training images to initialize (e.g. airbench whitening): "
+                "fit with a DisjointSplitDataModule (datamodule=...)"
+            )
+        _init_from_data(models, [dm.split_dataset(k) for k in range(len(models))])
 
     def _validate_common(
         self,
