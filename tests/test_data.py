@@ -19,6 +19,8 @@ from torch.utils.data import Subset, TensorDataset
 from lightning_saliency.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     CIFAR10DataModule,
     DigitsDataModule,
     DisjointSplitDataModule,
@@ -222,7 +224,10 @@ def test_input_range_and_unnormalize_hand_cases() -> None:
 def test_state_dict_round_trip_and_mismatch(tmp_path) -> None:
     dm = index_dm(n=30, split_factor=3, num_models=2, split_seed=5)
     state = dm.state_dict()
-    assert set(state) == {"split_seed", "split_factor", "num_models", "n", "split_indices"}
+    assert set(state) == {
+        "split_seed", "split_factor", "num_models", "n", "split_indices", "mean", "std"
+    }  # fmt: skip
+    assert state["mean"] is None and state["std"] is None
     assert (state["split_seed"], state["split_factor"], state["num_models"], state["n"]) == (
         5,
         3,
@@ -559,7 +564,7 @@ def test_image_folder_tiny_tree(tmp_path) -> None:
         for k, (xk, _) in enumerate(batch):
             seen[k] += len(xk)
     assert seen == [6, 6]
-    native = ImageFolderDataModule(str(tmp_path))
+    native = ImageFolderDataModule(str(tmp_path), mean=IMAGENET_MEAN, std=IMAGENET_STD)
     assert native.image_size == 8  # height of a native 10x8 (w x h) image
     assert native.input_range == pytest.approx((-0.485 / 0.229, (1 - 0.406) / 0.225))
 

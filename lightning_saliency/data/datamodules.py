@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from ._persistence import SplitStateMixin
+from ._utils import (
+    STATS_FROM_DATA,
+    TransformDataset,
+    _check_positive_int,
+    _check_stats,
+    _infer_num_classes,
+)
+from .sampling import EpochShuffleSampler, find_epoch_keyed, mix_seed
 from .splits import check_split_args, disjoint_splits
 
 __all__ = ["DisjointSplitDataModule", "TransformDataset"]
@@ -21,81 +28,7 @@ __all__ = ["DisjointSplitDataModule", "TransformDataset"]
 SPLITS_FILENAME = "splits.json"
 
 
-class TransformDataset(Dataset):
-    """A view of ``base`` whose samples ``(x, y)`` become ``(transform(x), y)``.
-
-    Lets one stored dataset serve both an augmented training view and a deterministic view
-    (for probes) without holding the data twice.
-
-    >>> ds = TransformDataset(TensorDataset(torch.arange(3.0), torch.arange(3)), lambda x: 2 * x)
-    >>> ds[2]
-    (tensor(4.), tensor(2))
-    """
-
-    def __init__(self, base: Dataset, transform: Callable[[Any], Any] | None = None) -> None:
-        self.base = base
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        x, y = self.base[index]
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, y
-
-    def __getattr__(self, name: str) -> Any:
-        # expose e.g. ``classes`` / ``targets`` of the wrapped dataset
-        if name in ("base", "transform") or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-
-def _as_stats(name: str, value: Sequence[float] | None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = (value,)
-    try:
-        stats = tuple(float(v) for v in value)
-    except TypeError as err:
-        raise TypeError(f"{name} must be a sequence of floats or None, got {value!r}") from err
-    if len(stats) == 0:
-        raise ValueError(f"{name} must have at least one entry (one per channel), got {value!r}")
-    return stats
-
-
-def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def _unwrap(dataset: Any) -> Any:
-    while isinstance(dataset, TransformDataset):
-        dataset = dataset.base
-    return dataset
-
-
-def _infer_num_classes(dataset: Any) -> int | None:
-    ds = _unwrap(dataset)
-    if isinstance(ds, Subset):
-        return _infer_num_classes(ds.dataset)
-    classes = getattr(ds, "classes", None)
-    if classes is not None:
-        return len(classes)
-    targets = getattr(ds, "targets", None)
-    if targets is not None and len(targets) > 0:
-        return int(torch.as_tensor(targets).max()) + 1
-    if isinstance(ds, TensorDataset) and len(ds.tensors) >= 2 and len(ds.tensors[1]) > 0:
-        return int(ds.tensors[1].max()) + 1
-    return None
-
-
-class DisjointSplitDataModule(L.LightningDataModule):
+class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
     """Train K models on K pairwise disjoint splits of a train set; validate on a held-out set.
 
     The train set is cut into ``split_factor`` disjoint parts of ``n // split_factor`` samples
@@ -118,17 +51,20 @@ class DisjointSplitDataModule(L.LightningDataModule):
         heldout_dataset: held-out dataset of ``(x, y)`` pairs (validation and test).
         split_factor: number of parts the train set is cut into.
         num_models: K, the number of models / splits used (``1 <= K <= split_factor``).
-        split_seed: seed of the split permutation and of the per-split shuffling.
+        split_seed: seed of the split permutation, of the per-split, per-epoch shuffling and
+            of in-memory augmentation.
         batch_size: batch size of every loader (per model).
         num_workers: DataLoader workers per loader.
-        mean: per-channel mean of the input normalization (None: inputs are in [0, 1]).
-        std: per-channel std of the input normalization (None: inputs are in [0, 1]).
+        mean: per-channel mean of the input normalization (None: inputs are in [0, 1];
+            ``"auto"``: computed from the training images by subclasses that read images).
+        std: per-channel std of the input normalization (None / ``"auto"`` as ``mean``).
         num_classes: number of classes (None: inferred from the datasets).
         in_chans: number of input channels (None: inferred from a sample).
         image_size: input height/width (None: inferred from a sample).
         pin_memory: passed to every DataLoader.
 
     Example:
+        >>> from torch.utils.data import TensorDataset
         >>> x = torch.rand(20, 1, 4, 4)
         >>> y = torch.arange(20) % 2
         >>> dm = DisjointSplitDataModule(TensorDataset(x, y), TensorDataset(x[:6], y[:6]),
@@ -153,8 +89,8 @@ class DisjointSplitDataModule(L.LightningDataModule):
         split_seed: int = 0,
         batch_size: int = 128,
         num_workers: int = 0,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
+        mean: Sequence[float] | str | None = None,
+        std: Sequence[float] | str | None = None,
         num_classes: int | None = None,
         in_chans: int | None = None,
         image_size: int | None = None,
@@ -168,20 +104,23 @@ class DisjointSplitDataModule(L.LightningDataModule):
         self.batch_size = _check_positive_int("batch_size", batch_size)
         self.num_workers = _check_positive_int("num_workers", num_workers, minimum=0)
         self.pin_memory = bool(pin_memory)
-        self.mean = _as_stats("mean", mean)
-        self.std = _as_stats("std", std)
-        if (self.mean is None) != (self.std is None):
-            raise ValueError(
-                f"mean and std must both be given or both be None, got mean={mean!r}, std={std!r}"
-            )
-        if self.mean is not None and self.std is not None:
-            if len(self.mean) != len(self.std):
+        self._auto_stats = STATS_FROM_DATA in (mean, std)
+        self._mean: tuple[float, ...] | None = None
+        self._std: tuple[float, ...] | None = None
+        if self._auto_stats:
+            if mean != std:
                 raise ValueError(
-                    f"mean and std must have the same length (one entry per channel), got "
-                    f"{len(self.mean)} and {len(self.std)}"
+                    f"mean and std must both be {STATS_FROM_DATA!r} (computed from the training "
+                    f"images) or both be given, got mean={mean!r}, std={std!r}"
                 )
-            if any(s <= 0 for s in self.std):
-                raise ValueError(f"every std entry must be > 0, got std={self.std}")
+            if type(self)._compute_stats is DisjointSplitDataModule._compute_stats:
+                raise ValueError(
+                    f"{type(self).__name__} cannot compute normalization statistics: "
+                    f"mean={STATS_FROM_DATA!r} needs a data module that reads images (e.g. "
+                    "ImageFolderDataModule); pass the mean/std its datasets apply, or None"
+                )
+        else:
+            self._mean, self._std = _check_stats(mean, std)  # type: ignore[arg-type]
         for name, value in (
             ("num_classes", num_classes),
             ("in_chans", in_chans),
@@ -211,6 +150,14 @@ class DisjointSplitDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ subclass hooks
     def _download(self) -> None:
         """Download the data if needed (called from :meth:`prepare_data`; default: no-op)."""
+
+    def _compute_stats(self) -> tuple[Sequence[float], Sequence[float]]:
+        """Per-channel ``(mean, std)`` of the training images in [0, 1], for ``mean="auto"``.
+
+        Called once, before :meth:`_build_datasets`; must not read :attr:`mean`/:attr:`std`.
+        Subclasses that read images implement it; the base class cannot.
+        """
+        raise NotImplementedError
 
     def _build_datasets(self) -> tuple[Dataset, ...]:
         """Build ``(train, heldout)`` or ``(train, heldout, train_eval)`` datasets.
@@ -255,16 +202,18 @@ class DisjointSplitDataModule(L.LightningDataModule):
                 self._hparams_initial[key] = value
 
     def train_dataloader(self) -> CombinedLoader:
-        """K shuffled loaders, loader ``k`` over split ``k`` only, combined with ``min_size``."""
+        """K shuffled loaders, loader ``k`` over split ``k`` only, combined with ``min_size``.
+
+        Loader k's order in epoch e is a permutation drawn from ``mix_seed(mix_seed(split_seed,
+        k), e)`` (:class:`~lightning_saliency.data.sampling.EpochShuffleSampler`; Lightning sets
+        the epoch), so a resumed run sees the same order as an uninterrupted one.
+        """
         self._ensure_splits()
-        loaders = [
-            self._loader(
-                self.split_dataset(k, train_transform=True),
-                shuffle=True,
-                generator=torch.Generator().manual_seed(self.split_seed * 1000 + k),
-            )
-            for k in range(self.num_models)
-        ]
+        loaders = []
+        for k in range(self.num_models):
+            dataset = self.split_dataset(k, train_transform=True)
+            sampler = EpochShuffleSampler(dataset, seed=mix_seed(self.split_seed, k))
+            loaders.append(self._loader(dataset, shuffle=False, sampler=sampler))
         return CombinedLoader(loaders, mode="min_size")
 
     def val_dataloader(self) -> DataLoader:
@@ -280,22 +229,27 @@ class DisjointSplitDataModule(L.LightningDataModule):
         return self._loader(self.heldout_dataset(), shuffle=False)
 
     def _loader(
-        self, dataset: Dataset, shuffle: bool, generator: torch.Generator | None = None
+        self, dataset: Dataset, shuffle: bool, sampler: EpochShuffleSampler | None = None
     ) -> DataLoader:
+        # epoch-keyed (in-memory) datasets gather batches in the main process: a worker's copy
+        # would not see the epoch change
+        workers = 0 if find_epoch_keyed(dataset) is not None else self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
+            sampler=sampler,
+            generator=sampler.loader_generator if sampler is not None else None,
+            num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
         )
 
     # ------------------------------------------------------------------ datasets and splits
     def _ensure_datasets(self) -> None:
         if self._train_set is not None and self._heldout_set is not None:
             return
+        self._resolve_stats()
         built = tuple(self._build_datasets())
         if len(built) not in (2, 3):
             raise ValueError(
@@ -382,6 +336,25 @@ class DisjointSplitDataModule(L.LightningDataModule):
             self._image_size = self._sample_shape()[-2]
         return self._image_size
 
+    def _resolve_stats(self) -> None:
+        if self._auto_stats and self._mean is None:
+            self._mean, self._std = _check_stats(*self._compute_stats())
+
+    @property
+    def mean(self) -> tuple[float, ...] | None:
+        """Per-channel mean of the input normalization (None: inputs in [0, 1]).
+
+        With ``mean="auto"`` computed from the training images on first access.
+        """
+        self._resolve_stats()
+        return self._mean
+
+    @property
+    def std(self) -> tuple[float, ...] | None:
+        """Per-channel std of the input normalization (see :attr:`mean`)."""
+        self._resolve_stats()
+        return self._std
+
     def _stats(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         if self.mean is None or self.std is None:
             return None
@@ -424,78 +397,3 @@ class DisjointSplitDataModule(L.LightningDataModule):
             std = torch.tensor(stats[1], dtype=out.dtype, device=out.device).view(-1, 1, 1)
             out = out * std + mean
         return out.clamp(0.0, 1.0)
-
-    # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict[str, Any]:
-        """``{"split_seed", "split_factor", "num_models", "n", "split_indices"}`` (plain ints)."""
-        indices = self._ensure_splits()
-        return {
-            "split_seed": self.split_seed,
-            "split_factor": self.split_factor,
-            "num_models": self.num_models,
-            "n": len(self._train_set),  # type: ignore[arg-type]
-            "split_indices": [idx.tolist() for idx in indices],
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Check that a saved split state matches this run; adopt its indices.
-
-        Raises ``ValueError`` if ``split_seed``, ``split_factor``, ``num_models`` or the train
-        set size differ (a resumed run must train each model on the same split). If only the
-        index lists differ (e.g. another torch version draws other permutations), the saved
-        indices are used, with a warning. Before :meth:`setup`, the check is deferred.
-        """
-        required = ("split_seed", "split_factor", "num_models", "n", "split_indices")
-        missing = [key for key in required if key not in state_dict]
-        if missing:
-            raise ValueError(f"split state is missing keys {missing}; expected keys {required}")
-        if self._split_indices is None and self._train_set is None:
-            self._pending_state = dict(state_dict)
-            return
-        current = self.state_dict()
-        diffs = [
-            f"{key}: saved {state_dict[key]!r}, current {current[key]!r}"
-            for key in required[:-1]
-            if state_dict[key] != current[key]
-        ]
-        if diffs:
-            raise ValueError(
-                "the saved splits do not match this data module (a resumed run must train each "
-                "model on the same split); differences: "
-                + "; ".join(diffs)
-                + ". Use the same split_seed/split_factor/num_models and the same train data."
-            )
-        saved = [torch.as_tensor(idx, dtype=torch.int64) for idx in state_dict["split_indices"]]
-        n = int(current["n"])
-        size = n // self.split_factor
-        if len(saved) != self.num_models or any(len(idx) != size for idx in saved):
-            raise ValueError(
-                f"the saved split_indices must be {self.num_models} lists of {size} indices, got "
-                f"lengths {[len(idx) for idx in saved]}"
-            )
-        flat = torch.cat(saved) if saved else torch.empty(0, dtype=torch.int64)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= n):
-            raise ValueError(f"the saved split_indices must lie in [0, {n})")
-        if flat.unique().numel() != flat.numel():
-            raise ValueError("the saved split_indices are not pairwise disjoint")
-        if any(not torch.equal(a, b) for a, b in zip(saved, self._split_indices, strict=True)):  # type: ignore[arg-type]
-            warnings.warn(
-                "the saved split indices differ from the ones drawn from split_seed here "
-                "(different torch version?); using the saved indices",
-                stacklevel=2,
-            )
-            self._split_indices = [idx.sort().values for idx in saved]
-
-    def save_splits(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` as JSON to ``path`` (parent folders are created)."""
-        path = os.fspath(path)
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(self.state_dict(), fh)
-
-    def load_splits(self, path: str | os.PathLike[str]) -> None:
-        """Read a ``splits.json`` written by :meth:`save_splits` and :meth:`load_state_dict` it."""
-        with open(os.fspath(path), encoding="utf-8") as fh:
-            self.load_state_dict(json.load(fh))

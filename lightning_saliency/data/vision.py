@@ -1,16 +1,17 @@
-"""Built-in DataModules: scikit-learn digits, CIFAR-10, MNIST and any ImageFolder tree."""
+"""Built-in DataModules: scikit-learn digits, CIFAR-10 and MNIST (ImageFolder: ``folder.py``)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from .datamodules import DisjointSplitDataModule, TransformDataset
+from ._utils import TransformDataset
+from .augment import check_crop_mode, check_padding, eval_transform, parse_augment, train_transform
+from .datamodules import DisjointSplitDataModule
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -21,7 +22,6 @@ __all__ = [
     "MNIST_STD",
     "CIFAR10DataModule",
     "DigitsDataModule",
-    "ImageFolderDataModule",
     "MNISTDataModule",
 ]
 
@@ -31,51 +31,6 @@ MNIST_MEAN: tuple[float, ...] = (0.1307,)
 MNIST_STD: tuple[float, ...] = (0.3081,)
 IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
-
-
-def _eval_transform(
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-    image_size: int | None = None,
-    crop: bool = False,
-) -> Any:
-    from torchvision import transforms as T
-
-    steps: list[Any] = []
-    if image_size is not None:
-        steps.append(T.Resize(image_size) if crop else T.Resize((image_size, image_size)))
-        if crop:
-            steps.append(T.CenterCrop(image_size))
-    steps.append(T.ToTensor())
-    if mean is not None and std is not None:
-        steps.append(T.Normalize(mean, std))
-    return T.Compose(steps)
-
-
-def _train_transform(
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-    image_size: int | None,
-    augment: bool,
-    crop: bool = False,
-    flip: bool = True,
-) -> Any:
-    from torchvision import transforms as T
-
-    if not augment:
-        return _eval_transform(mean, std, image_size, crop)
-    steps: list[Any] = []
-    if image_size is not None:
-        steps.append(T.Resize(image_size) if crop else T.Resize((image_size, image_size)))
-        if crop:
-            steps.append(T.CenterCrop(image_size))
-        steps.append(T.RandomCrop(image_size, padding=max(1, image_size // 8)))
-    if flip:
-        steps.append(T.RandomHorizontalFlip())
-    steps.append(T.ToTensor())
-    if mean is not None and std is not None:
-        steps.append(T.Normalize(mean, std))
-    return T.Compose(steps)
 
 
 def _download_hint(name: str, root: str, where: str) -> str:
@@ -172,8 +127,11 @@ class CIFAR10DataModule(DisjointSplitDataModule):
     """CIFAR-10 through ``torchvision.datasets.CIFAR10`` (50,000 train / 10,000 held-out).
 
     Expects ``root/cifar-10-batches-py/`` (the python version); ``download=True`` fetches it in
-    :meth:`prepare_data`. ``augment`` adds random crop (padding 4) and horizontal flip to the
-    training loaders only; probes (:meth:`split_dataset`) never see augmentation.
+    :meth:`prepare_data`. ``augment`` names the training augmentations (``True`` = random crop
+    with ``crop_padding`` (default 4 at 32x32; ``crop_mode`` "zeros" or "reflect") and
+    horizontal flip; a list such as ``["crop"]``;
+    :func:`~lightning_saliency.data.augment.parse_augment`), applied to the training loaders
+    only; probes (:meth:`split_dataset`) never see augmentation.
     ``image_size`` resizes (e.g. 224 for ImageNet-pretrained models).
 
     >>> dm = CIFAR10DataModule("data", split_factor=4)  # nothing is read yet
@@ -197,7 +155,9 @@ class CIFAR10DataModule(DisjointSplitDataModule):
         root: str = "data",
         *,
         download: bool = False,
-        augment: bool = False,
+        augment: bool | str | list[str] = False,
+        crop_padding: int | None = None,
+        crop_mode: str = "zeros",
         image_size: int | None = None,
         split_factor: int = 2,
         num_models: int = 2,
@@ -223,7 +183,9 @@ class CIFAR10DataModule(DisjointSplitDataModule):
         )
         self.root = os.path.expanduser(str(root))
         self.download = bool(download)
-        self.augment = bool(augment)
+        self.augment = parse_augment(augment)
+        self.crop_padding = check_padding(crop_padding)
+        self.crop_mode = check_crop_mode(crop_mode)
         self._resize = image_size
 
     def _missing_files(self) -> list[str]:
@@ -262,8 +224,11 @@ class CIFAR10DataModule(DisjointSplitDataModule):
                 "use ImageFolderDataModule instead."
             )
         size = self._resize
-        eval_tf = _eval_transform(self.mean, self.std, size)
-        train_tf = _train_transform(self.mean, self.std, size or 32, self.augment)
+        eval_tf = eval_transform(self.mean, self.std, size)
+        train_tf = train_transform(
+            self.mean, self.std, size or 32, self.augment, self.crop_padding,
+            crop_mode=self.crop_mode,
+        )  # fmt: skip
         try:
             base = CIFAR10(self.root, train=True, transform=None)
             heldout = CIFAR10(self.root, train=False, transform=eval_tf)
@@ -360,118 +325,7 @@ class MNISTDataModule(DisjointSplitDataModule):
                     f"missing: {', '.join(missing)}",
                 )
             )
-        eval_tf = _eval_transform(self.mean, self.std, self._resize)
+        eval_tf = eval_transform(self.mean, self.std, self._resize)
         train = MNIST(self.root, train=True, transform=eval_tf)
         heldout = MNIST(self.root, train=False, transform=eval_tf)
         return train, heldout
-
-
-class ImageFolderDataModule(DisjointSplitDataModule):
-    """Any ``root/<train_dir>/<class>/*.jpg`` + ``root/<test_dir>/<class>/*.jpg`` tree.
-
-    Serves TinyImageNet, Caltech-256 and the CIFAR-10 JPEG tree alike (torchvision
-    ``ImageFolder``, images converted to RGB). Both folders must hold the same class
-    sub-folders; ``num_classes`` is their number. ``image_size`` resizes the shorter side and
-    center-crops to a square (needed when image sizes vary); ``None`` keeps native sizes.
-    ``augment`` adds random crop (padding image_size // 8) and horizontal flip to the training
-    loaders only. Default normalization: ImageNet mean/std.
-
-    >>> import tempfile
-    >>> from PIL import Image
-    >>> root = tempfile.mkdtemp()
-    >>> for part in ("train", "test"):
-    ...     for cls in ("cat", "dog"):
-    ...         os.makedirs(os.path.join(root, part, cls))
-    ...         for i in range(2):
-    ...             Image.new("RGB", (6, 6)).save(os.path.join(root, part, cls, f"{i}.png"))
-    >>> dm = ImageFolderDataModule(root, image_size=4, batch_size=2)
-    >>> dm.num_classes, dm.in_chans, dm.image_size
-    (2, 3, 4)
-    >>> dm.setup("fit"); [len(dm.split_dataset(k)) for k in range(2)]
-    [2, 2]
-    """
-
-    def __init__(
-        self,
-        root: str,
-        *,
-        train_dir: str = "train",
-        test_dir: str = "test",
-        image_size: int | None = None,
-        augment: bool = False,
-        split_factor: int = 2,
-        num_models: int = 2,
-        split_seed: int = 0,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        mean: Sequence[float] | None = IMAGENET_MEAN,
-        std: Sequence[float] | None = IMAGENET_STD,
-        pin_memory: bool = False,
-    ) -> None:
-        super().__init__(
-            split_factor=split_factor,
-            num_models=num_models,
-            split_seed=split_seed,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            mean=mean,
-            std=std,
-            in_chans=3,
-            image_size=image_size,
-            pin_memory=pin_memory,
-        )
-        self.root = os.path.expanduser(str(root))
-        self.train_dir = train_dir
-        self.test_dir = test_dir
-        self.augment = bool(augment)
-        self._resize = image_size
-
-    def _folders(self) -> tuple[str, str]:
-        train = os.path.join(self.root, self.train_dir)
-        test = os.path.join(self.root, self.test_dir)
-        missing = [p for p in (train, test) if not os.path.isdir(p)]
-        if missing:
-            raise FileNotFoundError(
-                f"ImageFolderDataModule(root={self.root!r}): missing folder(s) "
-                f"{', '.join(missing)}; expected the layout <root>/{self.train_dir}/<class>/<image> "
-                f"and <root>/{self.test_dir}/<class>/<image> (set train_dir/test_dir if the "
-                f"folders are named differently)"
-            )
-        return train, test
-
-    def _classes(self) -> list[str]:
-        from torchvision.datasets.folder import find_classes
-
-        train, test = self._folders()
-        found = []
-        for folder in (train, test):
-            try:
-                found.append(find_classes(folder)[0])
-            except FileNotFoundError as err:
-                raise FileNotFoundError(
-                    f"no class sub-folders in {folder}; expected <class>/<image> inside it"
-                ) from err
-        if set(found[0]) != set(found[1]):
-            only_train = sorted(set(found[0]) - set(found[1]))
-            only_test = sorted(set(found[1]) - set(found[0]))
-            raise ValueError(
-                f"the class folders of {train} and {test} differ: only in {self.train_dir}: "
-                f"{only_train[:10]}{' ...' if len(only_train) > 10 else ''}; only in "
-                f"{self.test_dir}: {only_test[:10]}{' ...' if len(only_test) > 10 else ''}"
-            )
-        return found[0]
-
-    def _infer_num_classes(self) -> int:
-        return len(self._classes())
-
-    def _build_datasets(self) -> tuple[Dataset, ...]:
-        from torchvision.datasets import ImageFolder
-
-        self._classes()  # clear errors for a bad layout
-        train_path, test_path = self._folders()
-        size = self._resize
-        eval_tf = _eval_transform(self.mean, self.std, size, crop=True)
-        train_tf = _train_transform(self.mean, self.std, size, self.augment, crop=True)
-        base = ImageFolder(train_path, transform=None)
-        heldout = ImageFolder(test_path, transform=eval_tf)
-        return TransformDataset(base, train_tf), heldout, TransformDataset(base, eval_tf)

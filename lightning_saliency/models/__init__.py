@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .airbench import AirbenchCNN, count_macs
 from .backbones import (
     BUILTIN_BACKBONES,
     MLP,
@@ -19,6 +20,7 @@ from .spectral import apply_spectral_norm, capacity, spectral_layers, spectral_n
 __all__ = [
     "BUILTIN_BACKBONES",
     "MLP",
+    "AirbenchCNN",
     "Classifier",
     "DisjointEnsemble",
     "SmallCNN",
@@ -26,6 +28,7 @@ __all__ = [
     "available_backbones",
     "build_backbone",
     "capacity",
+    "count_macs",
     "load_pretrained_weights",
     "spectral_layers",
     "spectral_norms",

@@ -1,7 +1,7 @@
 """Backbones: small built-ins, timm and torchvision models, local pretrained weights.
 
 ``build_backbone(name, num_classes, in_chans, pretrained, image_size)`` resolves ``name`` in
-this order: the built-ins ``"mlp"`` and ``"small_cnn"``; an explicit prefix ``"timm:"`` or
+this order: the built-ins ``"mlp"``, ``"small_cnn"`` and ``"airbench"`` (:mod:`.airbench`); an explicit prefix ``"timm:"`` or
 ``"tv:"`` / ``"torchvision:"``; a timm model name (``timm.list_models()``, pretrained tags
 such as ``"resnet18.a1_in1k"`` and ``"hf-hub:"`` names included); a torchvision model name
 (``torchvision.models.list_models()``). Unknown names raise a ``ValueError`` listing the
@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .airbench import AirbenchCNN
+
 __all__ = [
     "BUILTIN_BACKBONES",
     "MLP",
@@ -31,7 +33,7 @@ __all__ = [
     "load_pretrained_weights",
 ]
 
-BUILTIN_BACKBONES: tuple[str, ...] = ("mlp", "small_cnn")
+BUILTIN_BACKBONES: tuple[str, ...] = ("mlp", "small_cnn", "airbench")
 _TV_PREFIXES = ("tv:", "torchvision:")
 _TIMM_PREFIXES = ("timm:",)
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:")
@@ -279,7 +281,8 @@ def build_backbone(
     """Create a classifier backbone that maps ``(N, in_chans, H, W)`` to ``(N, num_classes)``.
 
     Args:
-        name: ``"mlp"`` (needs ``image_size``), ``"small_cnn"``, a timm name (``"resnet18"``,
+        name: ``"mlp"`` (needs ``image_size``), ``"small_cnn"``, ``"airbench"`` (the fast
+            CIFAR network of :class:`~lightning_saliency.models.airbench.AirbenchCNN`), a timm name (``"resnet18"``,
             ``"vit_tiny_patch16_224"``, ``"timm:resnet18"``, ...) or a torchvision name
             (``"tv:resnet18"``; a bare name is torchvision only if timm does not know it), or
             ``"cifar:<timm resnet>"`` (e.g. ``"cifar:resnet18"``): the timm ResNet with the
@@ -299,7 +302,8 @@ def build_backbone(
         image_size: input side length; required by ``"mlp"``, passed as ``img_size`` to timm
             models (ViT, Mixer, ...) and ``image_size`` to torchvision models that take it.
         **kwargs: passed to the model constructor (built-ins: ``MLP(hidden=...)``,
-            ``SmallCNN(width=..., batch_norm=...)``; timm/torchvision constructor kwargs).
+            ``SmallCNN(width=..., batch_norm=...)``, ``AirbenchCNN(widths=..., ...)``;
+            timm/torchvision constructor kwargs).
 
     >>> net = build_backbone("small_cnn", num_classes=10, in_chans=1)
     >>> net(torch.zeros(2, 1, 32, 32)).shape
@@ -346,6 +350,8 @@ def build_backbone(
                     "in_chans * image_size**2 features)"
                 )
             model: nn.Module = MLP(in_chans * image_size * image_size, num_classes, **kwargs)
+        elif name == "airbench":
+            model = AirbenchCNN(in_chans=in_chans, num_classes=num_classes, **kwargs)
         else:
             model = SmallCNN(in_chans=in_chans, num_classes=num_classes, **kwargs)
     elif name.startswith(_CIFAR_PREFIX):

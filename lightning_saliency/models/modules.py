@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .backbones import build_backbone
 from .spectral import apply_spectral_norm, capacity
 
-__all__ = ["Classifier", "DisjointEnsemble"]
+__all__ = ["TRIANGLE", "Classifier", "DisjointEnsemble", "triangle"]
 
 _Pair = tuple[Tensor, Tensor]
 
@@ -61,11 +61,61 @@ def _pairs(batch: Any) -> list[_Pair]:
     return pairs  # type: ignore[return-value]
 
 
+TRIANGLE = (0.2, 0.23, 0.07)
+"""``scheduler="triangle"`` (airbench94): the lr factor rises linearly from 0.2 to 1 over the
+first 23% of the steps, then falls linearly to 0.07 at the last step."""
+
+
+def triangle(step: int, total: int) -> float:
+    """The ``"triangle"`` lr factor at optimizer step ``step`` of ``total``.
+
+    >>> [round(triangle(i, 100), 3) for i in (0, 23, 100)]
+    [0.2, 1.0, 0.07]
+    """
+    start, peak, end = TRIANGLE
+    top = max(1, int(peak * total))
+    if step < top:
+        return start + (1.0 - start) * step / top
+    return 1.0 + (end - 1.0) * min(1.0, (step - top) / max(1, total - top))
+
+
+DATA_INIT_SAMPLES = 5000
+
+
+def _init_from_data(models: list[nn.Module], datasets: list[Any]) -> None:
+    """Call ``init_from_data`` of every model that asks for it (``needs_data_init``) with
+    ``DATA_INIT_SAMPLES`` evenly spaced samples of its own dataset (e.g. whitening)."""
+    for model, dataset in zip(models, datasets, strict=True):
+        if not getattr(model, "needs_data_init", False):
+            continue
+        n = len(dataset)
+        idx = (torch.arange(min(n, DATA_INIT_SAMPLES)) * n // min(n, DATA_INIT_SAMPLES)).tolist()
+        items = dataset.__getitems__(idx) if hasattr(dataset, "__getitems__") else None
+        items = items if items is not None else [dataset[i] for i in idx]
+        device = next(model.parameters()).device
+        model.init_from_data(torch.stack([torch.as_tensor(x) for x, _ in items]).to(device))
+
+
 class _SaliencyModuleBase(L.LightningModule):
     """Optimizer/scheduler/clipping/spectral-logging logic shared by the two modules."""
 
     _log_per_model: bool = True
     _warned_nonfinite_spectral: bool = False
+
+    def setup(self, stage: str) -> None:
+        """Before fitting, initialize backbones that need data (``needs_data_init``) on their
+        own training split (``datamodule.split_dataset(k)``); a resumed run then restores
+        the checkpoint's weights over it."""
+        models = self._backbones()
+        if stage != "fit" or not any(getattr(m, "needs_data_init", False) for m in models):
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "split_dataset"):
+            raise ValueError(
+                "the backbone needs training images to initialize (e.g. airbench whitening): "
+                "fit with a DisjointSplitDataModule (datamodule=...)"
+            )
+        _init_from_data(models, [dm.split_dataset(k) for k in range(len(models))])
 
     def _validate_common(
         self,
@@ -79,11 +129,19 @@ class _SaliencyModuleBase(L.LightningModule):
         max_epochs_hint: int | None,
         gradient_clip_val: float | None,
         spectral_norm_factor: float | None,
+        nesterov: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
-        if scheduler not in ("cosine", "step", "none"):
-            raise ValueError(f"scheduler must be 'cosine', 'step' or 'none', got {scheduler!r}")
+        if scheduler not in ("cosine", "step", "triangle", "none"):
+            raise ValueError(
+                f"scheduler must be 'cosine', 'step', 'triangle' or 'none', got {scheduler!r}"
+            )
+        if nesterov and (optimizer != "sgd" or not momentum):
+            raise ValueError("nesterov=True needs optimizer='sgd' with momentum > 0")
+        if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 1.0):
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         if not (isinstance(momentum, (int, float)) and momentum >= 0):
@@ -127,12 +185,20 @@ class _SaliencyModuleBase(L.LightningModule):
         ]
         if hp.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(
-                groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+                groups,
+                lr=hp.lr,
+                momentum=hp.momentum,
+                weight_decay=hp.weight_decay,
+                nesterov=bool(hp.get("nesterov", False)),
             )
         else:
             opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.scheduler == "none":
             return opt
+        if hp.scheduler == "triangle":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            tri = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: triangle(i, total))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": tri, "interval": "step"}}
         if hp.scheduler == "cosine":
             t_max = hp.max_epochs_hint
             if t_max is None:
@@ -216,7 +282,8 @@ class DisjointEnsemble(_SaliencyModuleBase):
         optimizer: ``"sgd"`` (with ``momentum``, ``weight_decay``) or ``"adamw"``.
         lr, momentum, weight_decay: optimizer settings (same for every model).
         scheduler: ``"cosine"`` (``T_max = max_epochs_hint`` or ``trainer.max_epochs``),
-            ``"step"`` (``step_size``, ``gamma``) or ``"none"``; stepped once per epoch.
+            ``"step"`` (``step_size``, ``gamma``) or ``"none"``, stepped once per epoch; or
+            ``"triangle"`` (:data:`TRIANGLE`, stepped every optimizer step).
         gradient_clip_val: per-model gradient-norm clipping (overrides the Trainer's value,
             which is otherwise also applied per model).
         init_seed: model k is initialized under ``torch.manual_seed(init_seed + k)`` inside
@@ -224,6 +291,9 @@ class DisjointEnsemble(_SaliencyModuleBase):
             is left untouched.
         backbone_kwargs: extra constructor kwargs for the backbone (e.g. ``{"width": 16}``).
         log_spectral: log the spectral capacity terms every training epoch.
+        nesterov: Nesterov momentum (``optimizer="sgd"``, ``momentum > 0``).
+        label_smoothing: label smoothing of the training cross-entropy (validation and test
+            losses are the plain cross-entropy).
 
     Training batches are a list of K ``(x, y)`` pairs (``CombinedLoader(mode="min_size")``;
     model k gets pair k) or one ``(x, y)`` pair shared by all models. Validation/test
@@ -257,7 +327,7 @@ class DisjointEnsemble(_SaliencyModuleBase):
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
-        scheduler: Literal["cosine", "step", "none"] = "cosine",
+        scheduler: Literal["cosine", "step", "triangle", "none"] = "cosine",
         step_size: int = 30,
         gamma: float = 0.1,
         max_epochs_hint: int | None = None,
@@ -265,6 +335,8 @@ class DisjointEnsemble(_SaliencyModuleBase):
         init_seed: int = 0,
         backbone_kwargs: dict[str, Any] | None = None,
         log_spectral: bool = True,
+        nesterov: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if isinstance(num_models, bool) or not isinstance(num_models, int) or num_models < 1:
@@ -273,7 +345,7 @@ class DisjointEnsemble(_SaliencyModuleBase):
             raise ValueError(f"init_seed must be an int, got {init_seed!r}")
         self._validate_common(
             optimizer, lr, momentum, weight_decay, scheduler, step_size, gamma,
-            max_epochs_hint, gradient_clip_val, spectral_norm_factor,
+            max_epochs_hint, gradient_clip_val, spectral_norm_factor, nesterov, label_smoothing,
         )  # fmt: skip
         if not (isinstance(spectral_norm_iterations, int) and spectral_norm_iterations >= 1):
             raise ValueError(
@@ -323,7 +395,7 @@ class DisjointEnsemble(_SaliencyModuleBase):
         losses, accs = [], []
         for k, (model, (x, y)) in enumerate(zip(self.models, pairs, strict=True)):
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
             acc = (logits.detach().argmax(-1) == y).float().mean()
             n = int(y.shape[0])
             self.log(f"train/model_{k}/loss", loss.detach(), on_step=False, on_epoch=True,
@@ -402,7 +474,7 @@ class Classifier(_SaliencyModuleBase):
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
-        scheduler: Literal["cosine", "step", "none"] = "cosine",
+        scheduler: Literal["cosine", "step", "triangle", "none"] = "cosine",
         step_size: int = 30,
         gamma: float = 0.1,
         max_epochs_hint: int | None = None,
@@ -410,13 +482,15 @@ class Classifier(_SaliencyModuleBase):
         init_seed: int = 0,
         backbone_kwargs: dict[str, Any] | None = None,
         log_spectral: bool = True,
+        nesterov: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if isinstance(init_seed, bool) or not isinstance(init_seed, int):
             raise ValueError(f"init_seed must be an int, got {init_seed!r}")
         self._validate_common(
             optimizer, lr, momentum, weight_decay, scheduler, step_size, gamma,
-            max_epochs_hint, gradient_clip_val, spectral_norm_factor,
+            max_epochs_hint, gradient_clip_val, spectral_norm_factor, nesterov, label_smoothing,
         )  # fmt: skip
         if not (isinstance(spectral_norm_iterations, int) and spectral_norm_iterations >= 1):
             raise ValueError(
@@ -447,10 +521,11 @@ class Classifier(_SaliencyModuleBase):
     def _step(self, batch: Any, prefix: str) -> Tensor:
         x, y = _pairs(batch)[0]
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        train = prefix == "train"
+        smoothing = self.hparams.label_smoothing if train else 0.0
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         acc = (logits.detach().argmax(-1) == y).float().mean()
         n = int(y.shape[0])
-        train = prefix == "train"
         kw: dict[str, Any] = dict(on_step=train, on_epoch=True, batch_size=n, sync_dist=not train)
         self.log(f"{prefix}/loss", loss.detach(), prog_bar=True, **kw)
         self.log(f"{prefix}/acc", acc, **kw)
