@@ -91,14 +91,16 @@ def test_default_run_leaves_every_tag_family(
             "test/complexity",
             "drift",
             "model_0/gap",
-            "train/spearman",
             "test/ssim",
             "test/topk",
-            "test/l2",
             "test/spearman_above_chance_hi",
         ):
             assert f"interp/{lb}/{suffix}" in tags, f"interp/{lb}/{suffix}"
         assert (f"interp/{lb}/gap_reduction" in tags) == (lb != "simple_grad"), lb
+        # train-probe agreement is left to the CSV (schema.MetricKey.in_tensorboard)
+        assert f"interp/{lb}/train/spearman" not in tags
+        # with K = 2 the test L2 distance is the test loss: logged once, as test_loss
+        assert f"interp/{lb}/test/l2" not in tags
     assert {"interp/prediction_agreement/train", "interp/prediction_agreement/test"} <= tags
     assert {f"interp_images/{lb}" for lb in labels} <= set(acc.Tags()["images"])
     # the ensemble learns the digits well above chance (0.1) in two epochs
@@ -107,6 +109,7 @@ def test_default_run_leaves_every_tag_family(
         rows = list(csv.DictReader(fh))
     assert {int(r["epoch"]) for r in rows} == {0, 1}
     assert {r["method"] for r in rows} == {*labels, "-"}
+    assert any(r["split"] == "train" and r["metric"] == "spearman" for r in rows)
 
 
 # --------------------------------------------------------------------------- any module
