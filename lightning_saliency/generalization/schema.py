@@ -30,11 +30,14 @@ __all__ = [
     "AGREEMENT_METRICS",
     "CSV_FIELDS",
     "CSV_NAME",
+    "FAITHFULNESS_METRICS",
     "FAMILIES",
     "INTERVAL_METRICS",
     "METHODS_NAME",
     "NO_METHOD",
     "QUALITY_METRICS",
+    "RANDOMIZATION_CASCADE",
+    "RANDOMIZATION_METRICS",
     "REFERENCE_FAMILIES",
     "STAGES",
     "MetricKey",
@@ -47,6 +50,7 @@ __all__ = [
     "figure_tag",
     "image_tag",
     "parse_csv_row",
+    "randomization_metric",
     "tensorboard_scalars",
 ]
 
@@ -54,6 +58,14 @@ __all__ = [
 AGREEMENT_METRICS: tuple[str, ...] = ("l2", "spearman", "topk", "ssim")
 #: Reference-free quality metrics of one model's maps.
 QUALITY_METRICS: tuple[str, ...] = ("sparseness", "complexity")
+#: Faithfulness of one model's maps to the model (:mod:`.families`): muFidelity (higher is
+#: better), the deletion AUC (lower is better) and the insertion AUC (higher is better).
+FAITHFULNESS_METRICS: tuple[str, ...] = ("mu_fidelity", "deletion_auc", "insertion_auc")
+#: Similarities of a model's maps to its randomized copies' (lower: the maps depend on the
+#: weights), one metric per cascade level: :func:`randomization_metric`.
+RANDOMIZATION_METRICS: tuple[str, ...] = ("spearman", "ssim")
+#: Default cascade levels: the top layer, the top half of the layers, every layer.
+RANDOMIZATION_CASCADE: tuple[str, ...] = ("top1", "half", "all")
 #: Metric families a user can ask for; those in REFERENCE_FAMILIES need a reference.
 FAMILIES: tuple[str, ...] = (
     "gap",
@@ -130,6 +142,15 @@ def above_chance(metric: str) -> str:
     'l2_above_chance'
     """
     return f"{metric}_above_chance"
+
+
+def randomization_metric(metric: str, level: str) -> str:
+    """Name of a randomization similarity at one cascade level.
+
+    >>> randomization_metric("spearman", "top1")
+    'randomization_spearman_top1'
+    """
+    return f"randomization_{metric}_{level}"
 
 
 @dataclass(frozen=True, order=True)
