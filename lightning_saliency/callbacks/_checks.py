@@ -54,7 +54,7 @@ def check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> Non
     if dup:
         raise ValueError(f"methods must be distinct; these labels repeat: {dup}")
     for name in ("num_train_probes", "num_test_probes", "every_n_epochs", "num_images",
-                 "chance_draws"):  # fmt: skip
+                 "chance_draws", "families_every_n_epochs"):  # fmt: skip
         _int_at_least(name, args[name], 1)
     _int_at_least("log_images_every_n_epochs", args["log_images_every_n_epochs"], 0)
     if isinstance(args["seed"], bool) or not isinstance(args["seed"], int):

@@ -32,11 +32,13 @@ from lightning_saliency.attribution import (
 )
 from lightning_saliency.generalization import (
     CHANCE_DRAWS,
-    FAMILIES,
+    DEFAULT_FAMILIES,
+    OPT_IN_FAMILIES,
     REFERENCE_FAMILIES,
     EpochEvaluation,
     epoch_rows,
     evaluate_epoch,
+    family_statistics,
     group_maps,
     model_logits,
     predictions,
@@ -94,7 +96,12 @@ class InterpretationGeneralization(Callback):
         log_images_every_n_epochs: image grids and figures every n monitored epochs (0: never).
         num_images: test probes shown in each image grid.
         metrics: metric families to compute (default: all that apply), from
-            ``"gap", "agreement", "mege_reco", "quality", "drift", "prediction_agreement"``.
+            ``"gap", "agreement", "mege_reco", "quality", "drift", "prediction_agreement"``
+            and the opt-in ``"faithfulness"`` (muFidelity, deletion and insertion AUC) and
+            ``"randomization"`` (similarity to maps of copies with re-initialized top
+            layers, Adebayo et al. 2018), which run only when named (``docs/metrics.md``).
+        families_every_n_epochs: the opt-in families run on every n-th monitored epoch of
+            a fit (the first and the last always) and at every validate/test.
         train_probes / test_probes: explicit probes (images, ``(images, labels)`` or a
             dataset) for modules that do not use this library's data modules.
         input_range: ``(x_min, x_max)`` of the model's input space (default: the data
@@ -160,6 +167,7 @@ class InterpretationGeneralization(Callback):
         probe_transform: Callable[[Any], Any] | None = None,
         fold_batchnorm: bool = True,
         output_transform: Callable[[Any], Tensor] | None = None,
+        families_every_n_epochs: int = 1,
     ) -> None:
         super().__init__()
         self.specs: list[MethodSpec] = [
@@ -201,6 +209,7 @@ class InterpretationGeneralization(Callback):
         self.is_ensemble = is_ensemble
         self.fold_batchnorm = fold_batchnorm
         self.output_transform = output_transform
+        self.families_every_n_epochs = families_every_n_epochs
         self.probe_transform = probe_transform
         self.max_overhead = None if max_overhead is None else float(max_overhead)
         self._schedule = Schedule(every_n_epochs, self.max_overhead)
@@ -251,6 +260,7 @@ class InterpretationGeneralization(Callback):
             "precision": self.precision,
             "chance_draws": self.chance_draws,
             "fold_batchnorm": self.fold_batchnorm,
+            "families_every_n_epochs": self.families_every_n_epochs,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -325,8 +335,8 @@ class InterpretationGeneralization(Callback):
                     "reference-free metrics (sparseness, complexity, drift) are logged; gap and "
                     "agreement metrics need K >= 2 models or a `reference`."
                 )
-                return tuple(f for f in FAMILIES if f not in REFERENCE_FAMILIES)
-            return FAMILIES
+                return tuple(f for f in DEFAULT_FAMILIES if f not in REFERENCE_FAMILIES)
+            return DEFAULT_FAMILIES
         needs = sorted(set(self.requested_metrics) & set(REFERENCE_FAMILIES))
         if needs and not has_ref:
             raise ValueError(
@@ -510,11 +520,13 @@ class InterpretationGeneralization(Callback):
         stage: str = "fit",
         progress: Any = None,
         trainer: pl.Trainer | None = None,
+        opt_in: bool = True,
     ) -> EpochEvaluation:
         """Explain the probes with every method and compute every number (no logging).
 
         Under DDP (``trainer`` with several processes) each process explains its share of
-        the models and the maps are gathered, so every process ends with the same numbers.
+        the models and the maps are gathered, so every process ends with the same numbers
+        (the opt-in families, run when ``opt_in``, are computed by every process).
         """
         assert self.probes is not None
         models = _setup.models_of(pl_module, self.is_ensemble)
@@ -526,20 +538,31 @@ class InterpretationGeneralization(Callback):
             target = probes.y if self.target == "label" else logits[: len(models)].mean(0).argmax(-1)
             explained = (_epoch.attribution_sources(sources, self.specs, probes.x, self.channels_last)
                          if self.fold_batchnorm else sources)  # fmt: skip
-            with logits_outputs(explained, transform):
+            unfolded = [] if explained is sources else models  # the cascade's originals
+            with logits_outputs([*explained, *unfolded], transform):
                 pixel = _epoch.sharded_pixel_maps(
                     trainer, explained, probes.x, target, self.specs, seed=self.seed,
                     input_range=self._range, precision=self.precision,
                     channels_last=self.channels_last, batch_size=self.batch_size,
                     progress=progress,
                 )  # fmt: skip
-            maps = group_maps(self.specs, pixel, self.segments)
-            return evaluate_epoch(
+                maps = group_maps(self.specs, pixel, self.segments)
+                extra = [f for f in OPT_IN_FAMILIES if opt_in and f in self.families]
+                extra_stats = family_statistics(
+                    explained[: len(models)], probes.x, target, maps, probes.layout, self.specs,
+                    families=extra, seed=self.seed, stage=stage, segments=self.segments,
+                    randomized=unfolded or None,
+                    input_range=self._range, precision=self.precision,
+                    channels_last=self.channels_last, batch_size=self.batch_size,
+                ) if extra else {}  # fmt: skip
+            result = evaluate_epoch(
                 maps, probes.layout, self.specs, labels=probes.y, preds=predictions(logits),
                 families=self.families, normalize=self.normalize, topk=self.topk,
                 previous=self.previous if stage == "fit" else None, stage=stage, seed=self.seed,
                 chance_draws=self.chance_draws,
             )  # fmt: skip
+            result.extend(extra_stats)
+            return result
 
     def _monitor(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, stage: str
@@ -547,7 +570,11 @@ class InterpretationGeneralization(Callback):
         bar = _logging.MonitorProgress(trainer, len({s.pixel_twin for s in self.specs}), epoch)
         start = time.perf_counter()
         try:
-            result = self.evaluate(pl_module, stage, progress=bar.step, trainer=trainer)
+            every = self.families_every_n_epochs
+            opt_in = stage != "fit" or len(self.logged_epochs) % every == 0 or (
+                _epoch.is_last_epoch(trainer, epoch))  # fmt: skip
+            result = self.evaluate(pl_module, stage, progress=bar.step, trainer=trainer,
+                                   opt_in=opt_in)  # fmt: skip
         finally:
             bar.close()
         if stage == "fit":
@@ -579,7 +606,8 @@ class InterpretationGeneralization(Callback):
     def _add_layout(self, trainer: pl.Trainer) -> None:
         if not self._layout_done:
             k = len(_setup.models_of(trainer.lightning_module, self.is_ensemble))
-            _logging.add_layout(trainer, self.specs, k, self._reference_module is not None)
+            _logging.add_layout(trainer, self.specs, k, self._reference_module is not None,
+                                self.families)  # fmt: skip
             self._layout_done = True
 
     def _log_media(

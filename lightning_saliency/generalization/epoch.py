@@ -57,7 +57,7 @@ from .core import (
 )
 from .layout import ProbeLayout
 from .mege import mege_reco_statistics
-from .schema import FAMILIES, NO_METHOD, QUALITY_METRICS, MetricKey
+from .schema import DEFAULT_FAMILIES, NO_METHOD, QUALITY_METRICS, MetricKey
 from .statistics import BOOTSTRAP_RESAMPLES, Estimate, Statistic, bootstrap_counts, estimate_all
 
 __all__ = [
@@ -207,6 +207,12 @@ class EpochEvaluation:
     preds: Tensor
     methods: list[str] = field(default_factory=list)
 
+    def extend(self, stats: Stats) -> None:
+        """Add linear statistics computed outside :func:`evaluate_epoch` (the opt-in
+        families of :func:`~lightning_saliency.generalization.family_statistics`)."""
+        self.statistics.update(stats)
+        self.estimates.update(estimate_all(stats))
+
 
 def _gap_stats(label: str, loss: Tensor, layout: ProbeLayout, stage: str) -> Stats:
     out: Stats = {}
@@ -265,7 +271,7 @@ def evaluate_epoch(
     *,
     labels: Tensor,
     preds: Tensor,
-    families: Sequence[str] = FAMILIES,
+    families: Sequence[str] = DEFAULT_FAMILIES,
     normalize: bool = True,
     topk: float = 0.1,
     previous: Mapping[str, Tensor] | None = None,

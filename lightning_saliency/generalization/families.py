@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_saliency._modes import eval_mode
 from lightning_saliency.attribution import MethodSpec, method_is_stochastic, resolve_method
 from lightning_saliency.attribution._core import chunk_rows
 from lightning_saliency.metrics import (
@@ -61,6 +62,7 @@ from .layout import ProbeLayout
 from .randomization import Reinit, cascade_copies
 from .schema import (
     FAITHFULNESS_METRICS,
+    OPT_IN_FAMILIES,
     RANDOMIZATION_CASCADE,
     RANDOMIZATION_METRICS,
     MetricKey,
@@ -71,6 +73,7 @@ from .statistics import ProbeStatistic
 __all__ = [
     "faithfulness_statistics",
     "faithfulness_values",
+    "family_statistics",
     "randomization_statistics",
     "randomization_values",
 ]
@@ -266,4 +269,52 @@ def randomization_statistics(
             v = torch.stack([values[level][m] for values in per_model]).mean(0)
             key = MetricKey(spec.label, "mean", "test", randomization_metric(m, level), stage)
             out[key] = ProbeStatistic({"test": v})
+    return out
+
+
+def family_statistics(
+    models: Sequence[nn.Module],
+    x: Tensor,
+    target: Tensor,
+    maps: Mapping[str, MapStack | Tensor],
+    layout: ProbeLayout,
+    specs: Sequence[MethodSpec],
+    *,
+    families: Sequence[str] = OPT_IN_FAMILIES,
+    seed: int = 0,
+    stage: str = "fit",
+    segments: Mapping[str, Tensor] | None = None,
+    cascade: Sequence[str] = RANDOMIZATION_CASCADE,
+    randomized: Sequence[nn.Module] | None = None,
+    **map_options: Any,
+) -> dict[MetricKey, ProbeStatistic]:
+    """The opt-in families' statistics (``families`` from :data:`OPT_IN_FAMILIES`) of every
+    spec's maps, the models in eval mode: what the callback adds to a monitored epoch.
+
+    ``maps[label]`` ``(M, N, ...)`` holds the spec's maps of the K = ``len(models)`` models;
+    ``segments[label]`` ``(N, H, W)`` a super-pixel spec's segmentation; ``randomized`` the
+    models whose copies the cascade re-initializes (default ``models``: the callback scores
+    faithfulness on its BatchNorm-folded copies and randomizes the models as they are, so a
+    normalization layer keeps its statistics, ``docs/metrics.md``); ``map_options`` go
+    to :func:`compute_maps` for the randomized copies (``input_range``, ``precision``,
+    ``channels_last``, ``batch_size``).
+    """
+    unknown = sorted(set(families) - set(OPT_IN_FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown opt-in families {unknown}; known: {OPT_IN_FAMILIES}")
+    randomized = models if randomized is None else randomized
+    out: dict[MetricKey, ProbeStatistic] = {}
+    with eval_mode(*models, *randomized):
+        for spec in specs:
+            if "faithfulness" in families:
+                out.update(faithfulness_statistics(
+                    models, x, target, maps[spec.label], layout, method_label=spec.label,
+                    stage=stage, seed=seed, batch_size=map_options.get("batch_size"),
+                ))  # fmt: skip
+            if "randomization" in families:
+                seg = None if segments is None else segments.get(spec.label)
+                out.update(randomization_statistics(
+                    randomized, x, target, spec, maps[spec.label], layout, seed=seed,
+                    cascade=cascade, stage=stage, segments=seg, **map_options,
+                ))  # fmt: skip
     return out

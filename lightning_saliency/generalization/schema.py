@@ -30,11 +30,13 @@ __all__ = [
     "AGREEMENT_METRICS",
     "CSV_FIELDS",
     "CSV_NAME",
+    "DEFAULT_FAMILIES",
     "FAITHFULNESS_METRICS",
     "FAMILIES",
     "INTERVAL_METRICS",
     "METHODS_NAME",
     "NO_METHOD",
+    "OPT_IN_FAMILIES",
     "QUALITY_METRICS",
     "RANDOMIZATION_CASCADE",
     "RANDOMIZATION_METRICS",
@@ -66,7 +68,8 @@ FAITHFULNESS_METRICS: tuple[str, ...] = ("mu_fidelity", "deletion_auc", "inserti
 RANDOMIZATION_METRICS: tuple[str, ...] = ("spearman", "ssim")
 #: Default cascade levels: the top layer, the top half of the layers, every layer.
 RANDOMIZATION_CASCADE: tuple[str, ...] = ("top1", "half", "all")
-#: Metric families a user can ask for; those in REFERENCE_FAMILIES need a reference.
+#: Metric families a user can ask for; those in REFERENCE_FAMILIES need a reference, those
+#: in OPT_IN_FAMILIES (forward or attribution passes of their own) run only when asked for.
 FAMILIES: tuple[str, ...] = (
     "gap",
     "agreement",
@@ -74,7 +77,12 @@ FAMILIES: tuple[str, ...] = (
     "quality",
     "drift",
     "prediction_agreement",
+    "faithfulness",
+    "randomization",
 )
+OPT_IN_FAMILIES: tuple[str, ...] = ("faithfulness", "randomization")
+#: The families computed when none are named.
+DEFAULT_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f not in OPT_IN_FAMILIES)
 REFERENCE_FAMILIES: tuple[str, ...] = ("gap", "agreement", "mege_reco")
 #: Stages a monitored number can come from.
 STAGES: tuple[str, ...] = ("fit", "validate", "test")
@@ -230,8 +238,8 @@ class MetricKey:
     def in_tensorboard(self, num_sources: int) -> bool:
         """Whether TensorBoard gets this number (the CSV gets all of them).
 
-        Left to the CSV: per-model losses (the per-model gap stays), train-probe agreement
-        and quality, and, with two map sources (K = 2, or one model and its reference), the
+        Left to the CSV: per-model losses (the per-model gap stays), train-probe agreement,
+        quality and faithfulness, and, with two map sources (K = 2, or one model and its reference), the
         test L2 distance, which then *is* the test loss.
         """
         m, split = self.metric, self.split
@@ -245,7 +253,7 @@ class MetricKey:
             return m == "prediction_agreement" or split == "test"
         if self.aggregate == "pairs" and m not in ("mege", "reco"):
             return split == "test" and not (m == "l2" and num_sources == 2)
-        if m in QUALITY_METRICS:
+        if m in QUALITY_METRICS or m in FAITHFULNESS_METRICS:
             return split in _TB_QUALITY_SPLITS
         return True
 
@@ -361,12 +369,14 @@ def custom_scalars_layout(
     num_models: int = 2,
     reference: bool = False,
     baseline: str | None = "simple_grad",
+    families: Sequence[str] = (),
 ) -> dict[str, dict[str, list]]:
     """TensorBoard's custom-scalars layout, one category per method: its gap with the 95%
     interval, each model's gap, the losses, each headline agreement above chance with its
     interval and each agreement beside its chance level, the gap reduction, MeGe/ReCo and
-    the quality metrics; a last category compares the methods. Every pattern is anchored
-    and escaped, so a chart plots exactly its tags.
+    the quality metrics, and the opt-in ``families`` asked for (faithfulness: test value and
+    gap; randomization: every similarity by cascade level); a last category compares the
+    methods. Every pattern is anchored and escaped, so a chart plots exactly its tags.
 
     >>> layout = custom_scalars_layout(["simple_grad"])
     >>> layout["simple_grad"]["gap (test - train loss), 95% interval"]
@@ -377,6 +387,7 @@ def custom_scalars_layout(
     out: dict[str, dict[str, list]] = {}
     for lb in methods:
         out[lb] = _method_charts(lb, num_models, num_models + int(reference), lb == baseline)
+        out[lb].update(_opt_in_charts(lb, families))
     gaps = (MetricKey(lb, "mean", "gap", "gap") for lb in methods)
     above = (MetricKey(lb, "pairs", "test", above_chance("spearman")) for lb in methods)
     pred = (MetricKey.prediction_agreement(s) for s in ("train", "test"))
@@ -386,6 +397,20 @@ def custom_scalars_layout(
         "prediction agreement (train, test)": ["Multiline", [_pattern(*pred)]],
     }
     return out
+
+
+def _opt_in_charts(lb: str, families: Sequence[str]) -> dict[str, list]:
+    charts: dict[str, list] = {}
+    if "faithfulness" in families:
+        for m in FAITHFULNESS_METRICS:
+            pair = MetricKey(lb, "mean", "test", m), MetricKey(lb, "mean", "gap", m)
+            charts[f"test {m} and its gap"] = ["Multiline", [_pattern(*pair)]]
+    if "randomization" in families:
+        for m in RANDOMIZATION_METRICS:
+            keys = (MetricKey(lb, "mean", "test", randomization_metric(m, level))
+                    for level in RANDOMIZATION_CASCADE)  # fmt: skip
+            charts[f"{m} to randomized copies, by cascade level"] = ["Multiline", [_pattern(*keys)]]
+    return charts
 
 
 def _method_charts(lb: str, num_models: int, num_sources: int, is_baseline: bool) -> dict[str, list]:
