@@ -13,6 +13,7 @@ from .datamodules import DisjointSplitDataModule, TransformDataset
 from .folder import ImageFolderDataModule
 from .memory import InMemoryImages, image_stats
 from .sampling import EpochShuffleSampler, mix_seed
+from .shortcut import PlantedShortcut
 from .splits import check_split_args, disjoint_splits
 from .vision import (
     CIFAR10_MEAN,
@@ -42,6 +43,7 @@ __all__ = [
     "ImageFolderDataModule",
     "InMemoryImages",
     "MNISTDataModule",
+    "PlantedShortcut",
     "TransformDataset",
     "augment_batch",
     "check_split_args",

@@ -21,6 +21,7 @@ from ._utils import (
     _infer_num_classes,
 )
 from .sampling import EpochShuffleSampler, find_epoch_keyed, mix_seed
+from .shortcut import PlantedShortcut, check_shortcut
 from .splits import check_split_args, disjoint_splits
 
 __all__ = ["DisjointSplitDataModule", "TransformDataset"]
@@ -62,6 +63,10 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
         in_chans: number of input channels (None: inferred from a sample).
         image_size: input height/width (None: inferred from a sample).
         pin_memory: passed to every DataLoader.
+        shortcut: the positive control (:mod:`~lightning_saliency.data.shortcut`): e.g.
+            ``{"split": 0, "classes": [0, 1], "size": 3}`` puts a class-placed bright square
+            into split 0's images of those classes (all classes by default), in training and
+            in its probes; the other splits and the held-out set stay clean.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -95,8 +100,10 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
         in_chans: int | None = None,
         image_size: int | None = None,
         pin_memory: bool = False,
+        shortcut: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.shortcut = check_shortcut(shortcut, check_split_args(split_factor, num_models)[1])
         self.split_factor, self.num_models = check_split_args(split_factor, num_models)
         if not isinstance(split_seed, int) or isinstance(split_seed, bool):
             raise TypeError(f"split_seed must be an int, got {split_seed!r}")
@@ -291,7 +298,11 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < self.num_models:
             raise ValueError(f"k must be an int in [0, num_models={self.num_models}), got {k!r}")
         indices = self._ensure_splits()[k]
-        return Subset(self.train_dataset(train_transform), indices.tolist())
+        data = self.train_dataset(train_transform)
+        if self.shortcut is not None and self.shortcut["split"] == k:
+            data = PlantedShortcut(data, classes=self.shortcut["classes"],
+                                   size=self.shortcut["size"], value=self.input_range[1])  # fmt: skip
+        return Subset(data, indices.tolist())
 
     def heldout_dataset(self) -> Dataset:
         """The held-out dataset (the validation and test set)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,8 @@ class DigitsDataModule(DisjointSplitDataModule):
     Pixel values 0..16 are scaled to [0, 1], resized once to ``image_size`` (bilinear),
     normalized with ``mean``/``std`` (default 0.5/0.5, input range (-1, 1)) and held in
     memory. A stratified ``heldout_fraction`` of each class, drawn with ``data_seed``, is the
-    held-out set; the rest is cut into disjoint splits. 1 channel, 10 classes.
+    held-out set; the rest is cut into disjoint splits. 1 channel, 10 classes. ``shortcut``
+    plants the positive control into one split (:class:`DisjointSplitDataModule`).
 
     >>> dm = DigitsDataModule(image_size=16, batch_size=32)
     >>> dm.setup("fit")
@@ -73,6 +75,7 @@ class DigitsDataModule(DisjointSplitDataModule):
         mean: Sequence[float] | None = (0.5,),
         std: Sequence[float] | None = (0.5,),
         pin_memory: bool = False,
+        shortcut: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(heldout_fraction, (int, float)) or isinstance(heldout_fraction, bool):
             raise TypeError(f"heldout_fraction must be a float in (0, 1), got {heldout_fraction!r}")
@@ -92,6 +95,7 @@ class DigitsDataModule(DisjointSplitDataModule):
             in_chans=1,
             image_size=image_size,
             pin_memory=pin_memory,
+            shortcut=shortcut,
         )
         if self.mean is not None and len(self.mean) != 1:
             raise ValueError(f"digits have 1 channel: mean/std need 1 entry, got mean={mean!r}")
