@@ -52,3 +52,46 @@ def test_the_table_in_the_docs_lists_every_case() -> None:
     assert len(rows) >= 30
     for case in ARGUMENT_CASES:
         assert f"| {case} |" in table, case
+
+
+# --------------------------------------------------------------------------- image folders
+def _folder(root: Path, sizes: dict[str, tuple[int, int]] | None = None) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4):
+                w, h = (sizes or {}).get(f"{split}/{cls}/{i}", (8, 8))
+                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+@pytest.mark.parametrize("broken", [b"not a jpeg", "truncated"])
+def test_a_corrupt_image_is_named_at_setup(tmp_path: Path, in_memory: bool, broken) -> None:
+    from lightning_saliency.data import ImageFolderDataModule
+
+    root = _folder(tmp_path / "tree")
+    bad = root / "train" / "b" / "2.jpg"
+    bad.write_bytes(broken if isinstance(broken, bytes) else bad.read_bytes()[:200])
+    dm = ImageFolderDataModule(root=str(root), in_memory=in_memory, mean=None, std=None)
+    with pytest.raises(ValueError, match=r"cannot read image '.*2\.jpg' .*remove or replace it"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_images_of_mixed_sizes_are_refused_at_setup(tmp_path: Path, in_memory: bool) -> None:
+    from lightning_saliency.data import ImageFolderDataModule
+
+    root = _folder(tmp_path / "tree", sizes={"test/b/3": (12, 10)})
+    dm = ImageFolderDataModule(root=str(root), in_memory=in_memory, mean=None, std=None)
+    with pytest.raises(ValueError, match="set image_size to resize them"):
+        dm.setup("fit")
+    resized = ImageFolderDataModule(root=str(root), in_memory=in_memory, mean=None, std=None,
+                                    image_size=8)  # fmt: skip
+    resized.setup("fit")
+    assert tuple(resized.heldout_dataset()[7][0].shape) == (3, 8, 8)

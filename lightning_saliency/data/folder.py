@@ -36,8 +36,32 @@ _MODES_INV = {v: k for k, v in _MODES.items()}
 def _pil_loader(path: str, mode: str) -> Any:
     from PIL import Image
 
-    with open(path, "rb") as fh:
-        return Image.open(fh).convert(mode)
+    try:
+        with open(path, "rb") as fh:
+            return Image.open(fh).convert(mode)
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a broken file
+        raise ValueError(f"cannot read image {path!r} ({err}); remove or replace it") from err
+
+
+def _check_one_size(samples: Sequence[tuple[str, int]]) -> None:
+    """Without ``image_size`` every image must have one size, or batches cannot be stacked:
+    read each file's header (not its pixels) and refuse early, naming two files."""
+    from PIL import Image
+
+    first: tuple[str, tuple[int, int]] | None = None
+    for path, _ in samples:
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ValueError(f"cannot read image {path!r} ({err}); remove or replace it") from err
+        if first is None:
+            first = (path, size)
+        elif size != first[1]:
+            raise ValueError(
+                f"images of different sizes: {first[0]!r} is {first[1][0]}x{first[1][1]}, "
+                f"{path!r} is {size[0]}x{size[1]}; set image_size to resize them"
+            )
 
 
 def _decode(path: str, mode: str, image_size: int | None) -> torch.Tensor:
@@ -286,6 +310,8 @@ class ImageFolderDataModule(DisjointSplitDataModule):
             )  # fmt: skip
             return augmented, heldout, base
         size = self._resize
+        if size is None:
+            _check_one_size([*train.samples, *test.samples])
         eval_tf = eval_transform(mean, std, size, crop=True)
         train_tf = train_transform(
             mean, std, size, self.augment, self.crop_padding, crop=True, crop_mode=self.crop_mode
