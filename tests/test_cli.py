@@ -21,14 +21,23 @@ def test_configs_exist() -> None:
     assert {"default.yaml", "cifar10_resnet18.yaml"} <= names
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_shipped_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+CPU = ROOT / "configs" / "experiments" / "cpu"
+#: a training recipe without a monitor, and the monitor that goes after it
+RECIPE, OVERLAY = CPU / "fast_cifar10.yaml", CPU / "cifar_studies.yaml"
+RUNS = [[c] for c in CONFIGS if c != OVERLAY] + [[RECIPE, OVERLAY]]
+
+
+@pytest.mark.parametrize(
+    "configs", RUNS, ids=lambda cs: "+".join(str(c.relative_to(ROOT)) for c in cs)
+)
+def test_every_shipped_config_parses(configs: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a for c in configs for a in ("--config", str(c))]
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(config), "--print_config"])
+        main(["fit", *args, "--print_config"])
     assert exc.value.code in (None, 0)
     printed = capsys.readouterr().out
     assert "class_path: lightning_saliency.data." in printed
-    assert "InterpretationGeneralization" in printed
+    assert ("InterpretationGeneralization" in printed) == (configs != [RECIPE])
 
 
 def test_paper_overrides_parse(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,89 @@
+"""benchmarks/run_cifar_studies.sh with a stand-in for the CLI: the fits it runs for the
+protocol (docs/results_protocol.md), the seeds it sets, the runs it skips, its bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "run_cifar_studies.sh"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or not Path("/usr/bin/time").exists()
+                                or shutil.which("bc") is None,
+                                reason="needs bash, /usr/bin/time and bc")  # fmt: skip
+
+FAKE_CLI = """\
+import json, os, sys
+with open(os.environ["CALLS"], "a") as fh:
+    fh.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+def _drive(tmp_path: Path, *steps: str, **env: str) -> tuple[int, str, list[list[str]]]:
+    (tmp_path / "benchmarks").mkdir(parents=True, exist_ok=True)
+    shutil.copy(SCRIPT, tmp_path / "benchmarks" / SCRIPT.name)
+    cli = tmp_path / "cli"
+    cli.write_text(f"#!{sys.executable}\n{FAKE_CLI}")
+    cli.chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    proc = subprocess.run(
+        ["bash", str(tmp_path / "benchmarks" / SCRIPT.name), *steps],
+        env={**os.environ, "CLI": str(cli), "CALLS": str(calls), **env},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return proc.returncode, proc.stderr, [json.loads(line) for line in lines]
+
+
+def _opt(argv: list[str], name: str) -> str:
+    """The value of the last ``name`` option (later options win in LightningCLI)."""
+    return argv[len(argv) - 1 - argv[::-1].index(name) + 1]
+
+
+def test_every_setting_gets_three_seeds_that_set_split_init_and_order(tmp_path: Path) -> None:
+    rc, err, calls = _drive(tmp_path, "sf2", "sf16", "sn1")
+    assert rc == 0, err
+    assert len(calls) == 9
+    for argv, (name, seed) in zip(calls, [(n, s) for n in ("sf2", "sf16", "sn1") for s in "012"],
+                                  strict=True):  # fmt: skip
+        assert argv[0] == "fit"
+        configs = [argv[i + 1] for i, a in enumerate(argv) if a == "--config"]
+        assert configs == ["configs/experiments/cpu/fast_cifar10.yaml",
+                           "configs/experiments/cpu/cifar_studies.yaml"]  # fmt: skip
+        for opt in ("--seed_everything", "--model.init_seed", "--data.init_args.split_seed"):
+            assert _opt(argv, opt) == seed
+        assert _opt(argv, "--trainer.logger.init_args.name") == name
+        assert _opt(argv, "--trainer.logger.init_args.version") == f"seed{seed}"
+        factor = "16" if name == "sf16" else "2"
+        assert _opt(argv, "--data.init_args.split_factor") == factor
+        if name == "sn1":
+            assert _opt(argv, "--model.spectral_norm_factor") == "1"
+        else:
+            assert "--model.spectral_norm_factor" not in argv
+    timings = (tmp_path / "runs" / "cifar" / "timings.txt").read_text().splitlines()
+    assert len(timings) == 9 and timings[0].startswith("sf2 seed0 wall_s=")
+
+
+def test_a_finished_run_is_skipped_and_seeds_can_be_chosen(tmp_path: Path) -> None:
+    done = tmp_path / "runs" / "cifar" / "sf2" / "seed1"
+    done.mkdir(parents=True)
+    (done / "interpretation_metrics.csv").write_text("epoch\n")
+    rc, err, calls = _drive(tmp_path, "sf2", SEEDS="0 1")
+    assert rc == 0, err
+    assert [_opt(a, "--seed_everything") for a in calls] == ["0"]
+
+
+def test_report_and_unknown_steps(tmp_path: Path) -> None:
+    rc, err, calls = _drive(tmp_path, "report")
+    assert rc == 0, err
+    assert [a[0] for a in calls] == ["report"] * 3
+    assert calls[0][-2:] == ["--out", "reports/cifar/split_factor"]
+    rc, err, _ = _drive(tmp_path, "sf3")
+    assert rc == 2 and "unknown step sf3" in err
