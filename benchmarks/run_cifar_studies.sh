@@ -30,12 +30,12 @@ fit() {  # fit <name> <seed> [extra CLI arguments]
   fi
   local t0
   t0=$(date +%s)
-  /usr/bin/time -f "%U %S" -o "runs/cifar/.cpu" "$CLI" fit \
+  /usr/bin/time -f "%U %S" -o "runs/cifar/.cpu-$name-$seed" "$CLI" fit \
     --config "$CFG/fast_cifar10.yaml" --config "$CFG/cifar_studies.yaml" \
     --seed_everything "$seed" --model.init_seed "$seed" --data.init_args.split_seed "$seed" \
     --trainer.logger.init_args.name "$name" --trainer.logger.init_args.version "seed$seed" \
     --trainer.enable_progress_bar false "$@"
-  read -r user sys <"runs/cifar/.cpu"
+  read -r user sys <"runs/cifar/.cpu-$name-$seed"
   echo "$name seed$seed wall_s=$(($(date +%s) - t0)) cpu_s=$(echo "$user + $sys" | bc)" \
     >>runs/cifar/timings.txt
 }
@@ -49,11 +49,15 @@ step() {
       for s in $SEEDS; do
         fit "$1" "$s" --data.init_args.split_factor 2 --model.spectral_norm_factor "${1#sn}"
       done ;;
-    report)
-      "$CLI" report runs/cifar/sf2 runs/cifar/sf4 runs/cifar/sf8 runs/cifar/sf16 \
-        --out reports/cifar/split_factor
-      "$CLI" report runs/cifar/sf2 --out reports/cifar/methods
-      "$CLI" report runs/cifar/sn1 runs/cifar/sn4 --out reports/cifar/spectral_norm ;;
+    report)  # over the settings that were run
+      local sf=() sn=()
+      for d in runs/cifar/sf2 runs/cifar/sf4 runs/cifar/sf8 runs/cifar/sf16; do
+        [[ -d $d ]] && sf+=("$d")
+      done
+      for d in runs/cifar/sn1 runs/cifar/sn4; do [[ -d $d ]] && sn+=("$d"); done
+      if [[ ${#sf[@]} -gt 0 ]]; then "$CLI" report "${sf[@]}" --out reports/cifar/split_factor; fi
+      if [[ -d runs/cifar/sf2 ]]; then "$CLI" report runs/cifar/sf2 --out reports/cifar/methods; fi
+      if [[ ${#sn[@]} -gt 0 ]]; then "$CLI" report "${sn[@]}" --out reports/cifar/spectral_norm; fi ;;
     *) echo "unknown step $1 (sf2 sf4 sf8 sf16 sn1 sn4 report)" >&2; exit 2 ;;
   esac
 }

@@ -83,7 +83,15 @@ def test_a_finished_run_is_skipped_and_seeds_can_be_chosen(tmp_path: Path) -> No
 def test_report_and_unknown_steps(tmp_path: Path) -> None:
     rc, err, calls = _drive(tmp_path, "report")
     assert rc == 0, err
-    assert [a[0] for a in calls] == ["report"] * 3
-    assert calls[0][-2:] == ["--out", "reports/cifar/split_factor"]
+    assert calls == []  # nothing was run yet
+    for name in ("sf2", "sf16", "sn4"):
+        (tmp_path / "runs" / "cifar" / name).mkdir(parents=True)
+    rc, err, calls = _drive(tmp_path, "report")
+    assert rc == 0, err
+    assert calls == [
+        ["report", "runs/cifar/sf2", "runs/cifar/sf16", "--out", "reports/cifar/split_factor"],
+        ["report", "runs/cifar/sf2", "--out", "reports/cifar/methods"],
+        ["report", "runs/cifar/sn4", "--out", "reports/cifar/spectral_norm"],
+    ]
     rc, err, _ = _drive(tmp_path, "sf3")
     assert rc == 2 and "unknown step sf3" in err
