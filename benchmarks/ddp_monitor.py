@@ -44,8 +44,14 @@ trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if 
                     max_epochs=2, limit_train_batches=2, limit_val_batches=0, logger=False,
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                     callbacks=[cb, Report()], default_root_dir=os.path.dirname(out))
-trainer.fit(DisjointEnsemble(backbone="small_cnn", num_classes=10, in_chans=1, image_size=32),
-            DigitsDataModule(batch_size=64))
+# lr 1e-30 (steps below float32 resolution: the weights do not change; lr 0 is refused) and
+# BatchNorm momentum 0: the models stay at their seeded initialization whatever the ranks'
+# batches, so both arms explain identical models and must give identical numbers
+model = DisjointEnsemble(backbone="small_cnn", num_classes=10, in_chans=1, image_size=32, lr=1e-30)
+for m in model.modules():
+    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        m.momentum = 0.0
+trainer.fit(model, DigitsDataModule(batch_size=64))
 """
 METHODS = ["simple_grad", {"method": "smooth_grad", "noise_level": 0.2, "samples": 16},
            {"method": "integrated_gradients", "steps": 16}]  # fmt: skip
