@@ -207,7 +207,7 @@ class EpochEvaluation:
     preds: Tensor
     methods: list[str] = field(default_factory=list)
 
-    def extend(self, stats: Stats) -> None:
+    def extend(self, stats: Mapping[MetricKey, Statistic]) -> None:
         """Add linear statistics computed outside :func:`evaluate_epoch` (the opt-in
         families of :func:`~lightning_saliency.generalization.family_statistics`)."""
         self.statistics.update(stats)
