@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -258,8 +259,8 @@ def _ig_path(
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     if steps is None:
         return None
-    alphas, weights = path_nodes(steps, rule)  # type: ignore[arg-type]
-    kw = {"dtype": x.dtype, "device": x.device}
+    alphas, weights = path_nodes(steps, cast(Rule, rule))  # the caller's check_choice
+    kw: dict[str, Any] = {"dtype": x.dtype, "device": x.device}
     return baseline_tensor(baseline, x), torch.tensor(alphas, **kw), torch.tensor(weights, **kw)
 
 

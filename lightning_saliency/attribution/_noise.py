@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -155,7 +156,7 @@ class Accumulator:
         self.samples = samples
         shape = (n, *like.shape[1:])
         self.dtype = torch.promote_types(like.dtype, torch.float32)
-        kw = {"dtype": self.dtype, "device": like.device}
+        kw: dict[str, Any] = {"dtype": self.dtype, "device": like.device}
         if reduction == "none":
             self.values = torch.zeros((n * samples, *like.shape[1:]), **kw)
         else:

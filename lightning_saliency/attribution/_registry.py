@@ -179,6 +179,12 @@ def _signature_params(
     return defaults, frozenset(options), takes_generator
 
 
+def _json_normalizer(key: str, default: Any) -> Callable[[Any], Any]:
+    """The default normalizer: :func:`json_value` with the default as type hint."""
+    hint = None if default is REQUIRED else default
+    return lambda v: json_value(key, v, hint)
+
+
 def _check_name(name: str, overwrite: bool) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(f"a method name is a letter then letters, digits or '_'; got {name!r}")
@@ -244,16 +250,15 @@ def register_method(
     """
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        method = name or getattr(f, "__name__", "")
+        method = name or str(getattr(f, "__name__", ""))
         _check_name(method, overwrite)
         defaults, options, takes_generator = _signature_params(f, tuple(exclude))
         given = dict(normalizers or {})
         extra = sorted(set(given) - set(defaults))
         if extra:
             raise ValueError(f"normalizers for unknown parameter(s) {extra} of {method!r}")
-        norms = {
-            k: given.get(k) or (lambda v, k=k, d=d: json_value(k, v, None if d is REQUIRED else d))
-            for k, d in defaults.items()
+        norms: dict[str, Callable[[Any], Any]] = {
+            k: given.get(k) or _json_normalizer(k, d) for k, d in defaults.items()
         }
         _REGISTRY[method] = MethodInfo(
             name=method,

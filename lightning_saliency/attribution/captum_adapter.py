@@ -95,7 +95,7 @@ def _captum_attr() -> Any:
         ) from err
 
 
-def _attribution_class(name: object, *, inner: bool = False) -> type:
+def _attribution_class(name: object, *, inner: bool = False) -> type[Any]:
     """The Captum class ``name``, or a clear error (unknown, layer/neuron, not an attribution)."""
     if not isinstance(name, str) or not _CLASS_RE.match(name):
         raise ValueError(f"attribution must be a Captum class name like 'DeepLift', got {name!r}")
@@ -123,7 +123,7 @@ def _params(fn: Any, skip: int) -> tuple[dict[str, Any], bool]:
     }, var_kw
 
 
-def _init_params(cls: type) -> dict[str, Any]:
+def _init_params(cls: type[Any]) -> dict[str, Any]:
     params, _ = _params(cls.__init__, 1)
     first = next(iter(params), None)
     if first is not None and first != "attribution_method":
@@ -131,7 +131,7 @@ def _init_params(cls: type) -> dict[str, Any]:
     return params
 
 
-def _attribute_params(cls: type, init: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+def _attribute_params(cls: type[Any], init: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
     params, var_kw = _params(cls.attribute, 2)  # self, inputs
     if "attribution_method" in init:  # NoiseTunnel: the wrapped class's arguments too
         inner, _ = _params(_attribution_class(init["attribution_method"]).attribute, 2)

@@ -32,6 +32,7 @@ import copy
 import itertools
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +56,7 @@ def _has_hooks(m: nn.Module) -> bool:
     )
 
 
-def _plain_conv(m: nn.Module) -> bool:
+def _plain_conv(m: nn.Module | None) -> bool:
     """A Conv2d whose forward is torch's own (parametrized classes keep it)."""
     return (
         isinstance(m, nn.Conv2d)
@@ -65,7 +66,7 @@ def _plain_conv(m: nn.Module) -> bool:
     )
 
 
-def _foldable_bn(m: nn.Module) -> bool:
+def _foldable_bn(m: nn.Module | None) -> bool:
     """A BatchNorm2d with running statistics whose forward is torch's own, without hooks."""
     return (
         isinstance(m, _BN_TYPES)
@@ -86,7 +87,7 @@ def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]] | None:
     except Exception:  # any tracing failure: fall back to Sequential containers
         return None
     mods = dict(model.named_modules())
-    calls: dict[str, int] = {}
+    calls: dict[object, int] = {}  # call_module target (a name) -> number of calls
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
@@ -136,7 +137,9 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     pairs = _pairs_from_sequentials(model) if pairs is None else pairs
     valid = []
     for conv_name, bn_name in pairs:
-        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        # the names come from _plain_conv / _foldable_bn
+        conv = cast(nn.Conv2d, model.get_submodule(conv_name))
+        bn = cast(_BatchNorm, model.get_submodule(bn_name))
         if conv.out_channels == bn.num_features and conv.weight.is_floating_point():
             valid.append((conv_name, bn_name))
     return valid
@@ -146,6 +149,7 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
 def _fold(conv: nn.Conv2d, bn: _BatchNorm) -> None:
     """Fold ``bn`` (eval mode) into ``conv``'s weight and bias, computed in float64."""
     w = conv.weight
+    assert bn.running_mean is not None and bn.running_var is not None  # see _foldable_bn
     var = bn.running_var.double()
     scale = torch.rsqrt(var + bn.eps)
     if bn.weight is not None:
@@ -176,10 +180,9 @@ def _bake_parametrizations(model: nn.Module) -> None:
     for module in list(model.modules()):
         if not parametrize.is_parametrized(module):
             continue
+        plists = cast(nn.ModuleDict, module.parametrizations)  # it is parametrized
         with torch.no_grad():
-            values = {
-                name: getattr(module, name).detach().clone() for name in module.parametrizations
-            }
+            values = {name: getattr(module, name).detach().clone() for name in plists}
         base = type(module).__bases__[0]  # parametrize injects class Parametrized<Cls>(Cls)
         del module._modules["parametrizations"]
         module.__class__ = base
@@ -272,7 +275,8 @@ def attribution_model(
     kept = _check_keep(model, keep)
     folded = [p for p in foldable_pairs(clone) if p[0] not in kept] if fold_batchnorm else []
     for conv_name, bn_name in folded:
-        _fold(clone.get_submodule(conv_name), clone.get_submodule(bn_name))
+        conv = cast(nn.Conv2d, clone.get_submodule(conv_name))  # see foldable_pairs
+        _fold(conv, cast(_BatchNorm, clone.get_submodule(bn_name)))
         _set_submodule(clone, bn_name, nn.Identity())
     if channels_last is None:
         channels_last = _has_conv(clone) and _first_device(clone).type == "cpu"

@@ -35,7 +35,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -299,7 +299,7 @@ def integrated_gradients(
         x0 = torch.broadcast_to(base_value.detach().to(device=x.device, dtype=x.dtype), x.shape)
     else:
         x0 = torch.full_like(x, 0.0 if base_value is None else float(base_value))
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         output=output,
         precision=precision,
         channels_last=channels_last,

@@ -390,6 +390,7 @@ def compute_attribution(
     else:
         maps = guarded(info.fn, s.label, model, x, target, **kwargs)
     if s.superpixel is not None:
+        assert segments is not None  # required for super-pixel specs (checked above)
         maps = group_by_segments(maps, segments, reduction=s.superpixel["reduction"])
     return maps
 

@@ -68,6 +68,7 @@ def has_media_logger(trainer: pl.Trainer) -> bool:
 
 def log_images(trainer: pl.Trainer, images: Mapping[str, np.ndarray], step: int) -> None:
     """Send ``{tag: (H, W, 3) uint8}`` images to every logger that shows images."""
+    logger: Any  # the TensorBoard / W&B / MLflow logger's own API, chosen by _logger_kind
     for logger in trainer.loggers:
         kind = _logger_kind(logger)
         for tag, img in images.items():
@@ -217,7 +218,7 @@ def log_scalars(trainer: pl.Trainer, pl_module: pl.LightningModule, result: Epoc
             f"{CSV_NAME} and {METHODS_NAME} are still written."
         )
     to_logger = bool(trainer.loggers)  # without one, Lightning warns once per name
-    on_epoch = {"on_step": False, "on_epoch": True} if stage == "fit" else {}
+    on_epoch: dict[str, Any] = {"on_step": False, "on_epoch": True} if stage == "fit" else {}
     # Logged from every rank with identical values; rank_zero_only avoids any collective.
     for name, value in metrics.items():
         pl_module.log(name, value, rank_zero_only=True, logger=to_logger, **on_epoch)

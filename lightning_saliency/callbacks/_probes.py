@@ -58,7 +58,7 @@ def as_dataset(probes: Tensor | tuple[Tensor, Tensor] | Dataset) -> Dataset:
     if isinstance(probes, (tuple, list)) and len(probes) == 2 and isinstance(probes[0], Tensor):
         return _TensorPairs(probes[0], torch.as_tensor(probes[1]).long())
     if isinstance(probes, Dataset) or hasattr(probes, "__getitem__"):
-        return probes  # type: ignore[return-value]
+        return probes
     raise TypeError(
         "probes must be a tensor of images, an (images, labels) pair or a dataset; "
         f"got {type(probes).__name__}"

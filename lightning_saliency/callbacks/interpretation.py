@@ -321,6 +321,7 @@ class InterpretationGeneralization(Callback):
             )
         self.families = self._families(len(models), self._reference_module is not None)
         self._prepare_probes(trainer, len(models), self._loaded_indices)
+        assert self.probes is not None  # _prepare_probes sets them
         _setup.check_models(models, self._reference_module, self.probes, self.target == "label",
                             self.output_transform or as_logits)  # fmt: skip
         # Every rank reads the log dir here, outside any rank-0-only branch (it may synchronize).

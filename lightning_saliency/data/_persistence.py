@@ -52,7 +52,7 @@ class SplitStateMixin:
             "split_seed": self.split_seed,
             "split_factor": self.split_factor,
             "num_models": self.num_models,
-            "n": len(self._train_set),  # type: ignore[arg-type]
+            "n": len(self._train_set),
             "split_indices": [idx.tolist() for idx in indices],
             "mean": None if self.mean is None else list(self.mean),
             "std": None if self.std is None else list(self.std),

@@ -206,7 +206,8 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
             if key in self.hparams and self.hparams[key] is None:
                 value = getattr(self, key)
                 self._hparams[key] = value
-                self._hparams_initial[key] = value
+                # set by Lightning's save_hyperparameters, which does not declare it
+                self._hparams_initial[key] = value  # type: ignore[attr-defined]
 
     def train_dataloader(self) -> CombinedLoader:
         """K shuffled loaders, loader ``k`` over split ``k`` only, combined with ``min_size``.

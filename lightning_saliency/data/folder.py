@@ -249,10 +249,10 @@ class ImageFolderDataModule(DisjointSplitDataModule):
 
             self._classes()  # clear errors for a bad layout
             loader = functools.partial(_pil_loader, mode=self._mode)
-            self._folders_cache = tuple(  # type: ignore[assignment]
+            self._folders_cache = tuple(
                 ImageFolder(path, loader=loader) for path in self._folders()
             )
-        return self._folders_cache  # type: ignore[return-value]
+        return self._folders_cache
 
     # ------------------------------------------------------------------ decoded images
     def _cache_path(self, part: str, samples: Sequence[tuple[str, int]]) -> str | None:
@@ -297,16 +297,16 @@ class ImageFolderDataModule(DisjointSplitDataModule):
         if self.in_memory:
             common = dict(mean=mean, std=std, classes=train.classes)
             images, targets = self._decoded("train"), torch.tensor(train.targets)
-            base = InMemoryImages(images, targets, **common)  # type: ignore[arg-type]
+            base = InMemoryImages(images, targets, **common)
             heldout = InMemoryImages(
                 self._decoded("test"),
                 torch.tensor(test.targets),
-                **common,  # type: ignore[arg-type]
+                **common,
             )
             augmented = InMemoryImages(
                 images, targets, augment=self.augment, padding=self.crop_padding,
                 crop_mode=self.crop_mode,
-                seed=self.split_seed, **common,  # type: ignore[arg-type]
+                seed=self.split_seed, **common,
             )  # fmt: skip
             return augmented, heldout, base
         size = self._resize

@@ -51,7 +51,9 @@ def image_stats(
     >>> image_stats(x)
     ((0.75,), (0.4330127018922193,))
     """
-    total = count = squares = None
+    total: Tensor | None = None
+    squares: Tensor | None = None
+    count: int | None = None
     items = images if isinstance(images, Sequence) else [images]
     for item in items:
         item = item if item.dim() == 4 else item.unsqueeze(0)

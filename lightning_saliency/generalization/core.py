@@ -26,11 +26,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_saliency.attribution import group_by_segments
+from lightning_saliency.attribution.superpixels import GroupReduction
 from lightning_saliency.metrics import (
     complexity,
     l2_distance,
@@ -74,7 +76,7 @@ class MapStack:
     maps: Tensor
     pixel: Tensor | None = None
     segments: Tensor | None = None
-    reduction: str = "sum"
+    reduction: GroupReduction = "sum"
 
     @property
     def num_sources(self) -> int:
@@ -259,7 +261,7 @@ def pairwise_agreement(
         stack = MapStack(stack)
     pairing = ChancePairing() if pairing is None else pairing
     maps = stack.maps
-    opts = {"normalize": normalize, "topk": topk}
+    opts: dict[str, Any] = {"normalize": normalize, "topk": topk}
 
     def per_pair(i: int, j: int, rows: Tensor) -> dict[str, Tensor]:
         out = agreement_values(maps[i, rows], maps[j, rows], metrics, **opts)

@@ -207,7 +207,7 @@ class EpochEvaluation:
     preds: Tensor
     methods: list[str] = field(default_factory=list)
 
-    def extend(self, stats: Stats) -> None:
+    def extend(self, stats: Mapping[MetricKey, Statistic]) -> None:
         """Add linear statistics computed outside :func:`evaluate_epoch` (the opt-in
         families of :func:`~lightning_saliency.generalization.family_statistics`)."""
         self.statistics.update(stats)
@@ -249,10 +249,10 @@ def _method_stats(
             ).items():  # fmt: skip
                 out[MetricKey(label, "pairs", split, metric, stage)] = stat
     if "mege_reco" in families and k >= 2:
-        for metric, stat in mege_reco_statistics(
+        for metric, mege_stat in mege_reco_statistics(
             maps, ctx["preds"], ctx["labels"], layout
         ).items():
-            out[MetricKey(label, "pairs", "train", metric, stage)] = stat
+            out[MetricKey(label, "pairs", "train", metric, stage)] = mege_stat
     if "quality" in families:
         for metric in QUALITY_METRICS:
             for split, stat in quality(maps, layout, metric).items():

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -69,9 +70,9 @@ Reinit = Callable[[nn.Module, torch.Generator], None]
 
 def _own_tensors(module: nn.Module) -> list[Tensor]:
     """The layer's weights: its direct parameters and its parametrizations' originals."""
-    out = list(module.parameters(recurse=False))
+    out: list[Tensor] = list(module.parameters(recurse=False))
     if parametrize.is_parametrized(module):
-        for plist in module.parametrizations.values():  # type: ignore[union-attr]
+        for plist in cast(nn.ModuleDict, module.parametrizations).values():
             out.extend(plist.parameters(recurse=False))
     return out
 
@@ -161,17 +162,19 @@ def _resync_spectral_norm(module: nn.Module) -> None:
     layer's new weight, so that its eval-mode sigma is exact (stale vectors would misjudge it)."""
     if not parametrize.is_parametrized(module):
         return
-    for plist in module.parametrizations.values():  # type: ignore[union-attr]
+    for plist in cast(nn.ModuleDict, module.parametrizations).values():
+        assert isinstance(plist, parametrize.ParametrizationList)  # what torch stores there
         weight = plist.original if hasattr(plist, "original") else None
         for p in plist:
             if weight is None:
                 break
             if hasattr(p, "_u") and hasattr(p, "_v") and hasattr(p, "dim"):
-                w = weight.detach().movedim(p.dim, 0).flatten(1).to(torch.float64)
+                sn: Any = p  # torch's private _SpectralNorm, duck-typed by these attributes
+                w = weight.detach().movedim(sn.dim, 0).flatten(1).to(torch.float64)
                 u, s, vh = torch.linalg.svd(w, full_matrices=False)
                 if s[0] > 0:
-                    p._u.copy_(u[:, 0].to(p._u.dtype))
-                    p._v.copy_(vh[0].to(p._v.dtype))
+                    sn._u.copy_(u[:, 0].to(sn._u.dtype))
+                    sn._v.copy_(vh[0].to(sn._v.dtype))
             weight = p(weight)
 
 

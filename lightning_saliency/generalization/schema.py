@@ -314,7 +314,7 @@ def epoch_rows(
     """
     rows = [csv_row(k, e, epoch, step) for k, e in estimates.items()]
     nan = math.nan
-    marker = Estimate(len(rows) + 1, nan, nan, nan, 0)  # type: ignore[arg-type]
+    marker = Estimate(len(rows) + 1, nan, nan, nan, 0)
     rows.append(csv_row(MetricKey.epoch_rows(stage), marker, epoch, step))
     return rows
 

@@ -187,10 +187,11 @@ class ProbeStatistic:
         return torch.stack([v.double().mean() for v in self.terms.values()]).sum()
 
     def bootstrap(self, counts: Counts) -> Tensor:
-        out = 0
+        out: Tensor | int = 0
         for g, v in self.terms.items():
             out = out + counts[g].to(v.device) @ v.double() / v.numel()
-        return out  # type: ignore[return-value]
+        assert isinstance(out, Tensor)  # terms is never empty (checked in __init__)
+        return out
 
 
 class Transformed:
@@ -327,13 +328,15 @@ def estimate_all(
     for key in keys:
         stat = stats[key]
         g = len(stat.support())
-        m = flat[pos : pos + 4 * g].reshape(g, 4)  # type: ignore[index]
+        assert flat is not None  # there are parts when there are keys
+        m = flat[pos : pos + 4 * g].reshape(g, 4)
         pos += 4 * g
         if stat.linear:
             out[key] = _linear_estimate(m, level, getattr(stat, "proportion", False))
             continue
-        b = counts[next(iter(counts))].shape[0]  # type: ignore[index]
-        point, boot = float(flat[pos]), flat[pos + 1 : pos + 1 + b]  # type: ignore[index]
+        assert counts is not None  # checked above for every nonlinear statistic
+        b = counts[next(iter(counts))].shape[0]
+        point, boot = float(flat[pos]), flat[pos + 1 : pos + 1 + b]
         pos += 1 + b
         out[key] = _bootstrap_estimate(point, boot, int(m[:, 0].sum()), int(m[:, 1].sum()), level)
     return out

@@ -635,6 +635,7 @@ def mege_reco(
             )
             keep = torch.ones(n, dtype=torch.bool, device=device)
             if pairs == "one_seen":
+                assert seen is not None  # required for "one_seen" (checked above)
                 keep = seen[i].to(device) ^ seen[j].to(device)
             dists.append(d)
             same.append(correct[i] & correct[j] & keep)

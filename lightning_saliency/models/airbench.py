@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .spectral import _Scale
+from .spectral import _Scale, _weight_parametrizations
 
 __all__ = ["AirbenchCNN", "count_macs"]
 
@@ -106,6 +106,7 @@ class AirbenchCNN(nn.Module):
     """
 
     gradcam_layer = "features.block3"
+    whitened: Tensor  # a buffer, registered in __init__
 
     def __init__(
         self,
@@ -155,7 +156,7 @@ class AirbenchCNN(nn.Module):
         # saved with the weights: a restored model is not whitened again
         self.register_buffer("whitened", torch.tensor(False))
         if self.whitening:
-            _stem_weight_param(self.features.stem).requires_grad_(False)
+            _stem_weight_param(cast(nn.Conv2d, self.features.stem)).requires_grad_(False)
 
     @property
     def needs_data_init(self) -> bool:
@@ -169,7 +170,7 @@ class AirbenchCNN(nn.Module):
     @property
     def last_conv_block(self) -> nn.Module:
         """The last convolutional block (default Grad-CAM layer)."""
-        return self.features.block3
+        return cast(nn.Module, self.features.block3)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and self.needs_data_init:
@@ -186,7 +187,7 @@ class AirbenchCNN(nn.Module):
         The 2x2 patches' covariance ``V diag(l) V^T`` gives filters ``v_i / sqrt(l_i + eps)``
         and their negatives (airbench94); the stem bias is set to 0.
         """
-        stem = self.features.stem
+        stem = cast(nn.Conv2d, self.features.stem)
         if images.dim() != 4 or images.shape[1] != stem.in_channels:
             raise ValueError(
                 f"images must be (N, {stem.in_channels}, H, W) model inputs, got "
@@ -211,7 +212,7 @@ class AirbenchCNN(nn.Module):
 
 def _stem_weight_param(conv: nn.Conv2d) -> Tensor:
     if parametrize.is_parametrized(conv, "weight"):
-        return conv.parametrizations.weight.original  # type: ignore[union-attr]
+        return _weight_parametrizations(conv).original
     return conv.weight
 
 

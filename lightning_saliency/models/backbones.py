@@ -17,7 +17,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -113,7 +113,7 @@ class SmallCNN(nn.Module):
     @property
     def last_conv_block(self) -> nn.Module:
         """The last convolutional block (default Grad-CAM layer)."""
-        return self.features.block3
+        return cast(nn.Module, self.features.block3)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))

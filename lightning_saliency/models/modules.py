@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import AttributeDict, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
@@ -93,7 +93,8 @@ def _init_from_data(models: list[nn.Module], datasets: list[Any]) -> None:
         items = dataset.__getitems__(idx) if hasattr(dataset, "__getitems__") else None
         items = items if items is not None else [dataset[i] for i in idx]
         device = next(model.parameters()).device
-        model.init_from_data(torch.stack([torch.as_tensor(x) for x, _ in items]).to(device))
+        data_init: Any = model  # duck-typed: a model with needs_data_init has init_from_data
+        data_init.init_from_data(torch.stack([torch.as_tensor(x) for x, _ in items]).to(device))
 
 
 class _SaliencyModuleBase(L.LightningModule):
@@ -101,6 +102,11 @@ class _SaliencyModuleBase(L.LightningModule):
 
     _log_per_model: bool = True
     _warned_nonfinite_spectral: bool = False
+
+    @property
+    def _hp(self) -> AttributeDict:
+        """``hparams``, the AttributeDict that ``save_hyperparameters`` fills (typed access)."""
+        return cast(AttributeDict, self.hparams)
 
     def setup(self, stage: str) -> None:
         """Before fitting, initialize backbones that need data (``needs_data_init``) on their
@@ -178,7 +184,7 @@ class _SaliencyModuleBase(L.LightningModule):
 
     # ----------------------------------------------------------------- optimization
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        hp = self._hp
         groups = [
             {"params": [p for p in m.parameters() if p.requires_grad], "name": f"model_{k}"}
             for k, m in enumerate(self._backbones())
@@ -224,7 +230,7 @@ class _SaliencyModuleBase(L.LightningModule):
         Uses this module's ``gradient_clip_val`` if set, else the Trainer's; the algorithm is
         the Trainer's ``gradient_clip_algorithm`` ("norm" by default, or "value").
         """
-        val = self.hparams.gradient_clip_val
+        val = self._hp.gradient_clip_val
         if val is None:
             val = gradient_clip_val
         if not val:
@@ -241,7 +247,7 @@ class _SaliencyModuleBase(L.LightningModule):
 
     # ----------------------------------------------------------------- spectral logging
     def _log_spectral(self) -> None:
-        if not self.hparams.log_spectral or self.trainer.sanity_checking:
+        if not self._hp.log_spectral or self.trainer.sanity_checking:
             return
         per_model = [capacity(m) for m in self._backbones()]
         bad = [k for k, t in enumerate(per_model) if any(math.isnan(v) for v in t.values())]
@@ -395,7 +401,7 @@ class DisjointEnsemble(_SaliencyModuleBase):
         losses, accs = [], []
         for k, (model, (x, y)) in enumerate(zip(self.models, pairs, strict=True)):
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+            loss = F.cross_entropy(logits, y, label_smoothing=self._hp.label_smoothing)
             acc = (logits.detach().argmax(-1) == y).float().mean()
             n = int(y.shape[0])
             self.log(f"train/model_{k}/loss", loss.detach(), on_step=False, on_epoch=True,
@@ -522,7 +528,7 @@ class Classifier(_SaliencyModuleBase):
         x, y = _pairs(batch)[0]
         logits = self(x)
         train = prefix == "train"
-        smoothing = self.hparams.label_smoothing if train else 0.0
+        smoothing = self._hp.label_smoothing if train else 0.0
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         acc = (logits.detach().argmax(-1) == y).float().mean()
         n = int(y.shape[0])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +69,7 @@ def spectral_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     >>> [name for name, _ in spectral_layers(net)]
     ['0', '3']
     """
-    layers = []
+    layers: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             weight = getattr(module, "weight", None)
@@ -90,10 +91,16 @@ def _weight_matrix(module: nn.Module, weight: Tensor) -> Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
+def _weight_parametrizations(module: nn.Module) -> parametrize.ParametrizationList:
+    """``module.parametrizations["weight"]`` of a module whose weight is parametrized."""
+    plists = cast(nn.ModuleDict, module.parametrizations)
+    return cast(parametrize.ParametrizationList, plists["weight"])
+
+
 def _has_spectral_norm(module: nn.Module) -> bool:
     if not parametrize.is_parametrized(module, "weight"):
         return False
-    return any(isinstance(p, SpectralNormParametrization) for p in module.parametrizations["weight"])
+    return any(isinstance(p, SpectralNormParametrization) for p in _weight_parametrizations(module))
 
 
 def apply_spectral_norm(model: nn.Module, factor: float, n_power_iterations: int = 1) -> nn.Module:
@@ -143,8 +150,8 @@ def apply_spectral_norm(model: nn.Module, factor: float, n_power_iterations: int
             parametrize.register_parametrization(module, "weight", _Scale(factor))
     with torch.no_grad():
         for _, module in layers:
-            sn = module.parametrizations["weight"][0]
-            w = _weight_matrix(module, module.parametrizations["weight"].original)
+            sn = _weight_parametrizations(module)[0]
+            w = _weight_matrix(module, _weight_parametrizations(module).original)
             u, s, vh = torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False)
             # a few power-iteration steps from the exact vectors keep them at the fixed point
             exact = s[0] > 0
@@ -161,7 +168,8 @@ def _layer_stats(model: nn.Module) -> list[tuple[str, float, float]]:
     stats = []
     with torch.no_grad(), eval_mode(model):
         for name, module in spectral_layers(model):
-            w = _weight_matrix(module, module.weight).detach().to(torch.float64)
+            weight = cast(Tensor, module.weight)  # a Conv/Linear weight (spectral_layers)
+            w = _weight_matrix(module, weight).detach().to(torch.float64)
             if not bool(torch.isfinite(w).all()):
                 stats.append((name, math.nan, math.nan))
                 continue
@@ -237,7 +245,9 @@ def capacity(model: nn.Module, gammas: float | Sequence[float] = 1.0) -> dict[st
     n = len(stats)
     if n == 0:
         raise ValueError(f"model {type(model).__name__} has no Conv/Linear layer")
-    if isinstance(gammas, (int, float)) and not isinstance(gammas, bool):
+    if isinstance(gammas, bool):  # not a float here (iterating it raised this TypeError)
+        raise TypeError(f"gammas must be a float or a sequence of floats, got {gammas!r}")
+    if isinstance(gammas, (int, float)):
         gamma_list = [float(gammas)] * n
     else:
         gamma_list = [float(g) for g in gammas]

@@ -193,7 +193,7 @@ def _specs(folder: Path, config: Mapping[str, Any]) -> dict[str, MethodSpec]:
                 continue
             out[spec.label] = spec
         return out
-    out: dict[str, MethodSpec] = {}
+    out = {}
     for m in _callback_methods(config):
         try:
             spec = resolve_method(m)
@@ -256,12 +256,12 @@ def _rows(path: Path) -> Iterable[tuple[int, dict[str, str]]]:
             for row in reader:
                 if not row:
                     continue
-                if len(row) != len(fields):  # type: ignore[arg-type]
+                if len(row) != len(fields):
                     raise ValueError(
-                        f"{str(path)!r} line {reader.line_num}: expected {len(fields)} fields, "  # type: ignore[arg-type]
+                        f"{str(path)!r} line {reader.line_num}: expected {len(fields)} fields, "
                         f"got {len(row)}"
                     )
-                yield reader.line_num, dict(zip(fields, row, strict=True))  # type: ignore[arg-type]
+                yield reader.line_num, dict(zip(fields, row, strict=True))
         except csv.Error as err:  # e.g. a field larger than the csv module's limit
             raise ValueError(f"{str(path)!r} line {reader.line_num}: {err}") from None
 

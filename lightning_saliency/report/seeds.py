@@ -18,7 +18,7 @@ import numpy as np
 from lightning_saliency.generalization import Estimate, t_quantile
 
 from .runs import Run
-from .table import Row, Table
+from .table import Cell, Row, Table
 
 __all__ = ["seed_level", "seed_table"]
 
@@ -58,7 +58,7 @@ def seed_table(table: Table, runs: Sequence[Run]) -> Table | None:
     for (_, ident), members in groups.items():
         if len(members) < 2:
             continue
-        cells = dict(ident)
+        cells: dict[str, Cell] = dict(ident)
         names = {c for r in members for c, v in r.cells.items() if isinstance(v, Estimate)}
         for name in names:
             cells[name] = seed_level([r.estimate(name) for r in members])

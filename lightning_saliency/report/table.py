@@ -42,7 +42,9 @@ class Row:
     run: str
     cells: Mapping[str, Cell]
 
-    def __getitem__(self, name: str) -> Cell:
+    def __getitem__(self, name: str) -> Any:
+        """The cell (None when missing); Any because its type depends on the column, which
+        the study knows (an int split factor, a label, an Estimate); see :meth:`estimate`."""
         return self.cells.get(name)
 
     def estimate(self, name: str) -> Estimate | None:

@@ -47,11 +47,11 @@ def _within(value: Value, where: Callable[[Run], bool]) -> Callable[[Sequence[Ru
     """A number of one run, per seed, over the runs ``where`` selects."""
 
     def per_seed(runs: Sequence[Run]) -> dict[int, float]:
-        out = {}
+        out: dict[int, float] = {}
         for r in runs:
             v = value(r) if where(r) and r.seed is not None else None
-            if v is not None:
-                out[r.seed] = v  # type: ignore[index]
+            if v is not None and r.seed is not None:  # (the seed test repeated for the checker)
+                out[r.seed] = v
         return out
 
     return per_seed

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..plotting import errorbar, new_figure
 from ..runs import Run
-from ..table import Column, Row, Study, Table
+from ..table import Cell, Column, Row, Study, Table
 
 
 def _curves(run: Run) -> dict[tuple[str, int], list[tuple[float, str]]]:
@@ -30,7 +30,7 @@ def build(runs: Sequence[Run]) -> Table:
     for run in runs:
         for (kind, samples), points in _curves(run).items():
             for value, label in points:
-                cells = {
+                cells: dict[str, Cell] = {
                     "noise": kind, "value": value, "samples": samples, "method": label,
                     "l2": run.get(label, "pairs", "test", "l2"),
                     "l2_above_chance": run.get(label, "pairs", "test", "l2_above_chance"),

@@ -10,7 +10,7 @@ from lightning_saliency.generalization import Estimate
 
 from ..plotting import errorbar, legend_outside, new_figure
 from ..runs import Run
-from ..table import Column, Row, Study, Table, difference
+from ..table import Cell, Column, Row, Study, Table, difference
 
 _METRICS = ("spearman", "topk")
 
@@ -83,15 +83,15 @@ def summary(table: Table) -> list[str]:
         return []
     lo, hi = sfs[0], sfs[-1]
 
-    def at(sf: int, method: str | None, col: str) -> object:
+    def at(sf: int, method: str | None, col: str) -> Cell:
         return next((r[col] for r in table.rows if r["split_factor"] == sf
                      and (method is None or r["method"] == method)), None)  # fmt: skip
 
-    def change(a: object, b: object) -> str:
+    def change(a: Cell, b: Cell) -> str:
         from ..markdown import cell_text
 
         d = difference(b, a) if isinstance(a, Estimate) and isinstance(b, Estimate) else None
-        return f"{cell_text(a)} -> {cell_text(b)} (change {cell_text(d)})"  # type: ignore[arg-type]
+        return f"{cell_text(a)} -> {cell_text(b)} (change {cell_text(d)})"
 
     pa = "prediction_agreement"
     lines = [f"From split factor {lo} to {hi} (changes with independent-runs intervals): "
