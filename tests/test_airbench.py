@@ -27,6 +27,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 TINY = (8, 16, 16)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch) -> None:
+    """Without a logger the run folder is the working directory: keep splits.json out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _trainer(**kw) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
