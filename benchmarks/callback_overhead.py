@@ -146,6 +146,7 @@ def _fit(args: argparse.Namespace, monitor: bool) -> dict[str, Any]:
             log_images_every_n_epochs=1,
             precision=args.attr_precision,
             channels_last=args.channels_last,
+            max_overhead=args.max_overhead,
         )
         log = time_hooks(cb, args.device)
         callbacks.append(cb)
@@ -168,7 +169,10 @@ def _fit(args: argparse.Namespace, monitor: bool) -> dict[str, Any]:
         trainer.save_checkpoint(args.save_checkpoint)
     epochs = [b - a for a, b in timer.spans]
     inside = [sum(e - s for _, s, e in log if a <= s and e <= b) for a, b in timer.spans]
+    monitored = list(callbacks[0].logged_epochs) if monitor else []  # type: ignore[attr-defined]
     return {
+        "monitored_epochs": monitored,
+        "fit_share": sum(inside) / sum(epochs),
         "epoch_s": epochs,
         "monitor_s": inside,
         "rest_s": [t - m for t, m in zip(epochs, inside, strict=True)],
@@ -180,7 +184,7 @@ def summarize(fit: dict[str, Any], every_n: int) -> dict[str, float]:
     """Medians over the epochs after the first: monitor seconds (monitored epochs only),
     the rest of the epoch, and their ratio."""
     epochs = range(1, len(fit["epoch_s"]))
-    monitored = [fit["monitor_s"][i] for i in epochs if (i + 1) % every_n == 0]
+    monitored = [fit["monitor_s"][i] for i in epochs if i in fit["monitored_epochs"]]
     rest = statistics.median(fit["rest_s"][i] for i in epochs)
     mon = statistics.median(monitored) if monitored else float("nan")
     return {"median_monitor_s": mon, "median_rest_s": rest, "overhead_ratio": mon / rest}
@@ -218,6 +222,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="train and test probes (default: the callback's own; 8 with --quick)",
     )
+    p.add_argument(
+        "--max-overhead",
+        type=lambda v: None if v == "none" else float(v),
+        default=None,
+        help="the callback's budget (default none: every epoch; 0.1 is the callback's default)",
+    )
     p.add_argument("--baseline", action="store_true", help="also a fit without the monitor")
     p.add_argument("--save-checkpoint", default=None, help="save the monitored fit's models")
     p.add_argument("--quick", action="store_true", help="digits + small CNN smoke run")
@@ -245,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "epochs": args.epochs,
         "every_n_epochs": args.every_n_epochs,
+        "max_overhead": args.max_overhead,
         **fit,
         **summarize(fit, args.every_n_epochs),
     }
@@ -265,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"| {result['median_rest_s']:.2f} | {result['median_monitor_s']:.2f} "
         f"| {100 * result['overhead_ratio']:.1f}% |"
     )
+    print(f"monitored epochs {fit['monitored_epochs']}; monitor share of the fit "
+          f"{100 * fit['fit_share']:.1f}% (max_overhead {args.max_overhead})")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return result
