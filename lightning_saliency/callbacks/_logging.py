@@ -23,6 +23,7 @@ from lightning_saliency import _compat
 from lightning_saliency.attribution import MethodSpec
 from lightning_saliency.generalization import (
     CSV_NAME,
+    HPARAMS_PREFIX,
     METHODS_NAME,
     EpochEvaluation,
     Estimate,
@@ -114,7 +115,7 @@ def write_hparams(
                 "settings and final values in the HParams tab."
             )
             continue
-        params = {**_flat(dict(logger.hparams)), **_flat(settings, "interp/")}
+        params = {**_flat(dict(logger.hparams)), **_flat(settings, HPARAMS_PREFIX)}
         exp, ssi, sei = hparams(params, dict.fromkeys(tags, 0.0))
         writer = _compat.tensorboard_event_writer(logger.experiment)
         for summary in (exp, ssi, sei):

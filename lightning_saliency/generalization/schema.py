@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_FAMILIES",
     "FAITHFULNESS_METRICS",
     "FAMILIES",
+    "HPARAMS_PREFIX",
     "INTERVAL_METRICS",
     "METHODS_NAME",
     "NO_METHOD",
@@ -90,6 +91,8 @@ STAGES: tuple[str, ...] = ("fit", "validate", "test")
 NO_METHOD = "-"
 #: Files the callback writes into the run folder.
 CSV_NAME = "interpretation_metrics.csv"
+#: Prefix of the callback's settings among a run's HParams (``interp/num_test_probes``).
+HPARAMS_PREFIX = "interp/"
 METHODS_NAME = "methods.json"
 #: Columns of ``interpretation_metrics.csv``: one row per key and epoch.
 KEY_FIELDS: tuple[str, ...] = ("method", "aggregate", "split", "metric")
