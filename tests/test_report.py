@@ -844,3 +844,21 @@ def test_seed_replicates_are_aggregated_and_the_verdicts_follow_the_protocol(tmp
     line_c = next(ln for ln in verdicts.splitlines() if ln.startswith("| c |"))
     assert line_c.endswith("**reproduces** |")
     assert "| d |" not in verdicts  # no spectral-norm runs: not listed
+
+
+def test_split_factor_plot_takes_seed_replicates_at_one_split_factor(tmp_path: Path) -> None:
+    """Two seeds of one split factor share an x; their cells (Estimates) must never be compared."""
+    from lightning_saliency.generalization import Estimate
+    from lightning_saliency.report.studies import split_factor
+    from lightning_saliency.report.table import Row, Table
+
+    def row(run: str, sf: int, v: float) -> Row:
+        e = Estimate(v, 0.01, v - 0.02, v + 0.02, 64)
+        cells = {"split_factor": sf, "method": "simple_grad", "spearman": e, "topk": e,
+                 "prediction_agreement": e, "spearman_chance": e, "topk_chance": e}  # fmt: skip
+        return Row(run, cells)
+
+    rows = [row("s0", 2, 0.6), row("s1", 2, 0.5), row("s0", 16, 0.4)]
+    table = Table("split_factor", (), rows, x="split_factor", x_name="split_factor")
+    split_factor.plot(table, tmp_path / "sf.png")
+    assert (tmp_path / "sf.png").stat().st_size > 1000

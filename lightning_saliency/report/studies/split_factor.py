@@ -54,8 +54,9 @@ def plot(table: Table, path: Path) -> None:
     axes = fig.subplots(1, 2)
     for ax, metric, title in zip(axes, _METRICS, ("Spearman", "top-k"), strict=True):
         for m in methods:
-            pts = sorted((r["split_factor"], r[metric]) for r in table.rows
-                         if r["method"] == m and r[metric] is not None)  # fmt: skip
+            pts = sorted(((r["split_factor"], r[metric]) for r in table.rows
+                          if r["method"] == m and r[metric] is not None),
+                         key=lambda p: p[0])  # seed replicates share an x: never compare cells
             line = errorbar(ax, [x for x, _ in pts], [c for _, c in pts], marker="o", label=m)
             chance = [r[f"{metric}_chance"] for r in table.rows if r["method"] == m]
             if any(c is not None for c in chance):
