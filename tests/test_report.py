@@ -862,3 +862,19 @@ def test_split_factor_plot_takes_seed_replicates_at_one_split_factor(tmp_path: P
     table = Table("split_factor", (), rows, x="split_factor", x_name="split_factor")
     split_factor.plot(table, tmp_path / "sf.png")
     assert (tmp_path / "sf.png").stat().st_size > 1000
+
+
+def test_an_option_added_as_null_does_not_split_seed_replicates(tmp_path: Path) -> None:
+    """A run written before an option existed and one written after (``shortcut: null``, its
+    default) are seed replicates of one setting; a real difference still splits them."""
+    root = tmp_path / "runs"
+    _seed_run(root, 2, 0, 0.30, (0.10, 0.20))
+    _seed_run(root, 2, 1, 0.32, (0.10, 0.22))
+    cfg1 = root / "sf2_seed1" / "config.yaml"
+    cfg = yaml.safe_load(cfg1.read_text())
+    cfg["data"]["init_args"]["shortcut"] = None
+    cfg1.write_text(yaml.safe_dump(cfg))
+    assert len({r.signature for r in load_runs(root)}) == 1
+    cfg["data"]["init_args"]["shortcut"] = {"split": 0}
+    cfg1.write_text(yaml.safe_dump(cfg))
+    assert len({r.signature for r in load_runs(root)}) == 2

@@ -211,11 +211,22 @@ SEED_KEYS: tuple[tuple[str, ...], ...] = (
 )  # fmt: skip
 
 
+def _without_nulls(node: Any) -> Any:
+    """``node`` without the ``None`` values of its mappings: an option a later version added
+    (written ``null``, its default) must not split a setting's seed replicates."""
+    if isinstance(node, dict):
+        return {k: _without_nulls(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_without_nulls(v) for v in node]
+    return node
+
+
 def _signature(config: Mapping[str, Any]) -> str | None:
-    """The config with its seeds, logger and paths removed, as canonical JSON."""
+    """The config with its seeds, logger and paths removed, and its ``null`` options, as
+    canonical JSON."""
     if not config:
         return None
-    cfg = json.loads(json.dumps(config, default=str))
+    cfg = _without_nulls(json.loads(json.dumps(config, default=str)))
     for path in SEED_KEYS:
         node = cfg
         for part in path[:-1]:
