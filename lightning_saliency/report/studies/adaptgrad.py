@@ -61,7 +61,7 @@ def plot(table: Table, path: Path) -> None:
     if finite:  # Gini values sit close together: a zero-based axis would hide the differences
         pad = 0.1 * (max(tops) - min(finite)) or 0.01
         ax.set_ylim(min(finite) - pad, max(tops) + pad)
-    ax.set(ylabel="test sparseness, Gini index (higher = more concentrated)",
+    ax.set(ylabel="test Gini sparseness (higher: sparser)",
            title="sparseness: AdaptGrad (orange), SmoothGrad (blue), plain (gray); 95% intervals")  # fmt: skip
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, axis="y")

@@ -61,7 +61,7 @@ def plot(table: Table, path: Path) -> None:
     multi = len({c[0] for c in curves}) > 1
     for ax, col, ylabel in zip(
         axes, ("l2", "gap"),
-        ("test L2 distance between models (lower = more agreement)", "gap (closer to 0 = better)"),
+        ("test L2 between models (lower: agree more)", "gap (closer to 0 = better)"),
         strict=True,
     ):  # fmt: skip
         for run, kind, samples in curves:

@@ -57,7 +57,7 @@ def plot(table: Table, path: Path) -> None:
                        label=f"{m} (no spectral norm)")  # fmt: skip
     ax.set_xscale("log")
     ax.set(xlabel="spectral-norm factor c (smaller = stricter Lipschitz bound)",
-           ylabel="test interpretation loss (lower = closer to the reference)",
+           ylabel="test interpretation loss (lower: nearer ref.)",
            title="test interpretation loss, 95% intervals")  # fmt: skip
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

@@ -78,7 +78,7 @@ def plot(table: Table, path: Path) -> None:
     idx = list(range(len(groups)))
     for ax, metric, ylabel in zip(
         axes, ("ssim", "mege"),
-        ("test SSIM between models (higher = more agreement)", "MeGe (higher = more consistent)"),
+        ("test SSIM between models (higher: agree more)", "MeGe (higher = more consistent)"),
         strict=True,
     ):  # fmt: skip
         for offset, kind in ((-0.2, "pixel"), (0.2, "superpixel")):
