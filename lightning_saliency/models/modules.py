@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
+from ._module_base import DATA_INIT_SAMPLES as DATA_INIT_SAMPLES  # re-exported
 from ._module_base import TRIANGLE as TRIANGLE  # re-exported: the "triangle" schedule
 from ._module_base import _as_pair, _pairs, _SaliencyModuleBase
 from ._module_base import triangle as triangle
