@@ -53,9 +53,9 @@ from lightning_saliency.attribution._core import (
 )
 from lightning_saliency.attribution._registry import format_number as _fmt
 from lightning_saliency.attribution._registry import register_method
+from lightning_saliency.attribution._smoothing import _check_confidence
 from lightning_saliency.attribution.methods import (
     BASES,
-    _check_confidence,
     adapt_grad,
     grad_cam,
     grad_x_input,

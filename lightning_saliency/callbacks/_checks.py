@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -13,10 +13,14 @@ from torch import Tensor
 from lightning_saliency.attribution import MethodSpec
 from lightning_saliency.generalization import FAMILIES
 
+if TYPE_CHECKING:
+    from .interpretation import InterpretationGeneralization
+
 __all__ = [
     "IDENTITY",
     "check_arguments",
     "check_probe_values",
+    "check_resume_key",
     "resume_error",
     "saturated_fraction",
     "settings_changes",
@@ -161,3 +165,17 @@ def resume_error(changes: list[str]) -> ValueError:
         + "). Its probes and methods define this run's numbers: resume with the checkpoint's "
         "settings, or start a new run in a new folder."
     )
+
+
+def check_resume_key(cb: InterpretationGeneralization, checkpoint: dict[str, Any]) -> None:
+    """Refuse a resume whose callback settings changed: its state is under another key."""
+    states = checkpoint.get("callbacks", {})
+    if cb.state_key in states:
+        return
+    mine = type(cb).__qualname__
+    others = [v for k, v in states.items() if isinstance(k, str) and k.startswith(mine + "{")]
+    diffs = [settings_changes(v.get("settings", {}), cb.settings) for v in others]
+    diffs = [d for d in diffs if d]
+    if diffs:
+        raise resume_error(min(diffs, key=len))
+

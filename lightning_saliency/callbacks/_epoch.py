@@ -1,19 +1,52 @@
-"""Helpers of one monitored epoch that need the trainer: sharding, schedule facts, copies."""
+"""One monitored epoch of the callback: whether it is due, the evaluation, the logging, and
+the helpers that need the trainer (sharding, schedule facts, copies)."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 
-from lightning_saliency.attribution import MethodSpec, attribution_model, find_grad_cam_layer
-from lightning_saliency.generalization import compute_pixel_maps
+from lightning_saliency import _compat
+from lightning_saliency.attribution import (
+    MethodSpec,
+    as_logits,
+    attribution_model,
+    find_grad_cam_layer,
+    logits_outputs,
+)
+from lightning_saliency.generalization import (
+    OPT_IN_FAMILIES,
+    EpochEvaluation,
+    compute_pixel_maps,
+    epoch_rows,
+    evaluate_epoch,
+    family_statistics,
+    group_maps,
+    model_logits,
+    predictions,
+)
 
+from . import _logging, _setup
 from ._probes import ProbeSet
 
-__all__ = ["attribution_sources", "is_last_epoch", "materialize", "sharded_pixel_maps"]
+if TYPE_CHECKING:
+    from .interpretation import InterpretationGeneralization
+
+__all__ = [
+    "attribution_sources",
+    "evaluate",
+    "is_due",
+    "is_last_epoch",
+    "materialize",
+    "monitor",
+    "sharded_pixel_maps",
+]
 
 
 def sharded_pixel_maps(trainer: pl.Trainer | None, sources: list[nn.Module], *args: Any,
@@ -65,3 +98,107 @@ def attribution_sources(
                 for s in specs if s.method == "grad_cam"]  # fmt: skip
         out.append(attribution_model(model, channels_last=channels_last or None, keep=keep))
     return out
+
+
+def is_due(cb: InterpretationGeneralization, trainer: pl.Trainer, epoch: int) -> bool:
+    """Whether to monitor ``epoch`` (decided once per epoch, the same on every rank)."""
+    if cb._decided is not None and cb._decided[0] == epoch:
+        return cb._decided[1]
+    last = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else None
+    due, reason = cb._schedule.due(epoch, last)
+    due = bool(trainer.strategy.broadcast(due, src=0))
+    if not due and reason != "every_n_epochs":
+        cb._schedule.record_skip(epoch, reason)
+        rank_zero_info(f"InterpretationGeneralization: epoch {epoch} not monitored ({reason})")
+    cb._decided = (epoch, due)
+    return due
+
+
+def evaluate(
+    cb: InterpretationGeneralization,
+    pl_module: pl.LightningModule,
+    stage: str,
+    progress: Any,
+    trainer: pl.Trainer | None,
+    opt_in: bool,
+) -> EpochEvaluation:
+    """The body of :meth:`InterpretationGeneralization.evaluate` (see there)."""
+    assert cb.probes is not None
+    models = _setup.models_of(pl_module, cb.is_ensemble)
+    sources = models + ([cb._reference_module] if cb._reference_module is not None else [])
+    transform = cb.output_transform or as_logits
+    with isolate_rng(), torch.inference_mode(False), torch.enable_grad():
+        probes = materialize(cb.probes)
+        logits = model_logits(sources, probes.x, cb.batch_size or 256, transform)
+        target = probes.y if cb.target == "label" else logits[: len(models)].mean(0).argmax(-1)
+        explained = (attribution_sources(sources, cb.specs, probes.x, cb.channels_last)
+                     if cb.fold_batchnorm else sources)  # fmt: skip
+        unfolded = [] if explained is sources else models  # the cascade's originals
+        with logits_outputs([*explained, *unfolded], transform):
+            pixel = sharded_pixel_maps(
+                trainer, explained, probes.x, target, cb.specs, seed=cb.seed,
+                input_range=cb._range, precision=cb.precision,
+                channels_last=cb.channels_last, batch_size=cb.batch_size,
+                progress=progress,
+            )  # fmt: skip
+            maps = group_maps(cb.specs, pixel, cb.segments)
+            extra = [f for f in OPT_IN_FAMILIES if opt_in and f in cb.families]
+            extra_stats = family_statistics(
+                explained[: len(models)], probes.x, target, maps, probes.layout, cb.specs,
+                families=extra, seed=cb.seed, stage=stage, segments=cb.segments,
+                randomized=unfolded or None,
+                input_range=cb._range, precision=cb.precision,
+                channels_last=cb.channels_last, batch_size=cb.batch_size,
+            ) if extra else {}  # fmt: skip
+        result = evaluate_epoch(
+            maps, probes.layout, cb.specs, labels=probes.y, preds=predictions(logits),
+            families=cb.families, normalize=cb.normalize, topk=cb.topk,
+            previous=cb.previous if stage == "fit" else None, stage=stage, seed=cb.seed,
+            chance_draws=cb.chance_draws,
+        )  # fmt: skip
+        result.extend(extra_stats)
+        return result
+
+
+def monitor(
+    cb: InterpretationGeneralization,
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    epoch: int,
+    stage: str,
+) -> None:
+    """One monitored epoch: evaluate, then log scalars, rows and (when due) media."""
+    bar = _logging.MonitorProgress(trainer, len({s.pixel_twin for s in cb.specs}), epoch)
+    start = time.perf_counter()
+    try:
+        every = cb.families_every_n_epochs
+        opt_in = stage != "fit" or len(cb.logged_epochs) % every == 0 or (
+            is_last_epoch(trainer, epoch))  # fmt: skip
+        result = cb.evaluate(pl_module, stage, progress=bar.step, trainer=trainer,
+                             opt_in=opt_in)  # fmt: skip
+    finally:
+        bar.close()
+    if stage == "fit":
+        seconds = time.perf_counter() - start
+        cb._schedule.record_monitor(epoch, seconds)
+        cb._epoch_monitor += seconds
+    k_models = len(_setup.models_of(pl_module, cb.is_ensemble))
+    cb._sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
+    if stage == "fit":
+        test = cb.probes.layout.test  # type: ignore[union-attr]
+        cb.previous = {
+            k: v[:k_models, test].detach().cpu().clone() for k, v in result.maps.items()
+        }
+        cb.logged_epochs.append(epoch)
+        cb.final_values = {k.tag: e.value for k, e in result.estimates.items()}
+        cb._last = result.estimates
+    step = _compat.epoch_log_step(trainer, stage)  # where Lightning puts the scalars
+    _logging.warn_nonfinite(result, epoch, stage)
+    cb._warned_no_tb = _logging.log_scalars(trainer, pl_module, result, stage, cb._warned_no_tb)
+    if trainer.is_global_zero:
+        cb._record.append(epoch_rows(result.estimates, epoch, step, stage))
+        every = cb.log_images_every_n_epochs
+        images_due = stage != "fit" or (every > 0 and (
+            (len(cb.logged_epochs) - 1) % every == 0 or is_last_epoch(trainer, epoch)))  # fmt: skip
+        if images_due:
+            _logging.log_run_media(cb, trainer, result, step, k_models, epoch)

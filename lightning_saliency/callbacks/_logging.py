@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -37,15 +37,21 @@ from lightning_saliency.generalization import (
     tensorboard_scalars,
 )
 
-from . import _tensorboard
+from . import _setup, _tensorboard
+
+if TYPE_CHECKING:
+    from .interpretation import InterpretationGeneralization
 
 __all__ = [
     "MonitorProgress",
     "add_layout",
+    "add_run_layout",
+    "fit_summary",
     "has_media_logger",
     "is_headline",
     "log_images",
     "log_media",
+    "log_run_media",
     "log_scalars",
     "print_summary",
     "purge_tensorboard_after",
@@ -259,3 +265,38 @@ def log_media(trainer: pl.Trainer, result: EpochEvaluation, specs: Sequence[Meth
         images[figure_tag(name)] = _tensorboard.figure_array(fig)
         _tensorboard.close(fig)
     log_images(trainer, images, step)
+
+
+def fit_summary(cb: InterpretationGeneralization, trainer: pl.Trainer) -> None:
+    """End of fit: the HParams record and the printed summary (rank 0)."""
+    if not trainer.is_global_zero or cb._last is None:
+        return
+    tags = [k.tag for k in cb._last if k.in_tensorboard(cb._sources) and is_headline(k)]
+    write_hparams(trainer, cb.settings, tags)
+    text = summary_text(cb._last, [s.label for s in cb.specs], cb._record.folder)
+    text += f"\nmonitored epochs: {cb.logged_epochs}"
+    if cb._schedule.skipped:
+        budget = cb._schedule.max_overhead
+        text += f" (the others skipped to keep monitoring within {budget:.0%} of training time)"
+    print_summary(trainer, text)
+
+
+def add_run_layout(cb: InterpretationGeneralization, trainer: pl.Trainer) -> None:
+    if not cb._layout_done:
+        k = len(_setup.models_of(trainer.lightning_module, cb.is_ensemble))
+        add_layout(trainer, cb.specs, k, cb._reference_module is not None,
+                   cb.families)  # fmt: skip
+        cb._layout_done = True
+
+
+def log_run_media(
+    cb: InterpretationGeneralization,
+    trainer: pl.Trainer,
+    result: EpochEvaluation,
+    step: int,
+    k_models: int,
+    epoch: int,
+) -> None:
+    if cb.probes is not None and cb.probes.images is not None:
+        log_media(trainer, result, cb.specs, cb.probes, cb.num_images,
+                  step, k_models, epoch)  # fmt: skip

@@ -16,33 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
 from lightning_saliency import _compat
-from lightning_saliency.attribution import (
-    MethodSpec,
-    as_logits,
-    logits_outputs,
-    method_needs_input_range,
-    resolve_method,
-)
-from lightning_saliency.generalization import (
-    CHANCE_DRAWS,
-    DEFAULT_FAMILIES,
-    OPT_IN_FAMILIES,
-    REFERENCE_FAMILIES,
-    EpochEvaluation,
-    epoch_rows,
-    evaluate_epoch,
-    family_statistics,
-    group_maps,
-    model_logits,
-    predictions,
-)
+from lightning_saliency.attribution import MethodSpec, resolve_method
+from lightning_saliency.generalization import CHANCE_DRAWS, EpochEvaluation
 
 from . import _checks, _epoch, _logging, _setup
 from ._probes import ProbeSet
@@ -293,97 +272,11 @@ class InterpretationGeneralization(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         """Refuse a resume whose callback settings changed: its state is under another key."""
-        states = checkpoint.get("callbacks", {})
-        if self.state_key in states:
-            return
-        mine = type(self).__qualname__
-        others = [v for k, v in states.items() if isinstance(k, str) and k.startswith(mine + "{")]
-        diffs = [_checks.settings_changes(v.get("settings", {}), self.settings) for v in others]
-        diffs = [d for d in diffs if d]
-        if diffs:
-            raise _checks.resume_error(min(diffs, key=len))
+        _checks.check_resume_key(self, checkpoint)
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            # A new fit starts a new run; a checkpoint restore (after setup) refills this.
-            self.logged_epochs, self.final_values, self.previous = [], {}, None
-            self._loaded_indices, self._last, self._decided = None, None, None
-            self._schedule = Schedule(self.every_n_epochs, self.max_overhead)
-        models = _setup.models_of(pl_module, self.is_ensemble)
-        self._reference_module = (
-            _setup.load_reference(self.reference, pl_module) if len(models) == 1 else None
-        )
-        if len(models) >= 2 and self.reference is not None:
-            raise ValueError(
-                "reference is for single-model modules; with K >= 2 models the reference is "
-                "the leave-one-out mean of the other models' maps"
-            )
-        self.families = self._families(len(models), self._reference_module is not None)
-        self._prepare_probes(trainer, len(models), self._loaded_indices)
-        assert self.probes is not None  # _prepare_probes sets them
-        _setup.check_models(models, self._reference_module, self.probes, self.target == "label",
-                            self.output_transform or as_logits)  # fmt: skip
-        # Every rank reads the log dir here, outside any rank-0-only branch (it may synchronize).
-        self._record = RunRecord(_setup.find_log_dir(trainer))
-
-    def _families(self, k_models: int, has_reference: bool) -> tuple[str, ...]:
-        has_ref = k_models >= 2 or has_reference
-        if self.requested_metrics is None:
-            if not has_ref:
-                rank_zero_warn(
-                    "InterpretationGeneralization: one model and no reference, so only "
-                    "reference-free metrics (sparseness, complexity, drift) are logged; gap and "
-                    "agreement metrics need K >= 2 models or a `reference`."
-                )
-                return tuple(f for f in DEFAULT_FAMILIES if f not in REFERENCE_FAMILIES)
-            return DEFAULT_FAMILIES
-        needs = sorted(set(self.requested_metrics) & set(REFERENCE_FAMILIES))
-        if needs and not has_ref:
-            raise ValueError(
-                f"metrics {needs} need a reference: train K >= 2 models (DisjointEnsemble) "
-                "or pass `reference=` (a module or a checkpoint path)"
-            )
-        if "mege_reco" in self.requested_metrics and k_models < 2:
-            raise ValueError("mege_reco needs K >= 2 models trained on disjoint splits")
-        return self.requested_metrics
-
-    def _prepare_probes(
-        self, trainer: pl.Trainer, k_models: int, loaded: dict[str, list[int]] | None
-    ) -> None:
-        """Draw (or restore) the probes, resolve the input range, segment the probes once."""
-        self.probes = _setup.draw_probes(
-            trainer, k_models, num_train=self.num_train_probes, num_test=self.num_test_probes,
-            seed=self.seed, train_probes=self.train_probes, test_probes=self.test_probes,
-            loaded=loaded, need_labels=self.target == "label", transform=self.probe_transform,
-        )  # fmt: skip
-        dm = getattr(trainer, "datamodule", None)
-        self._range, self._unnormalize = self.input_range, self.unnormalize
-        if self._range is None and dm is not None and hasattr(dm, "input_range"):
-            lo, hi = dm.input_range
-            self._range = (float(lo), float(hi))
-        if self._unnormalize is None and dm is not None and hasattr(dm, "unnormalize"):
-            self._unnormalize = dm.unnormalize
-        _checks.check_probe_values(self.probes.x, self.probes.indices)
-        if any(method_needs_input_range(s) for s in self.specs) and self._range is None:
-            lo, hi = float(self.probes.x.min()), float(self.probes.x.max())
-            if not lo < hi:
-                raise ValueError(
-                    f"every probe pixel is {lo}: the input range cannot be derived from the "
-                    "probes; pass input_range=(x_min, x_max) of the model's input space"
-                )
-            self._range = (lo, hi)
-        _checks.check_input_range(self._range, "input_range (the data module's)")
-        if self._range is not None and any(s.method == "adapt_grad" for s in self.specs):
-            share = _checks.saturated_fraction(self.probes.x, self._range)
-            if share > 0.5:
-                rank_zero_warn(
-                    f"InterpretationGeneralization: {share:.0%} of the probe pixels sit at the "
-                    "input bounds, where AdaptGrad adds no noise: there its maps are the plain "
-                    "gradient's (docs/metrics.md, Conventions)."
-                )
-        self.probes.images = _setup.probe_images(self.probes.x, self._unnormalize)
-        self.segments = _setup.segment_probes(self.specs, self.probes.images)
+        _setup.setup_run(self, trainer, pl_module, stage)
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -394,12 +287,12 @@ class InterpretationGeneralization(Callback):
             and self._loaded_indices != self.probes.indices
         ):
             k_models = len(_setup.models_of(pl_module, self.is_ensemble))
-            self._prepare_probes(trainer, k_models, self._loaded_indices)
+            _setup.prepare_probes(self, trainer, k_models, self._loaded_indices)
         if self._loaded_indices is None:  # a fresh fit, not a resume: a fresh record
             self._record.check_fresh("fit")
-        self._to_device(pl_module)
+        _setup.to_device(self, pl_module)
         if trainer.is_global_zero:
-            self._add_layout(trainer)
+            _logging.add_run_layout(self, trainer)
             self._record.write_methods(self._methods_record("fit"))
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -430,31 +323,18 @@ class InterpretationGeneralization(Callback):
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
-        if epoch > self._last_logged_epoch and self._due(trainer, epoch):
+        if epoch > self._last_logged_epoch and _epoch.is_due(self, trainer, epoch):
             self._monitor(trainer, pl_module, epoch=epoch, stage="fit")
         if self._epoch_start is not None:  # this epoch's training time, the monitor's excluded
             spent = time.perf_counter() - self._epoch_start - self._epoch_monitor
             self._schedule.record_training(spent)
             self._epoch_start = None
 
-    def _due(self, trainer: pl.Trainer, epoch: int) -> bool:
-        """Whether to monitor ``epoch`` (decided once per epoch, the same on every rank)."""
-        if self._decided is not None and self._decided[0] == epoch:
-            return self._decided[1]
-        last = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else None
-        due, reason = self._schedule.due(epoch, last)
-        due = bool(trainer.strategy.broadcast(due, src=0))
-        if not due and reason != "every_n_epochs":
-            self._schedule.record_skip(epoch, reason)
-            rank_zero_info(f"InterpretationGeneralization: epoch {epoch} not monitored ({reason})")
-        self._decided = (epoch, due)
-        return due
-
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         if trainer.state.fn == "validate":
-            self._to_device(pl_module)
+            _setup.to_device(self, pl_module)
             self._monitor(trainer, pl_module, epoch=trainer.current_epoch, stage="validate")
             return
         # The validation that closes a training epoch runs before on_train_epoch_end, and a
@@ -465,39 +345,21 @@ class InterpretationGeneralization(Callback):
             trainer.state.fn == "fit"
             and _compat.training_epoch_finished(trainer)
             and epoch > self._last_logged_epoch
-            and self._due(trainer, epoch)
+            and _epoch.is_due(self, trainer, epoch)
         ):
             self._monitor(trainer, pl_module, epoch=epoch, stage="fit")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._to_device(pl_module)
+        _setup.to_device(self, pl_module)
         self._monitor(trainer, pl_module, epoch=trainer.current_epoch, stage="test")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or self._last is None:
-            return
-        tags = [k.tag for k in self._last if k.in_tensorboard(self._sources) and _logging.is_headline(k)]
-        _logging.write_hparams(trainer, self.settings, tags)
-        text = _logging.summary_text(self._last, [s.label for s in self.specs], self._record.folder)
-        text += f"\nmonitored epochs: {self.logged_epochs}"
-        if self._schedule.skipped:
-            budget = self._schedule.max_overhead
-            text += f" (the others skipped to keep monitoring within {budget:.0%} of training time)"
-        _logging.print_summary(trainer, text)
+        _logging.fit_summary(self, trainer)
 
     # ------------------------------------------------------------------ work
     @property
     def _last_logged_epoch(self) -> int:
         return max(self.logged_epochs, default=-1)
-
-    def _to_device(self, pl_module: pl.LightningModule) -> None:
-        if self.probes is None:
-            raise RuntimeError("InterpretationGeneralization.setup has not run")
-        device = pl_module.device
-        self.probes.to(device)
-        if self._reference_module is not None:
-            self._reference_module.to(device)
-        self.segments = {k: v.to(device) for k, v in self.segments.items()}
 
     def _hparams(self) -> dict[str, Any]:
         return {
@@ -529,91 +391,9 @@ class InterpretationGeneralization(Callback):
         the models and the maps are gathered, so every process ends with the same numbers
         (the opt-in families, run when ``opt_in``, are computed by every process).
         """
-        assert self.probes is not None
-        models = _setup.models_of(pl_module, self.is_ensemble)
-        sources = models + ([self._reference_module] if self._reference_module is not None else [])
-        transform = self.output_transform or as_logits
-        with isolate_rng(), torch.inference_mode(False), torch.enable_grad():
-            probes = _epoch.materialize(self.probes)
-            logits = model_logits(sources, probes.x, self.batch_size or 256, transform)
-            target = probes.y if self.target == "label" else logits[: len(models)].mean(0).argmax(-1)
-            explained = (_epoch.attribution_sources(sources, self.specs, probes.x, self.channels_last)
-                         if self.fold_batchnorm else sources)  # fmt: skip
-            unfolded = [] if explained is sources else models  # the cascade's originals
-            with logits_outputs([*explained, *unfolded], transform):
-                pixel = _epoch.sharded_pixel_maps(
-                    trainer, explained, probes.x, target, self.specs, seed=self.seed,
-                    input_range=self._range, precision=self.precision,
-                    channels_last=self.channels_last, batch_size=self.batch_size,
-                    progress=progress,
-                )  # fmt: skip
-                maps = group_maps(self.specs, pixel, self.segments)
-                extra = [f for f in OPT_IN_FAMILIES if opt_in and f in self.families]
-                extra_stats = family_statistics(
-                    explained[: len(models)], probes.x, target, maps, probes.layout, self.specs,
-                    families=extra, seed=self.seed, stage=stage, segments=self.segments,
-                    randomized=unfolded or None,
-                    input_range=self._range, precision=self.precision,
-                    channels_last=self.channels_last, batch_size=self.batch_size,
-                ) if extra else {}  # fmt: skip
-            result = evaluate_epoch(
-                maps, probes.layout, self.specs, labels=probes.y, preds=predictions(logits),
-                families=self.families, normalize=self.normalize, topk=self.topk,
-                previous=self.previous if stage == "fit" else None, stage=stage, seed=self.seed,
-                chance_draws=self.chance_draws,
-            )  # fmt: skip
-            result.extend(extra_stats)
-            return result
+        return _epoch.evaluate(self, pl_module, stage, progress, trainer, opt_in)
 
     def _monitor(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, stage: str
     ) -> None:
-        bar = _logging.MonitorProgress(trainer, len({s.pixel_twin for s in self.specs}), epoch)
-        start = time.perf_counter()
-        try:
-            every = self.families_every_n_epochs
-            opt_in = stage != "fit" or len(self.logged_epochs) % every == 0 or (
-                _epoch.is_last_epoch(trainer, epoch))  # fmt: skip
-            result = self.evaluate(pl_module, stage, progress=bar.step, trainer=trainer,
-                                   opt_in=opt_in)  # fmt: skip
-        finally:
-            bar.close()
-        if stage == "fit":
-            seconds = time.perf_counter() - start
-            self._schedule.record_monitor(epoch, seconds)
-            self._epoch_monitor += seconds
-        k_models = len(_setup.models_of(pl_module, self.is_ensemble))
-        self._sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
-        if stage == "fit":
-            test = self.probes.layout.test  # type: ignore[union-attr]
-            self.previous = {
-                k: v[:k_models, test].detach().cpu().clone() for k, v in result.maps.items()
-            }
-            self.logged_epochs.append(epoch)
-            self.final_values = {k.tag: e.value for k, e in result.estimates.items()}
-            self._last = result.estimates
-        step = _compat.epoch_log_step(trainer, stage)  # where Lightning puts the scalars
-        _logging.warn_nonfinite(result, epoch, stage)
-        self._warned_no_tb = _logging.log_scalars(trainer, pl_module, result, stage, self._warned_no_tb)
-        if trainer.is_global_zero:
-            self._record.append(epoch_rows(result.estimates, epoch, step, stage))
-            every = self.log_images_every_n_epochs
-            images_due = stage != "fit" or (every > 0 and (
-                (len(self.logged_epochs) - 1) % every == 0 or _epoch.is_last_epoch(trainer, epoch)))  # fmt: skip
-            if images_due:
-                self._log_media(trainer, result, step, k_models, epoch)
-
-    # ------------------------------------------------------------------ media
-    def _add_layout(self, trainer: pl.Trainer) -> None:
-        if not self._layout_done:
-            k = len(_setup.models_of(trainer.lightning_module, self.is_ensemble))
-            _logging.add_layout(trainer, self.specs, k, self._reference_module is not None,
-                                self.families)  # fmt: skip
-            self._layout_done = True
-
-    def _log_media(
-        self, trainer: pl.Trainer, result: EpochEvaluation, step: int, k_models: int, epoch: int
-    ) -> None:
-        if self.probes is not None and self.probes.images is not None:
-            _logging.log_media(trainer, result, self.specs, self.probes, self.num_images,
-                               step, k_models, epoch)  # fmt: skip
+        _epoch.monitor(self, trainer, pl_module, epoch, stage)

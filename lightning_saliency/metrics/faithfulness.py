@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_saliency._modes import eval_mode
-from lightning_saliency.metrics.functional import (
+from lightning_saliency.metrics._maps import (
     _check_tensor,
     _compute_dtype,
     _nan_unless,

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import difflib
 import os
-import pickle
-import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
+from ._small_nets import MLP, SmallCNN
+from ._weights import _load_matching, load_pretrained_weights
 from .airbench import AirbenchCNN
 
 __all__ = [
@@ -38,85 +36,6 @@ _TV_PREFIXES = ("tv:", "torchvision:")
 _TIMM_PREFIXES = ("timm:",)
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 _CIFAR_PREFIX = "cifar:"
-
-
-class MLP(nn.Module):
-    """Flatten -> (Linear -> ReLU) per hidden width -> Linear to the classes.
-
-    >>> MLP(in_features=1 * 8 * 8, num_classes=10, hidden=(32,))(torch.zeros(2, 1, 8, 8)).shape
-    torch.Size([2, 10])
-    """
-
-    def __init__(
-        self, in_features: int, num_classes: int, hidden: Sequence[int] = (256, 128)
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), nn.ReLU()]
-            width = int(h)
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
-class SmallCNN(nn.Module):
-    """Three conv blocks (Conv3x3 [-> BN] -> ReLU [-> MaxPool2]) -> avg pool -> Linear.
-
-    Widths ``width, 2*width, 2*width``; the first two blocks halve the resolution, so a
-    32x32 input gives 8x8 feature maps in the last block. The last conv block is
-    ``features.block3`` (also ``SmallCNN.gradcam_layer``), the natural Grad-CAM layer.
-    The pool is ``AdaptiveAvgPool2d(pool_size)``: ``pool_size=1`` is global average pooling;
-    the default 4 keeps a coarse 4x4 layout, which learns digits far faster (about 95%
-    held-out accuracy after 3 epochs on 700 digits, against about 50% with global pooling).
-
-    >>> SmallCNN(in_chans=1, num_classes=10, width=8)(torch.zeros(2, 1, 32, 32)).shape
-    torch.Size([2, 10])
-    """
-
-    gradcam_layer = "features.block3"
-
-    def __init__(
-        self,
-        in_chans: int = 1,
-        num_classes: int = 10,
-        width: int = 16,
-        batch_norm: bool = True,
-        pool_size: int = 4,
-    ) -> None:
-        super().__init__()
-
-        def block(cin: int, cout: int, pool: bool) -> nn.Sequential:
-            layers: list[nn.Module] = [
-                nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=not batch_norm)
-            ]
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(cout))
-            layers.append(nn.ReLU())
-            if pool:
-                layers.append(nn.MaxPool2d(2))
-            return nn.Sequential(*layers)
-
-        self.features = nn.Sequential(
-            OrderedDict(
-                block1=block(in_chans, width, True),
-                block2=block(width, 2 * width, True),
-                block3=block(2 * width, 2 * width, False),
-            )
-        )
-        self.pool = nn.AdaptiveAvgPool2d(pool_size)
-        self.classifier = nn.Linear(2 * width * pool_size * pool_size, num_classes)
-
-    @property
-    def last_conv_block(self) -> nn.Module:
-        """The last convolutional block (default Grad-CAM layer)."""
-        return cast(nn.Module, self.features.block3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
 def _timm_names() -> list[str]:
@@ -305,6 +224,7 @@ def build_backbone(
             ``SmallCNN(width=..., batch_norm=...)``, ``AirbenchCNN(widths=..., ...)``;
             timm/torchvision constructor kwargs).
 
+    >>> import torch
     >>> net = build_backbone("small_cnn", num_classes=10, in_chans=1)
     >>> net(torch.zeros(2, 1, 32, 32)).shape
     torch.Size([2, 10])
@@ -381,125 +301,4 @@ def build_backbone(
             raise _unknown_name_error(name)
     if path is not None:
         load_pretrained_weights(model, path)
-    return model
-
-
-def _load_file(path: Path) -> Any:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{str(path)!r} holds objects that torch.load(weights_only=True) refuses to "
-            "unpickle; save a plain state dict instead: torch.save(model.state_dict(), path)"
-        ) from err
-
-
-def _extract_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
-    if isinstance(obj, nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, Mapping):
-        if obj and all(isinstance(v, Tensor) for v in obj.values()):
-            return dict(obj)
-        for key in ("state_dict", "model_state_dict", "model", "module", "state_dict_ema"):
-            inner = obj.get(key)
-            if isinstance(inner, (Mapping, nn.Module)):
-                return _extract_state_dict(inner, path)
-        tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-        if tensors:
-            return tensors
-    raise ValueError(
-        f"{str(path)!r} does not hold a state dict (a mapping of names to tensors, or a "
-        f"checkpoint with a 'state_dict' entry); got {type(obj).__name__}"
-    )
-
-
-def _normalize_parametrized_keys(
-    state: dict[str, Tensor], model_keys: set[str]
-) -> dict[str, Tensor]:
-    """Map ``a.parametrizations.weight.original`` to ``a.weight``; drop the u/v buffers."""
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if ".parametrizations." in key and key not in model_keys:
-            head, _, tail = key.partition(".parametrizations.")
-            param, _, rest = tail.partition(".")
-            if rest == "original":
-                out[f"{head}.{param}"] = value
-            continue
-        out[key] = value
-    return out
-
-
-def _strip_prefix(state: dict[str, Tensor], model_keys: set[str]) -> dict[str, Tensor]:
-    counts: dict[str, int] = {}
-    for key in state:
-        prefixes = [""] + [key[: i + 1] for i, ch in enumerate(key) if ch == "."]
-        for p in prefixes:
-            if key[len(p) :] in model_keys:
-                counts[p] = counts.get(p, 0) + 1
-    if not counts:
-        return state
-    best = max(counts.values())
-    prefix = next(p for p, c in counts.items() if c == best)
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _short(keys: Sequence[str], n: int = 5) -> str:
-    keys = list(keys)
-    more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
-def _load_matching(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    target = model.state_dict()
-    model_keys = set(target)
-    state = _strip_prefix(_normalize_parametrized_keys(state, model_keys), model_keys)
-    matched = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
-    mismatched = [k for k, v in state.items() if k in target and v.shape != target[k].shape]
-    unexpected = [k for k in state if k not in target]
-    missing = [k for k in target if k not in state]
-    if not matched:
-        raise ValueError(
-            f"no tensor of {source} matches the model ({type(model).__name__}): checkpoint "
-            f"keys look like [{_short(list(state))}], model keys like [{_short(list(target))}]"
-        )
-    model.load_state_dict(matched, strict=False)
-    problems = []
-    if mismatched:
-        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in mismatched]
-        problems.append(f"skipped for a shape mismatch (kept fresh): {_short(shapes)}")
-    if missing:
-        problems.append(f"not in the checkpoint (kept fresh): {_short(missing)}")
-    if unexpected:
-        problems.append(f"not in the model (ignored): {_short(unexpected)}")
-    if problems:
-        warnings.warn(
-            f"loaded {len(matched)}/{len(target)} tensors from {source}; " + "; ".join(problems),
-            stacklevel=3,
-        )
-
-
-def load_pretrained_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
-    """Load a local checkpoint into ``model`` (in place; returns ``model``).
-
-    See ``build_backbone``'s ``pretrained`` for the accepted files, key-prefix stripping and
-    the shape-mismatch policy (skip with a warning).
-
-    >>> import tempfile
-    >>> src, dst = nn.Linear(3, 2), nn.Linear(3, 2)
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     torch.save({"state_dict": {"model." + k: v for k, v in src.state_dict().items()}},
-    ...                f"{d}/w.ckpt")
-    ...     _ = load_pretrained_weights(dst, f"{d}/w.ckpt")
-    >>> torch.equal(src.weight, dst.weight)
-    True
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained checkpoint {str(path)!r} does not exist")
-    state = _extract_state_dict(_load_file(path), path)
-    _load_matching(model, state, source=repr(str(path)))
     return model
