@@ -361,16 +361,6 @@ class InterpretationGeneralization(Callback):
     def _last_logged_epoch(self) -> int:
         return max(self.logged_epochs, default=-1)
 
-    def _hparams(self) -> dict[str, Any]:
-        return {
-            "methods": ",".join(s.label for s in self.specs),
-            "num_train_probes": self.num_train_probes,
-            "num_test_probes": self.num_test_probes,
-            "normalize": self.normalize,
-            "target": self.target,
-            "seed": self.seed,
-        }
-
     def _methods_record(self, stage: str) -> dict[str, Any]:
         """What ``methods.json`` holds: every method's canonical spec and, per stage, the
         settings that shaped the numbers."""
