@@ -2,84 +2,25 @@
 
 from __future__ import annotations
 
-import csv
 import warnings
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from _tiny import METHODS
+from _tiny import callback as _callback
+from _tiny import data as _data
+from _tiny import ensemble as _ensemble
+from _tiny import read_csv as _read_csv
+from _tiny import tb_scalars as _tb_scalars
+from _tiny import trainer as _trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from lightning_saliency.callbacks import InterpretationGeneralization
 from lightning_saliency.data import DigitsDataModule
-from lightning_saliency.models import Classifier, DisjointEnsemble
-
-METHODS = [
-    "simple_grad",
-    {"method": "smooth_grad", "sigma": 0.3, "samples": 4},
-    {"method": "simple_grad", "superpixel": "slic"},
-]
-
-
-def _data(**kw) -> DigitsDataModule:
-    kw.setdefault("batch_size", 64)
-    return DigitsDataModule(image_size=16, split_factor=2, num_models=2, **kw)
-
-
-def _ensemble(**kw) -> DisjointEnsemble:
-    kw.setdefault("num_models", 2)
-    return DisjointEnsemble(
-        backbone="small_cnn",
-        num_classes=10,
-        in_chans=1,
-        image_size=16,
-        optimizer="adamw",
-        lr=3e-3,
-        **kw,
-    )
-
-
-def _callback(**kw) -> InterpretationGeneralization:
-    kw.setdefault("methods", METHODS)
-    kw.setdefault("num_train_probes", 6)
-    kw.setdefault("num_test_probes", 6)
-    kw.setdefault("log_images_every_n_epochs", 1)
-    kw.setdefault("max_overhead", None)  # every epoch, whatever it costs (tests time nothing)
-    return InterpretationGeneralization(**kw)
-
-
-def _trainer(tmp_path: Path, callbacks=(), logger=None, **kw) -> L.Trainer:
-    kw.setdefault("max_epochs", 2)
-    kw.setdefault("limit_train_batches", 3)
-    kw.setdefault("limit_val_batches", 1)
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=str(tmp_path),
-        callbacks=list(callbacks),
-        logger=logger if logger is not None else TensorBoardLogger(str(tmp_path), name="tb"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=kw.pop("enable_checkpointing", False),
-        deterministic=True,
-        **kw,
-    )
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _tb_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
-    acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+from lightning_saliency.models import Classifier
 
 
 def test_monitoring_does_not_change_training(tmp_path: Path) -> None:

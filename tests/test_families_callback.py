@@ -7,6 +7,12 @@ the public functions on the same maps, and the randomization check can fail and 
 from __future__ import annotations
 
 import torch
+from _tiny import callback as _callback
+from _tiny import data as _data
+from _tiny import ensemble as _ensemble
+from _tiny import read_csv as _read_csv
+from _tiny import tb_scalars as _tb_scalars
+from _tiny import trainer as _trainer
 from torch import nn
 
 from lightning_saliency.attribution import resolve_method
@@ -19,7 +25,6 @@ from lightning_saliency.generalization import (
     family_statistics,
     randomization_metric,
 )
-from tests.test_callback import _callback, _data, _ensemble, _read_csv, _tb_scalars, _trainer
 
 FAMILIES = ["gap", "faithfulness", "randomization"]
 
