@@ -133,7 +133,10 @@ def evaluate(
         target = probes.y if cb.target == "label" else logits[: len(models)].mean(0).argmax(-1)
         explained = (attribution_sources(sources, cb.specs, probes.x, cb.channels_last)
                      if cb.fold_batchnorm else sources)  # fmt: skip
-        unfolded = [] if explained is sources else models  # the cascade's originals
+        extra = [f for f in OPT_IN_FAMILIES if opt_in and f in cb.families]
+        # the randomization cascade re-initializes the models as they are, not folded copies
+        folded = explained is not sources
+        unfolded = models if folded and "randomization" in extra else []
         with logits_outputs([*explained, *unfolded], transform):
             pixel = sharded_pixel_maps(
                 trainer, explained, probes.x, target, cb.specs, seed=cb.seed,
@@ -142,7 +145,6 @@ def evaluate(
                 progress=progress,
             )  # fmt: skip
             maps = group_maps(cb.specs, pixel, cb.segments)
-            extra = [f for f in OPT_IN_FAMILIES if opt_in and f in cb.families]
             extra_stats = family_statistics(
                 explained[: len(models)], probes.x, target, maps, probes.layout, cb.specs,
                 families=extra, seed=cb.seed, stage=stage, segments=cb.segments,

@@ -39,8 +39,16 @@ def _pil_loader(path: str, mode: str) -> Any:
     try:
         with open(path, "rb") as fh:
             return Image.open(fh).convert(mode)
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a broken file
-        raise ValueError(f"cannot read image {path!r} ({err}); remove or replace it") from err
+    except _BROKEN as err:
+        raise _unreadable(path, err) from err
+
+
+#: What PIL raises for a file that is not a readable image.
+_BROKEN = (OSError, SyntaxError, ValueError)
+
+
+def _unreadable(path: str, err: Exception) -> ValueError:
+    return ValueError(f"cannot read image {path!r} ({err}); remove or replace it")
 
 
 def _check_one_size(samples: Sequence[tuple[str, int]]) -> None:
@@ -53,8 +61,8 @@ def _check_one_size(samples: Sequence[tuple[str, int]]) -> None:
         try:
             with Image.open(path) as img:
                 size = img.size
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ValueError(f"cannot read image {path!r} ({err}); remove or replace it") from err
+        except _BROKEN as err:
+            raise _unreadable(path, err) from err
         if first is None:
             first = (path, size)
         elif size != first[1]:
