@@ -108,3 +108,17 @@ def test_randomization_tells_a_weight_blind_model_from_one_that_uses_its_weights
         sims[name] = estimate_all(stats)[key]
     assert sims["blind"].value == 1.0  # the maps did not change: the check fails, as it must
     assert sims["net"].hi < 0.5  # re-initialized weights: the maps changed
+
+
+def test_the_layout_charts_only_the_families_that_run() -> None:
+    from lightning_saliency.generalization import custom_scalars_layout
+
+    default = custom_scalars_layout(["m"])["m"]
+    assert "MeGe and ReCo (train probes)" in default
+    assert not any("mu_fidelity" in t or "randomized" in t for t in default)
+    chosen = custom_scalars_layout(["m"], families=["gap", "faithfulness", "randomization"])["m"]
+    assert "MeGe and ReCo (train probes)" not in chosen
+    assert "test sparseness and its gap" not in chosen
+    assert "test spearman and its chance level" not in chosen
+    assert {"gap (test - train loss), 95% interval", "test mu_fidelity and its gap",
+            "spearman to randomized copies, by cascade level"} <= set(chosen)  # fmt: skip

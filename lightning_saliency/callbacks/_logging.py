@@ -233,7 +233,7 @@ def log_scalars(trainer: pl.Trainer, pl_module: pl.LightningModule, result: Epoc
 
 
 def add_layout(trainer: pl.Trainer, specs: Sequence[MethodSpec], k_models: int, reference: bool,
-               families: Sequence[str] = ()) -> None:  # fmt: skip
+               families: Sequence[str] | None = None) -> None:  # fmt: skip
     """The custom-scalars layout, once, into every TensorBoard logger."""
     baseline = next((s.label for s in specs if s.is_plain_baseline), None)
     layout = custom_scalars_layout([s.label for s in specs], k_models, reference=reference,

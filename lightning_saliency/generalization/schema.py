@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -372,14 +372,14 @@ def custom_scalars_layout(
     num_models: int = 2,
     reference: bool = False,
     baseline: str | None = "simple_grad",
-    families: Sequence[str] = (),
+    families: Sequence[str] | None = None,
 ) -> dict[str, dict[str, list]]:
     """TensorBoard's custom-scalars layout, one category per method: its gap with the 95%
     interval, each model's gap, the losses, each headline agreement above chance with its
     interval and each agreement beside its chance level, the gap reduction, MeGe/ReCo and
-    the quality metrics, and the opt-in ``families`` asked for (faithfulness: test value and
-    gap; randomization: every similarity by cascade level); a last category compares the
-    methods. Every pattern is anchored and escaped, so a chart plots exactly its tags.
+    the quality metrics, and the opt-in families (faithfulness: test value and gap;
+    randomization: every similarity by cascade level); only the charts of ``families`` (None:
+    :data:`DEFAULT_FAMILIES`), so no chart stays empty; a last category compares the methods. Every pattern is anchored and escaped, so a chart plots exactly its tags.
 
     >>> layout = custom_scalars_layout(["simple_grad"])
     >>> layout["simple_grad"]["gap (test - train loss), 95% interval"]
@@ -387,10 +387,12 @@ def custom_scalars_layout(
     >>> layout["simple_grad"]["test spearman and its chance level"][1]
     ['^(interp/simple_grad/test/spearman|interp/simple_grad/test/spearman_chance)$']
     """
+    fam = set(DEFAULT_FAMILIES if families is None else families)
     out: dict[str, dict[str, list]] = {}
     for lb in methods:
-        out[lb] = _method_charts(lb, num_models, num_models + int(reference), lb == baseline)
-        out[lb].update(_opt_in_charts(lb, families))
+        charts = _method_charts(lb, num_models, num_models + int(reference), lb == baseline)
+        out[lb] = {t: c for t, c in charts.items() if _chart_family(t) in fam}
+        out[lb].update(_opt_in_charts(lb, fam))
     gaps = (MetricKey(lb, "mean", "gap", "gap") for lb in methods)
     above = (MetricKey(lb, "pairs", "test", above_chance("spearman")) for lb in methods)
     pred = (MetricKey.prediction_agreement(s) for s in ("train", "test"))
@@ -402,7 +404,16 @@ def custom_scalars_layout(
     return out
 
 
-def _opt_in_charts(lb: str, families: Sequence[str]) -> dict[str, list]:
+def _chart_family(title: str) -> str:
+    """The metric family whose numbers a chart of :func:`_method_charts` plots."""
+    for word, family in (("MeGe", "mege_reco"), ("sparseness", "quality"),
+                         ("complexity", "quality"), ("drift", "drift"), ("loss", "gap")):  # fmt: skip
+        if word in title:
+            return family
+    return "agreement" if any(m in title for m in AGREEMENT_METRICS) else "gap"
+
+
+def _opt_in_charts(lb: str, families: Collection[str]) -> dict[str, list]:
     charts: dict[str, list] = {}
     if "faithfulness" in families:
         for m in FAITHFULNESS_METRICS:
