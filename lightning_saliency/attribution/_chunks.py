@@ -12,7 +12,11 @@ next ones and by backward. The cap follows from the model (no per-model table); 
 rows for the built-in small CNN and 64 for the CIFAR-stem ResNet-18 at 32x32, the fastest
 chunk sizes measured for both (``docs/benchmarks.md``, "Chunk size on CPU").
 
-CUDA: after an out-of-memory error the halved chunk that fitted is remembered for that model
+CUDA: the saved-tensor estimate misses what backward allocates on the way (gradient buffers,
+cuDNN workspaces): a 4,096 x 50 SmoothGrad under a 16 GB budget peaked at 48 GB. So the first
+pass of a model and row shape on CUDA measures its peak memory per row on a small chunk
+(:func:`measured_row_bytes`, ``torch.cuda.max_memory_allocated``) and the chunks are sized from
+the larger of the two. After an out-of-memory error the halved chunk that fitted is remembered for that model
 and row shape, so later chunks and calls start from it instead of failing again.
 """
 
@@ -36,13 +40,16 @@ from lightning_saliency.attribution._context import attribution_mode, autocast, 
 
 __all__ = [
     "ACTIVATION_HEADROOM",
+    "CALIBRATION_ROWS",
     "CPU_CACHE_TARGET_BYTES",
     "DEFAULT_CPU_BUDGET_MB",
     "DEFAULT_CUDA_FREE_FRACTION",
     "MemoryProfile",
     "activation_memory",
     "chunk_rows",
+    "measured_row_bytes",
     "memory_profile",
+    "remember_peak",
 ]
 
 #: Peak memory of a forward/backward chunk over the bytes autograd saves for its backward
@@ -55,6 +62,9 @@ DEFAULT_CPU_BUDGET_MB = 1024.0
 DEFAULT_CUDA_FREE_FRACTION = 0.25
 #: CPU chunks: rows x (largest activation saved per row) stays within this many bytes.
 CPU_CACHE_TARGET_BYTES = 16 * 2**20
+
+#: Rows of the chunk that measures a CUDA pass's peak memory per row (at most).
+CALIBRATION_ROWS = 256
 
 _Key = tuple[tuple[int, ...], torch.dtype, torch.device, str, bool]
 
@@ -74,6 +84,10 @@ _MEMORY_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[_Key, MemoryProfile]] =
 )
 #: model -> {key: rows of the largest chunk that fitted after a CUDA out-of-memory error}
 _OOM_ROWS: weakref.WeakKeyDictionary[nn.Module, dict[_Key, int]] = weakref.WeakKeyDictionary()
+
+
+#: model -> {key: peak CUDA bytes per row measured over a whole forward/backward chunk}
+_PEAK_ROWS: weakref.WeakKeyDictionary[nn.Module, dict[_Key, float]] = weakref.WeakKeyDictionary()
 
 
 def _key(x: Tensor, precision: str, channels_last: bool) -> _Key:
@@ -194,6 +208,22 @@ def remember_oom(model: nn.Module, x: Tensor, precision: str, cl: bool, rows: in
     known[key] = min(rows, known.get(key, rows))
 
 
+def measured_row_bytes(
+    model: nn.Module, x: Tensor, precision: str, channels_last: bool
+) -> float | None:
+    """Peak CUDA bytes per row measured over a forward/backward chunk, or None (not yet)."""
+    return _PEAK_ROWS.get(model, {}).get(_key(x, precision, channels_last))
+
+
+def remember_peak(
+    model: nn.Module, x: Tensor, precision: str, channels_last: bool, per_row: float
+) -> None:
+    """Record the measured peak bytes per row of this model and row shape (the largest seen)."""
+    known = _PEAK_ROWS.setdefault(model, {})
+    key = _key(x, precision, channels_last)
+    known[key] = max(float(per_row), known.get(key, 0.0))
+
+
 def chunk_rows(
     model: nn.Module,
     x: Tensor,
@@ -207,7 +237,8 @@ def chunk_rows(
 
     ``batch_size`` wins; otherwise the budget (``memory_budget_mb``, default a quarter of
     the free CUDA memory or 1024 MB on CPU), less :func:`activation_memory`'s fixed bytes
-    and ``reserved_bytes`` (a noise block, say), divided by ``ACTIVATION_HEADROOM`` x its bytes per row; on CPU at most
+    and ``reserved_bytes`` (a noise block, say), divided by ``ACTIVATION_HEADROOM`` x its bytes per row
+    (or by the peak bytes per row measured on CUDA, :func:`measured_row_bytes`, if larger); on CPU at most
     :func:`cpu_row_cap` rows; never more than a chunk that ran out of memory before allowed.
     The budget is validated before the model runs.
 
@@ -222,7 +253,11 @@ def chunk_rows(
     budget = _budget_bytes(memory_budget_mb, x)
     prof = memory_profile(model, x, precision=precision, channels_last=channels_last)
     free = budget - prof.fixed - reserved_bytes
-    rows = max(1, int(free // (prof.per_row * ACTIVATION_HEADROOM)))
+    per_row = prof.per_row * ACTIVATION_HEADROOM
+    measured = measured_row_bytes(model, x, precision, channels_last)
+    if measured is not None:
+        per_row = max(per_row, measured)
+    rows = max(1, int(free // per_row))
     if x.device.type == "cpu":
         rows = min(rows, cpu_row_cap(prof))
     known = oom_rows(model, x, precision, channels_last)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from lightning_saliency._modes import eval_mode
 
-__all__ = ["attribution_mode", "autocast", "prepare_rows", "select_scores"]
+__all__ = ["attribution_mode", "autocast", "fast_kernels", "prepare_rows", "select_scores"]
 
 #: Device types on which ``precision="bf16"`` autocasts the forward.
 AUTOCAST_DEVICES: tuple[str, ...] = ("cpu", "cuda")
@@ -32,6 +32,36 @@ def attribution_mode(model: nn.Module) -> Iterator[None]:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
         yield
+
+
+@contextlib.contextmanager
+def fast_kernels(device: torch.device) -> Iterator[None]:
+    """cuDNN autotuning (``torch.backends.cudnn.benchmark``) for a pass on CUDA; the flag is
+    restored afterwards.
+
+    Lightning leaves autotuning off unless asked, and then fp32 input gradients of a ResNet-18
+    ran 5.4x slower on an H200 (``docs/benchmarks.md``). It is left alone when the user asked
+    for determinism (``torch.use_deterministic_algorithms(True)`` or
+    ``torch.backends.cudnn.deterministic = True``): autotuning may pick another algorithm for
+    the same shapes from one process to the next, so maps then agree to rounding, not bit for
+    bit. TF32 is never changed here: the user's ``allow_tf32`` flags hold.
+
+    >>> with fast_kernels(torch.device("cpu")):  # nothing to tune on the CPU
+    ...     torch.backends.cudnn.benchmark
+    False
+    """
+    deterministic = (
+        torch.are_deterministic_algorithms_enabled() or torch.backends.cudnn.deterministic
+    )
+    if device.type != "cuda" or deterministic:
+        yield
+        return
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -64,18 +64,22 @@ from lightning_saliency.attribution._checks import (  # noqa: F401  (re-exported
 )
 from lightning_saliency.attribution._chunks import (  # noqa: F401  (re-exported)
     ACTIVATION_HEADROOM,
+    CALIBRATION_ROWS,
     CPU_CACHE_TARGET_BYTES,
     DEFAULT_CPU_BUDGET_MB,
     DEFAULT_CUDA_FREE_FRACTION,
     activation_memory,
     chunk_rows,
+    measured_row_bytes,
     memory_profile,
     oom_rows,
     remember_oom,
+    remember_peak,
 )
 from lightning_saliency.attribution._context import (
     attribution_mode,
     autocast,
+    fast_kernels,
     prepare_rows,
     select_scores,
 )
@@ -187,6 +191,29 @@ def _row_gradients_fitting(
             _row_gradients_fitting(model, rows[h:], target[h:], *args),
         ]
     )
+
+
+def _measure_cuda_peak(
+    model: nn.Module, x: Tensor, target: Tensor, chunk: int, args: tuple
+) -> None:
+    """Once per model and row shape on CUDA: the peak memory per row of one small chunk
+    (``min(chunk, CALIBRATION_ROWS)`` rows of x, repeated if needed), backward included.
+
+    It resets the device's peak-memory statistics (``torch.cuda.reset_peak_memory_stats``);
+    the rows' gradients are discarded (their cost is one small chunk per model and shape).
+    """
+    _, precision, channels_last, _ = args  # (output, precision, channels_last, target_max)
+    if measured_row_bytes(model, x, precision, channels_last) is not None:
+        return
+    m = max(1, min(chunk, CALIBRATION_ROWS))
+    idx = torch.arange(m, device=x.device) % x.shape[0]
+    torch.cuda.synchronize(x.device)
+    base = torch.cuda.memory_allocated(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    _row_gradients_fitting(model, x[idx], target[idx], *args)
+    torch.cuda.synchronize(x.device)
+    peak = torch.cuda.max_memory_allocated(x.device) - base
+    remember_peak(model, x, precision, channels_last, peak / m)
 
 
 # --------------------------------------------------------------------------- the pass
@@ -326,7 +353,7 @@ def _expanded_pass(
     check_choice("output", output, OUTPUTS)
     check_choice("precision", precision, PRECISIONS)
     n = x.shape[0]
-    with attribution_mode(model):
+    with attribution_mode(model), fast_kernels(x.device):
         xd = x.detach().clone()
         tgt = check_target(target, n, x.device)
         std = check_noise_std(noise_std, xd)
@@ -335,14 +362,17 @@ def _expanded_pass(
         draws = samples if std is not None else 1
         noise = None if std is None else NoiseSource(std, draws, xd, gen)
         reserved = 0 if noise is None else noise.block_bytes
-        chunk = chunk_rows(
-            model, xd, batch_size, memory_budget_mb, precision, channels_last, reserved
-        )
+        tmax = int(tgt.max())  # the one host synchronization before the chunk loop
+        sizing = (batch_size, memory_budget_mb, precision, channels_last, reserved)
+        chunk = chunk_rows(model, xd, *sizing)
+        if xd.is_cuda and batch_size is None:  # size the chunks from the measured peak too
+            _measure_cuda_peak(model, xd, tgt, chunk, (output, precision, channels_last, tmax))
+            chunk = chunk_rows(model, xd, *sizing)
         p = _Pass(
             model=model,
             x=xd,
             target=tgt,
-            target_max=int(tgt.max()),
+            target_max=tmax,
             draws=draws,
             noise=noise,
             path=_ig_path(steps, baseline, rule, xd),
@@ -444,7 +474,7 @@ def forward_scores(
     check_input(x)
     check_choice("output", output, OUTPUTS)
     check_choice("precision", precision, PRECISIONS)
-    with attribution_mode(model):
+    with attribution_mode(model), fast_kernels(x.device):
         xd = x.detach().clone()
         tgt = check_target(target, x.shape[0], x.device)
         tmax = int(tgt.max())
