@@ -15,6 +15,7 @@ __all__ = [
     "SpectralNormParametrization",
     "batches_stepped",
     "default_hp_metric",
+    "disable_default_hp_metric",
     "epoch_log_step",
     "set_spectral_vectors",
     "subcommands_action",
@@ -62,6 +63,18 @@ def default_hp_metric(logger: Any) -> bool:
     """Whether a ``TensorBoardLogger`` writes Lightning's ``hp_metric`` placeholder record
     (``TensorBoardLogger._default_hp_metric``)."""
     return bool(getattr(logger, "_default_hp_metric", False))
+
+
+def disable_default_hp_metric(logger: Any) -> None:
+    """Stop a ``TensorBoardLogger`` from writing Lightning's ``hp_metric`` placeholder record.
+
+    TensorBoard shows only a run's first HParams record, and Lightning writes its placeholder
+    at fit start (after the callbacks' ``on_fit_start``) unless the logger was made with
+    ``default_hp_metric=False``; turned off then, the module's hyperparameters are still
+    collected (``logger.hparams``) and go into the callback's one record at the end.
+    """
+    if hasattr(logger, "_default_hp_metric"):
+        logger._default_hp_metric = False
 
 
 def set_spectral_vectors(sn: Any, u: torch.Tensor | None, v: torch.Tensor | None,

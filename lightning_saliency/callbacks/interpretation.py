@@ -291,6 +291,8 @@ class InterpretationGeneralization(Callback):
         if self._loaded_indices is None:  # a fresh fit, not a resume: a fresh record
             self._record.check_fresh("fit")
         _setup.to_device(self, pl_module)
+        for logger in trainer.loggers:  # the callback's HParams record is the run's first
+            _compat.disable_default_hp_metric(logger)
         if trainer.is_global_zero:
             _logging.add_run_layout(self, trainer)
             self._record.write_methods(self._methods_record("fit"))
