@@ -20,6 +20,7 @@ from ._utils import (
     _check_stats,
     _infer_num_classes,
 )
+from .controls import RelabeledSplit, ShiftedSplit, check_memorize, check_shift
 from .sampling import EpochShuffleSampler, find_epoch_keyed, mix_seed
 from .shortcut import PlantedShortcut, check_shortcut
 from .splits import check_split_args, disjoint_splits
@@ -67,6 +68,12 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
             ``{"split": 0, "classes": [0, 1], "size": 3}`` puts a class-placed bright square
             into split 0's images of those classes (all classes by default), in training and
             in its probes; the other splits and the held-out set stay clean.
+        memorize: the memorization control (:mod:`~lightning_saliency.data.controls`): e.g.
+            ``{"split": 0, "fraction": 0.5}`` moves half of split 0's labels to another class,
+            fixed per image (in training and in its probes).
+        shift: the shifted-distribution control (:mod:`~lightning_saliency.data.controls`):
+            e.g. ``{"split": 0, "kind": "rotate", "fraction": 0.5}`` turns half of split 0's
+            images by 90 degrees (a sub-population only model 0 trains on).
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -101,9 +108,13 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
         image_size: int | None = None,
         pin_memory: bool = False,
         shortcut: dict[str, Any] | None = None,
+        memorize: dict[str, Any] | None = None,
+        shift: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.shortcut = check_shortcut(shortcut, check_split_args(split_factor, num_models)[1])
+        self.memorize = check_memorize(memorize, check_split_args(split_factor, num_models)[1])
+        self.shift = check_shift(shift, check_split_args(split_factor, num_models)[1])
         self.split_factor, self.num_models = check_split_args(split_factor, num_models)
         if not isinstance(split_seed, int) or isinstance(split_seed, bool):
             raise TypeError(f"split_seed must be an int, got {split_seed!r}")
@@ -303,7 +314,20 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
         if self.shortcut is not None and self.shortcut["split"] == k:
             data = PlantedShortcut(data, classes=self.shortcut["classes"],
                                    size=self.shortcut["size"], value=self.input_range[1])  # fmt: skip
-        return Subset(data, indices.tolist())
+        split = Subset(data, indices.tolist())
+        return self._with_controls(k, split)
+
+    def _with_controls(self, k: int, split: Subset) -> Subset:
+        """Split k with the memorization and shift controls planted, if they name it (a view
+        of the split's own items, so the fractions count this split's images)."""
+        view: Dataset = split
+        if self.shift is not None and self.shift["split"] == k:
+            view = ShiftedSplit(view, kind=self.shift["kind"], input_range=self.input_range,
+                                fraction=self.shift["fraction"], seed=self.shift["seed"])  # fmt: skip
+        if self.memorize is not None and self.memorize["split"] == k:
+            view = RelabeledSplit(view, fraction=self.memorize["fraction"],
+                                  num_classes=self.num_classes, seed=self.memorize["seed"])  # fmt: skip
+        return split if view is split else Subset(view, list(range(len(split))))
 
     def heldout_dataset(self) -> Dataset:
         """The held-out dataset (the validation and test set)."""

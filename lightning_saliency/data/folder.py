@@ -118,7 +118,8 @@ class ImageFolderDataModule(DisjointSplitDataModule):
             ``num_workers`` is not used). Values equal the file-backed path's.
         cache_dir: with ``in_memory``, keep the decoded tensors in this folder, keyed by the
             file list, sizes and modification times (None: decode every run).
-        shortcut: the positive control planted into one split (:class:`DisjointSplitDataModule`).
+        shortcut, memorize, shift: the positive controls planted into one split
+            (:class:`DisjointSplitDataModule`).
         mean, std: the normalization; ``"auto"`` (default) computes the per-channel mean and
             population std of ``stats_samples`` evenly spaced training images (after resizing,
             before augmentation; :func:`~lightning_saliency.data.memory.image_stats`), stored
@@ -165,6 +166,8 @@ class ImageFolderDataModule(DisjointSplitDataModule):
         stats_samples: int | None = DEFAULT_STATS_SAMPLES,
         pin_memory: bool = False,
         shortcut: dict[str, Any] | None = None,
+        memorize: dict[str, Any] | None = None,
+        shift: dict[str, Any] | None = None,
     ) -> None:
         if channels not in _MODES or isinstance(channels, bool):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
@@ -188,6 +191,8 @@ class ImageFolderDataModule(DisjointSplitDataModule):
             image_size=image_size,
             pin_memory=pin_memory,
             shortcut=shortcut,
+            memorize=memorize,
+            shift=shift,
         )
         if self._mean is not None and len(self._mean) not in (1, channels):
             raise ValueError(f"mean/std need 1 or {channels} entries, got mean={self._mean}")

@@ -50,8 +50,9 @@ class DigitsDataModule(DisjointSplitDataModule):
     Pixel values 0..16 are scaled to [0, 1], resized once to ``image_size`` (bilinear),
     normalized with ``mean``/``std`` (default 0.5/0.5, input range (-1, 1)) and held in
     memory. A stratified ``heldout_fraction`` of each class, drawn with ``data_seed``, is the
-    held-out set; the rest is cut into disjoint splits. 1 channel, 10 classes. ``shortcut``
-    plants the positive control into one split (:class:`DisjointSplitDataModule`).
+    held-out set; the rest is cut into disjoint splits. 1 channel, 10 classes. ``shortcut``,
+    ``memorize`` and ``shift`` plant the positive controls into one split
+    (:class:`DisjointSplitDataModule`).
 
     >>> dm = DigitsDataModule(image_size=16, batch_size=32)
     >>> dm.setup("fit")
@@ -76,6 +77,8 @@ class DigitsDataModule(DisjointSplitDataModule):
         std: Sequence[float] | None = (0.5,),
         pin_memory: bool = False,
         shortcut: dict[str, Any] | None = None,
+        memorize: dict[str, Any] | None = None,
+        shift: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(heldout_fraction, (int, float)) or isinstance(heldout_fraction, bool):
             raise TypeError(f"heldout_fraction must be a float in (0, 1), got {heldout_fraction!r}")
@@ -96,6 +99,8 @@ class DigitsDataModule(DisjointSplitDataModule):
             image_size=image_size,
             pin_memory=pin_memory,
             shortcut=shortcut,
+            memorize=memorize,
+            shift=shift,
         )
         if self.mean is not None and len(self.mean) != 1:
             raise ValueError(f"digits have 1 channel: mean/std need 1 entry, got mean={mean!r}")
