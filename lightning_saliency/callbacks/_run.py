@@ -48,7 +48,8 @@ class RunSetup(NamedTuple):
 class MonitorRun:
     """The state of one run of the callback (see the module's docstring).
 
-    >>> run = MonitorRun.fresh(MonitorSettings.from_arguments(every_n_epochs=2))
+    >>> from lightning_saliency.callbacks import InterpretationGeneralization
+    >>> run = MonitorRun.fresh(InterpretationGeneralization(every_n_epochs=2).config)
     >>> run.schedule.every_n_epochs, run.last_logged_epoch, run.once("layout"), run.once("layout")
     (2, -1, True, False)
     """

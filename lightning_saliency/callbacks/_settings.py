@@ -18,7 +18,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from lightning_saliency.attribution import MethodSpec, resolve_method
-from lightning_saliency.generalization import CHANCE_DRAWS, FAMILIES
+from lightning_saliency.generalization import FAMILIES
 
 from ._checks import check_input_range
 
@@ -64,43 +64,45 @@ RESUME_FIELDS: tuple[str, ...] = tuple(n for n, part in IDENTITY if part != "rec
 @dataclass(frozen=True, eq=False)
 class MonitorSettings:
     """The arguments of :class:`~lightning_saliency.callbacks.InterpretationGeneralization`
-    (see there), validated; ``methods`` resolved to ``specs`` and ``metrics`` to a tuple.
+    (see there; its signature owns the defaults), validated; ``methods`` resolved to
+    ``specs``, ``metrics`` a tuple. The callback holds them as ``config``.
 
-    >>> s = MonitorSettings.from_arguments(methods=["simple_grad"], num_train_probes=8)
-    >>> s.record()["methods"], s.key_fields()["num_train_probes"]
-    (['simple_grad'], 8)
-    >>> MonitorSettings.from_arguments(num_test_probes=0)
+    >>> from lightning_saliency.callbacks import InterpretationGeneralization
+    >>> s = InterpretationGeneralization(methods=["simple_grad"], num_train_probes=8).config
+    >>> s.record()["methods"], s.key_fields()["num_train_probes"], s.max_overhead
+    (['simple_grad'], 8, 0.1)
+    >>> InterpretationGeneralization(num_test_probes=0)
     Traceback (most recent call last):
     ...
     ValueError: num_test_probes must be an int >= 1; got 0
     """
 
     specs: tuple[MethodSpec, ...]
-    num_train_probes: int = 64
-    num_test_probes: int = 64
-    every_n_epochs: int = 1
-    reference: str | nn.Module | None = None
-    normalize: bool = True
-    target: Literal["label", "pred"] = "label"
-    precision: Literal["32", "bf16"] = "32"
-    seed: int = 0
-    log_images_every_n_epochs: int = 5
-    num_images: int = 4
-    metrics: tuple[str, ...] | None = None
-    train_probes: Any = None
-    test_probes: Any = None
-    input_range: tuple[float, float] | None = None
-    unnormalize: Callable[[Tensor], Tensor] | None = None
-    batch_size: int | None = None
-    channels_last: bool = False
-    topk: float = 0.1
-    chance_draws: int = CHANCE_DRAWS
-    max_overhead: float | None = 0.1
-    is_ensemble: bool | None = None
-    probe_transform: Callable[[Any], Any] | None = None
-    fold_batchnorm: bool = True
-    output_transform: Callable[[Any], Tensor] | None = None
-    families_every_n_epochs: int = 1
+    num_train_probes: int
+    num_test_probes: int
+    every_n_epochs: int
+    reference: str | nn.Module | None
+    normalize: bool
+    target: Literal["label", "pred"]
+    precision: Literal["32", "bf16"]
+    seed: int
+    log_images_every_n_epochs: int
+    num_images: int
+    metrics: tuple[str, ...] | None
+    train_probes: Any
+    test_probes: Any
+    input_range: tuple[float, float] | None
+    unnormalize: Callable[[Tensor], Tensor] | None
+    batch_size: int | None
+    channels_last: bool
+    topk: float
+    chance_draws: int
+    max_overhead: float | None
+    is_ensemble: bool | None
+    probe_transform: Callable[[Any], Any] | None
+    fold_batchnorm: bool
+    output_transform: Callable[[Any], Tensor] | None
+    families_every_n_epochs: int
 
     @classmethod
     def from_arguments(
@@ -109,11 +111,11 @@ class MonitorSettings:
         """Resolve the methods, check every argument (a clear message naming it), and
         normalize ``seed``, ``metrics``, ``input_range`` and ``max_overhead``."""
         specs = tuple(resolve_method(m) for m in (DEFAULT_METHODS if methods is None else methods))
-        known = {f.name: f.default for f in fields(cls) if f.name != "specs"}
-        unknown = sorted(set(args) - set(known))
-        if unknown:
-            raise TypeError(f"unknown settings {unknown}")
-        full = {**known, **args}
+        names = {f.name for f in fields(cls)} - {"specs"}
+        if set(args) != names:
+            missing, unknown = sorted(names - set(args)), sorted(set(args) - names)
+            raise TypeError(f"settings missing: {missing}; unknown: {unknown}")
+        full = dict(args)
         _check_arguments(full, specs)
         metrics, rng, overhead = full["metrics"], full["input_range"], full["max_overhead"]
         full.update(
