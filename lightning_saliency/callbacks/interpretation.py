@@ -6,6 +6,13 @@ reference on its own training data and on held-out data (the interpretation loss
 and its generalization gap, paper 000 sec. 4), how much the models agree, and how
 SmoothGrad, AdaptGrad and super-pixel grouping shrink the gap. See
 ``docs/metrics.md`` for every tag.
+
+The callback is the hooks over two objects it owns: ``config``, the frozen
+:class:`~._settings.MonitorSettings` (its arguments, validated; which of them define a
+run), and ``run``, the :class:`~._run.MonitorRun` (what a run resolved and has done, with
+its own ``state_dict``). The helpers (``_setup``: what a run resolves; ``_epoch``: one
+monitored epoch; ``_logging``: where the media, HParams and summary go) take those two,
+never the callback.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from ._schedule import Schedule
 from ._settings import DEFAULT_METHODS, MonitorSettings
 
 __all__ = ["DEFAULT_METHODS", "InterpretationGeneralization"]
+
 
 class InterpretationGeneralization(Callback):
     """Watch whether saliency maps generalize from training to held-out data.
