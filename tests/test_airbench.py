@@ -161,6 +161,7 @@ def _digits_split():
     return x, y, [perm[:600], perm[600:1200]], perm[1200:]
 
 
+@pytest.mark.slow
 def test_airbench_recipe_trains_on_digits() -> None:
     x, y, splits, held = _digits_split()
 

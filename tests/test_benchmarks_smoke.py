@@ -28,6 +28,7 @@ def _load() -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_writes_expected_json(tmp_path: Path) -> None:
     bench = _load()
     out = tmp_path / "results.json"

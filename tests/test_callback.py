@@ -352,6 +352,7 @@ def test_setup_errors(tmp_path: Path, kwargs, module, match) -> None:
             trainer.fit(_Plain(flat_output=module == "flat"), _plain_loader()[0])
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     """A 2-process gloo run finishes and logs what one process computes with the same weights."""
     L.seed_everything(0)

@@ -7,9 +7,12 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "callback_overhead.py"
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_times_the_monitor_inside_each_epoch(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("callback_overhead", SCRIPT)
     module = importlib.util.module_from_spec(spec)

@@ -51,6 +51,7 @@ def test_paper_overrides_parse(capsys: pytest.CaptureFixture[str]) -> None:
         )
 
 
+@pytest.mark.slow
 def test_default_run_leaves_every_tag_family(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,6 +203,7 @@ def test_a_model_class_starts_from_its_own_defaults(tmp_path: Path) -> None:
         )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_user_lightning_module_trained_through_the_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,6 +225,7 @@ def test_user_lightning_module_trained_through_the_cli(
     assert len(model.models) == 2 and model.hparams["num_classes"] == 10
 
 
+@pytest.mark.slow
 def test_classifier_and_reference_from_the_shipped_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

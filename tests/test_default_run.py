@@ -13,6 +13,8 @@ import pytest
 from lightning_saliency.cli import cli_main
 from lightning_saliency.generalization import CSV_NAME, METHODS_NAME, figure_tag, image_tag
 
+pytestmark = pytest.mark.slow  # trains the default run once per module
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Scalar tags of the default run before this issue (298 interp + 298 hp copies + 42).
 TAGS_BEFORE = 638

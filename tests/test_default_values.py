@@ -19,6 +19,8 @@ import pytest
 from lightning_saliency.cli import cli_main
 from lightning_saliency.generalization import MetricKey, parse_csv_row
 
+pytestmark = pytest.mark.slow  # trains the default run once per module
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "fixtures"))
 from record_default_values import cli_args, tensorboard_scalars  # noqa: E402

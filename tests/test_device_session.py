@@ -54,6 +54,7 @@ def _image_folder(root: Path, per_class: dict[str, int]) -> None:
                 Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_a_study_fit_is_packed_and_reported(tmp_path: Path) -> None:
     data = tmp_path / "cifar10"
     _image_folder(data, {"train": 4, "test": 2})
@@ -105,6 +106,7 @@ def test_a_study_fit_is_packed_and_reported(tmp_path: Path) -> None:
         assert "reports/spectral_norm/report.md" in tar.getnames()
 
 
+@pytest.mark.slow
 def test_the_gpu_steps_run_on_cpu_at_toy_size(tmp_path: Path) -> None:
     """Steps overhead and bf16 of the one-call GPU plan, QUICK on the CPU: the monitored
     fit keeps its models, and the bf16 check reads them back; a step with too little time

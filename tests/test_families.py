@@ -264,6 +264,7 @@ def test_families_on_cuda_equal_cpu() -> None:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@pytest.mark.slow
 def test_cost_benchmark_quick_run() -> None:
     """benchmarks/families_cost.py runs end to end (a smoke run; its timings are no claim)."""
     import importlib.util

@@ -6,6 +6,7 @@ the public functions on the same maps, and the randomization check can fail and 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _tiny import callback as _callback
 from _tiny import data as _data
@@ -29,6 +30,7 @@ from lightning_saliency.generalization import (
 FAMILIES = ["gap", "faithfulness", "randomization"]
 
 
+@pytest.mark.slow
 def test_opt_in_families_run_when_named_and_on_schedule(tmp_path) -> None:
     cb = _callback(methods=["simple_grad"], metrics=FAMILIES, families_every_n_epochs=2,
                    log_images_every_n_epochs=0)  # fmt: skip
@@ -64,6 +66,7 @@ def test_default_families_leave_the_opt_in_ones_out(tmp_path) -> None:
     assert not [r for r in rows if r["metric"] in FAITHFULNESS_METRICS]
 
 
+@pytest.mark.slow
 def test_callback_numbers_equal_the_public_function(tmp_path) -> None:
     cb = _callback(methods=["simple_grad"], metrics=FAMILIES, fold_batchnorm=False,
                    log_images_every_n_epochs=0)  # fmt: skip

@@ -41,6 +41,7 @@ def _args(tmp_path: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_fast_recipe_config_builds_and_trains(tmp_path: Path, monkeypatch) -> None:
     from lightning_saliency.cli import cli_main
     from lightning_saliency.data import ImageFolderDataModule
@@ -60,6 +61,7 @@ def test_fast_recipe_config_builds_and_trains(tmp_path: Path, monkeypatch) -> No
     assert 0.0 <= float(cli.trainer.callback_metrics["val/model_1/acc"]) <= 1.0
 
 
+@pytest.mark.slow
 def test_train_recipe_benchmark_writes_json(tmp_path: Path, monkeypatch) -> None:
     spec = importlib.util.spec_from_file_location(
         "train_recipe", REPO / "benchmarks" / "train_recipe.py"

@@ -79,7 +79,7 @@ _METHODS = (
 )
 
 
-@pytest.mark.parametrize("backbone", ["small_cnn", "cifar:resnet18"])
+@pytest.mark.parametrize("backbone", ["small_cnn", pytest.param("cifar:resnet18", marks=pytest.mark.slow)])
 def test_maps_equal_the_unfolded_model(backbone: str) -> None:
     """Folding is exact in real arithmetic: in float64 the maps (returned in float32) agree
     to float32 rounding. In float32 a ReLU or max-pool decision that sits within rounding

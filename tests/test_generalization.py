@@ -31,6 +31,7 @@ from lightning_saliency.generalization import (
 from lightning_saliency.metrics import mege_reco
 
 
+@pytest.mark.slow
 def test_imports_without_lightning() -> None:
     code = (
         "import sys; import lightning_saliency.generalization as g; "

@@ -62,6 +62,7 @@ def test_two_validate_runs_into_one_folder_refuse(tmp_path: Path) -> None:
         t2.validate(model, data(), verbose=False)
 
 
+@pytest.mark.slow
 def test_resume_with_changed_settings_is_refused_by_name(tmp_path: Path) -> None:
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_top_k=-1, every_n_epochs=1)
     logger = TensorBoardLogger(str(tmp_path), name="run", version=0)

@@ -10,6 +10,8 @@ from _tiny import callback, data, ensemble, trainer
 
 from lightning_saliency.generalization import CSV_NAME, METHODS_NAME
 
+pytestmark = pytest.mark.slow  # offline W&B and MLflow runs: seconds each
+
 METHODS = ["simple_grad", {"method": "smooth_grad", "sigma": 0.3, "samples": 2},
            {"method": "simple_grad", "superpixel": "slic"}]  # fmt: skip
 

@@ -463,6 +463,7 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     return (x - 0.5) / 0.5, torch.tensor(d.target)
 
 
+@pytest.mark.slow
 def test_ensemble_learns_digits():
     x, y = _digits()
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))

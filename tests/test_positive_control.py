@@ -42,6 +42,7 @@ def _fit(tmp_path, shortcut):
     return cb._last, cb.specs[0].label
 
 
+@pytest.mark.slow
 def test_a_planted_gap_is_detected_and_its_control_is_not(tmp_path) -> None:
     planted, label = _fit(tmp_path / "planted", {"split": 0})
     clean, _ = _fit(tmp_path / "clean", None)

@@ -4,7 +4,8 @@ the helpers that need the trainer (sharding, schedule facts, copies)."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -34,11 +35,11 @@ from lightning_saliency.generalization import (
 
 from . import _logging, _setup
 from ._probes import ProbeSet
-
-if TYPE_CHECKING:
-    from .interpretation import InterpretationGeneralization
+from ._run import MonitorRun
+from ._settings import MonitorSettings
 
 __all__ = [
+    "Evaluate",
     "attribution_sources",
     "evaluate",
     "is_due",
@@ -87,7 +88,7 @@ def materialize(probes: ProbeSet) -> ProbeSet:
 
 
 def attribution_sources(
-    sources: list[nn.Module], specs: list[MethodSpec], x: torch.Tensor, channels_last: bool
+    sources: list[nn.Module], specs: Sequence[MethodSpec], x: torch.Tensor, channels_last: bool
 ) -> list[nn.Module]:
     """A frozen eval-mode copy of each source for this epoch's attribution passes, with
     BatchNorm folded into its convolutions (and channels-last weights on CPU): the same maps
@@ -100,22 +101,23 @@ def attribution_sources(
     return out
 
 
-def is_due(cb: InterpretationGeneralization, trainer: pl.Trainer, epoch: int) -> bool:
+def is_due(run: MonitorRun, trainer: pl.Trainer, epoch: int) -> bool:
     """Whether to monitor ``epoch`` (decided once per epoch, the same on every rank)."""
-    if cb._decided is not None and cb._decided[0] == epoch:
-        return cb._decided[1]
+    known = run.decision(epoch)
+    if known is not None:
+        return known
     last = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else None
-    due, reason = cb._schedule.due(epoch, last)
+    due, reason = run.schedule.due(epoch, last)
     due = bool(trainer.strategy.broadcast(due, src=0))
     if not due and reason != "every_n_epochs":
-        cb._schedule.record_skip(epoch, reason)
         rank_zero_info(f"InterpretationGeneralization: epoch {epoch} not monitored ({reason})")
-    cb._decided = (epoch, due)
+    run.decide(epoch, due, reason)
     return due
 
 
 def evaluate(
-    cb: InterpretationGeneralization,
+    settings: MonitorSettings,
+    run: MonitorRun,
     pl_module: pl.LightningModule,
     stage: str,
     progress: Any,
@@ -123,84 +125,80 @@ def evaluate(
     opt_in: bool,
 ) -> EpochEvaluation:
     """The body of :meth:`InterpretationGeneralization.evaluate` (see there)."""
-    assert cb.probes is not None
-    models = _setup.models_of(pl_module, cb.is_ensemble)
-    sources = models + ([cb._reference_module] if cb._reference_module is not None else [])
-    transform = cb.output_transform or as_logits
+    s = settings
+    assert run.probes is not None
+    models = _setup.models_of(pl_module, s.is_ensemble)
+    sources = models + ([run.reference] if run.reference is not None else [])
+    transform = s.output_transform or as_logits
     with isolate_rng(), torch.inference_mode(False), torch.enable_grad():
-        probes = materialize(cb.probes)
-        logits = model_logits(sources, probes.x, cb.batch_size or 256, transform)
-        target = probes.y if cb.target == "label" else logits[: len(models)].mean(0).argmax(-1)
-        explained = (attribution_sources(sources, cb.specs, probes.x, cb.channels_last)
-                     if cb.fold_batchnorm else sources)  # fmt: skip
-        extra = [f for f in OPT_IN_FAMILIES if opt_in and f in cb.families]
+        probes = materialize(run.probes)
+        logits = model_logits(sources, probes.x, s.batch_size or 256, transform)
+        target = probes.y if s.target == "label" else logits[: len(models)].mean(0).argmax(-1)
+        explained = (attribution_sources(sources, s.specs, probes.x, s.channels_last)
+                     if s.fold_batchnorm else sources)  # fmt: skip
+        extra = [f for f in OPT_IN_FAMILIES if opt_in and f in run.families]
         # the randomization cascade re-initializes the models as they are, not folded copies
         folded = explained is not sources
         unfolded = models if folded and "randomization" in extra else []
         with logits_outputs([*explained, *unfolded], transform):
             pixel = sharded_pixel_maps(
-                trainer, explained, probes.x, target, cb.specs, seed=cb.seed,
-                input_range=cb._range, precision=cb.precision,
-                channels_last=cb.channels_last, batch_size=cb.batch_size,
+                trainer, explained, probes.x, target, s.specs, seed=s.seed,
+                input_range=run.input_range, precision=s.precision,
+                channels_last=s.channels_last, batch_size=s.batch_size,
                 progress=progress,
             )  # fmt: skip
-            maps = group_maps(cb.specs, pixel, cb.segments)
+            maps = group_maps(s.specs, pixel, run.segments)
             extra_stats = family_statistics(
-                explained[: len(models)], probes.x, target, maps, probes.layout, cb.specs,
-                families=extra, seed=cb.seed, stage=stage, segments=cb.segments,
+                explained[: len(models)], probes.x, target, maps, probes.layout, s.specs,
+                families=extra, seed=s.seed, stage=stage, segments=run.segments,
                 randomized=unfolded or None,
-                input_range=cb._range, precision=cb.precision,
-                channels_last=cb.channels_last, batch_size=cb.batch_size,
+                input_range=run.input_range, precision=s.precision,
+                channels_last=s.channels_last, batch_size=s.batch_size,
             ) if extra else {}  # fmt: skip
         result = evaluate_epoch(
-            maps, probes.layout, cb.specs, labels=probes.y, preds=predictions(logits),
-            families=cb.families, normalize=cb.normalize, topk=cb.topk,
-            previous=cb.previous if stage == "fit" else None, stage=stage, seed=cb.seed,
-            chance_draws=cb.chance_draws,
+            maps, probes.layout, s.specs, labels=probes.y, preds=predictions(logits),
+            families=run.families, normalize=s.normalize, topk=s.topk,
+            previous=run.previous if stage == "fit" else None, stage=stage, seed=s.seed,
+            chance_draws=s.chance_draws,
         )  # fmt: skip
         result.extend(extra_stats)
         return result
 
 
+#: The callback's ``evaluate``: (pl_module, stage, progress=, trainer=, opt_in=) -> result.
+Evaluate = Callable[..., EpochEvaluation]
+
+
 def monitor(
-    cb: InterpretationGeneralization,
+    settings: MonitorSettings,
+    run: MonitorRun,
+    evaluate: Evaluate,
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
     epoch: int,
     stage: str,
 ) -> None:
-    """One monitored epoch: evaluate, then log scalars, rows and (when due) media."""
-    bar = _logging.MonitorProgress(trainer, len({s.pixel_twin for s in cb.specs}), epoch)
+    """One monitored epoch: ``evaluate`` (the callback's), then log scalars, rows and (when
+    due) media."""
+    bar = _logging.MonitorProgress(trainer, len({s.pixel_twin for s in settings.specs}), epoch)
     start = time.perf_counter()
     try:
-        every = cb.families_every_n_epochs
-        opt_in = stage != "fit" or len(cb.logged_epochs) % every == 0 or (
+        every = settings.families_every_n_epochs
+        opt_in = stage != "fit" or len(run.logged_epochs) % every == 0 or (
             is_last_epoch(trainer, epoch))  # fmt: skip
-        result = cb.evaluate(pl_module, stage, progress=bar.step, trainer=trainer,
-                             opt_in=opt_in)  # fmt: skip
+        result = evaluate(pl_module, stage, progress=bar.step, trainer=trainer, opt_in=opt_in)
     finally:
         bar.close()
-    if stage == "fit":
-        seconds = time.perf_counter() - start
-        cb._schedule.record_monitor(epoch, seconds)
-        cb._epoch_monitor += seconds
-    k_models = len(_setup.models_of(pl_module, cb.is_ensemble))
-    cb._sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
-    if stage == "fit":
-        test = cb.probes.layout.test  # type: ignore[union-attr]
-        cb.previous = {
-            k: v[:k_models, test].detach().cpu().clone() for k, v in result.maps.items()
-        }
-        cb.logged_epochs.append(epoch)
-        cb.final_values = {k.tag: e.value for k, e in result.estimates.items()}
-        cb._last = result.estimates
+    seconds = time.perf_counter() - start
+    k_models = len(_setup.models_of(pl_module, settings.is_ensemble))
+    run.record_result(result, epoch, stage, k_models, seconds)
     step = _compat.epoch_log_step(trainer, stage)  # where Lightning puts the scalars
     _logging.warn_nonfinite(result, epoch, stage)
-    cb._warned_no_tb = _logging.log_scalars(trainer, pl_module, result, stage, cb._warned_no_tb)
+    _logging.log_scalars(trainer, pl_module, result, stage, run)
     if trainer.is_global_zero:
-        cb._record.append(epoch_rows(result.estimates, epoch, step, stage))
-        every = cb.log_images_every_n_epochs
+        run.record.append(epoch_rows(result.estimates, epoch, step, stage))
+        every = settings.log_images_every_n_epochs
         images_due = stage != "fit" or (every > 0 and (
-            (len(cb.logged_epochs) - 1) % every == 0 or is_last_epoch(trainer, epoch)))  # fmt: skip
+            (len(run.logged_epochs) - 1) % every == 0 or is_last_epoch(trainer, epoch)))  # fmt: skip
         if images_due:
-            _logging.log_run_media(cb, trainer, result, step, k_models, epoch)
+            _logging.log_run_media(settings, run, trainer, result, step, k_models, epoch)

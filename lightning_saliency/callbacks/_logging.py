@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -38,9 +38,8 @@ from lightning_saliency.generalization import (
 )
 
 from . import _setup, _tensorboard
-
-if TYPE_CHECKING:
-    from .interpretation import InterpretationGeneralization
+from ._run import MonitorRun
+from ._settings import MonitorSettings
 
 __all__ = [
     "MonitorProgress",
@@ -212,13 +211,12 @@ def warn_nonfinite(result: EpochEvaluation, epoch: int, stage: str) -> None:
 
 
 def log_scalars(trainer: pl.Trainer, pl_module: pl.LightningModule, result: EpochEvaluation,
-                stage: str, warned: bool) -> bool:  # fmt: skip
+                stage: str, run: MonitorRun) -> None:  # fmt: skip
     """Every TensorBoard-bound number through ``pl_module.log`` (so every logger gets it);
-    returns whether the no-media-logger warning has been given."""
+    without a media logger, a warning once in the ``run``."""
     sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
     metrics = tensorboard_scalars(result.estimates, sources)
-    if not has_media_logger(trainer) and not warned:
-        warned = True
+    if not has_media_logger(trainer) and run.once("no-media-logger warning"):
         rank_zero_warn(
             "InterpretationGeneralization: no TensorBoard, W&B or MLflow logger, so no image "
             "grids or figures; scalars still go through the module's logging and "
@@ -229,7 +227,6 @@ def log_scalars(trainer: pl.Trainer, pl_module: pl.LightningModule, result: Epoc
     # Logged from every rank with identical values; rank_zero_only avoids any collective.
     for name, value in metrics.items():
         pl_module.log(name, value, rank_zero_only=True, logger=to_logger, **on_epoch)
-    return warned
 
 
 def add_layout(trainer: pl.Trainer, specs: Sequence[MethodSpec], k_models: int, reference: bool,
@@ -267,36 +264,36 @@ def log_media(trainer: pl.Trainer, result: EpochEvaluation, specs: Sequence[Meth
     log_images(trainer, images, step)
 
 
-def fit_summary(cb: InterpretationGeneralization, trainer: pl.Trainer) -> None:
+def fit_summary(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer) -> None:
     """End of fit: the HParams record and the printed summary (rank 0)."""
-    if not trainer.is_global_zero or cb._last is None:
+    if not trainer.is_global_zero or run.last is None:
         return
-    tags = [k.tag for k in cb._last if k.in_tensorboard(cb._sources) and is_headline(k)]
-    write_hparams(trainer, cb.settings, tags)
-    text = summary_text(cb._last, [s.label for s in cb.specs], cb._record.folder)
-    text += f"\nmonitored epochs: {cb.logged_epochs}"
-    if cb._schedule.skipped:
-        budget = cb._schedule.max_overhead
+    tags = [k.tag for k in run.last if k.in_tensorboard(run.sources) and is_headline(k)]
+    write_hparams(trainer, settings.record(), tags)
+    text = summary_text(run.last, settings.labels, run.record.folder)
+    text += f"\nmonitored epochs: {run.logged_epochs}"
+    if run.schedule.skipped:
+        budget = run.schedule.max_overhead
         text += f" (the others skipped to keep monitoring within {budget:.0%} of training time)"
     print_summary(trainer, text)
 
 
-def add_run_layout(cb: InterpretationGeneralization, trainer: pl.Trainer) -> None:
-    if not cb._layout_done:
-        k = len(_setup.models_of(trainer.lightning_module, cb.is_ensemble))
-        add_layout(trainer, cb.specs, k, cb._reference_module is not None,
-                   cb.families)  # fmt: skip
-        cb._layout_done = True
+def add_run_layout(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer) -> None:
+    """The run's custom-scalars layout, once in the run's life."""
+    if run.once("layout"):
+        k = len(_setup.models_of(trainer.lightning_module, settings.is_ensemble))
+        add_layout(trainer, settings.specs, k, run.reference is not None, run.families)
 
 
 def log_run_media(
-    cb: InterpretationGeneralization,
+    settings: MonitorSettings,
+    run: MonitorRun,
     trainer: pl.Trainer,
     result: EpochEvaluation,
     step: int,
     k_models: int,
     epoch: int,
 ) -> None:
-    if cb.probes is not None and cb.probes.images is not None:
-        log_media(trainer, result, cb.specs, cb.probes, cb.num_images,
+    if run.probes is not None and run.probes.images is not None:
+        log_media(trainer, result, settings.specs, run.probes, settings.num_images,
                   step, k_models, epoch)  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -25,11 +25,9 @@ from lightning_saliency.generalization import DEFAULT_FAMILIES, REFERENCE_FAMILI
 
 from . import _checks
 from ._probes import ProbeSet, as_dataset, draw_indices, gather
+from ._run import PreparedProbes, RunSetup
 from ._run_files import RunRecord
-from ._schedule import Schedule
-
-if TYPE_CHECKING:
-    from .interpretation import InterpretationGeneralization
+from ._settings import MonitorSettings
 
 __all__ = [
     "check_models",
@@ -39,10 +37,9 @@ __all__ = [
     "models_of",
     "prepare_probes",
     "probe_images",
+    "resolve_run",
     "run_families",
     "segment_probes",
-    "setup_run",
-    "to_device",
 ]
 
 
@@ -240,39 +237,36 @@ def find_log_dir(trainer: pl.Trainer) -> str | None:
     return trainer.default_root_dir
 
 
-def setup_run(
-    cb: InterpretationGeneralization,
+def resolve_run(
+    settings: MonitorSettings,
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
-    stage: str,
-) -> None:
-    """The callback's ``setup``: models, reference, metric families, probes, run record."""
-    if stage == "fit":
-        # A new fit starts a new run; a checkpoint restore (after setup) refills this.
-        cb.logged_epochs, cb.final_values, cb.previous = [], {}, None
-        cb._loaded_indices, cb._last, cb._decided = None, None, None
-        cb._schedule = Schedule(cb.every_n_epochs, cb.max_overhead)
-    models = models_of(pl_module, cb.is_ensemble)
-    cb._reference_module = load_reference(cb.reference, pl_module) if len(models) == 1 else None
-    if len(models) >= 2 and cb.reference is not None:
+    loaded: dict[str, list[int]] | None,
+) -> RunSetup:
+    """What the callback's ``setup`` resolves: reference, metric families, probes (drawn, or
+    the checkpoint's ``loaded`` indices), run record; the models are checked against them."""
+    models = models_of(pl_module, settings.is_ensemble)
+    reference = load_reference(settings.reference, pl_module) if len(models) == 1 else None
+    if len(models) >= 2 and settings.reference is not None:
         raise ValueError(
             "reference is for single-model modules; with K >= 2 models the reference is "
             "the leave-one-out mean of the other models' maps"
         )
-    cb.families = run_families(cb, len(models), cb._reference_module is not None)
-    prepare_probes(cb, trainer, len(models), cb._loaded_indices)
-    assert cb.probes is not None  # prepare_probes sets them
-    check_models(models, cb._reference_module, cb.probes, cb.target == "label",
-                 cb.output_transform or as_logits)  # fmt: skip
+    families = run_families(settings.metrics, len(models), reference is not None)
+    prepared = prepare_probes(settings, trainer, len(models), loaded)
+    check_models(models, reference, prepared.probes, settings.target == "label",
+                 settings.output_transform or as_logits)  # fmt: skip
     # Every rank reads the log dir here, outside any rank-0-only branch (it may synchronize).
-    cb._record = RunRecord(find_log_dir(trainer))
+    return RunSetup(reference, families, prepared, RunRecord(find_log_dir(trainer)))
 
 
 def run_families(
-    cb: InterpretationGeneralization, k_models: int, has_reference: bool
+    requested: tuple[str, ...] | None, k_models: int, has_reference: bool
 ) -> tuple[str, ...]:
+    """The metric families a run computes: the ``requested`` ones (checked against what the
+    models and reference allow), else every default family that applies."""
     has_ref = k_models >= 2 or has_reference
-    if cb.requested_metrics is None:
+    if requested is None:
         if not has_ref:
             rank_zero_warn(
                 "InterpretationGeneralization: one model and no reference, so only "
@@ -281,63 +275,59 @@ def run_families(
             )
             return tuple(f for f in DEFAULT_FAMILIES if f not in REFERENCE_FAMILIES)
         return DEFAULT_FAMILIES
-    needs = sorted(set(cb.requested_metrics) & set(REFERENCE_FAMILIES))
+    needs = sorted(set(requested) & set(REFERENCE_FAMILIES))
     if needs and not has_ref:
         raise ValueError(
             f"metrics {needs} need a reference: train K >= 2 models (DisjointEnsemble) "
             "or pass `reference=` (a module or a checkpoint path)"
         )
-    if "mege_reco" in cb.requested_metrics and k_models < 2:
+    if "mege_reco" in requested and k_models < 2:
         raise ValueError("mege_reco needs K >= 2 models trained on disjoint splits")
-    return cb.requested_metrics
+    return requested
+
+
+def _probes_range(x: Tensor) -> tuple[float, float]:
+    """The probes' min and max, as the input range of a method that needs one."""
+    lo, hi = float(x.min()), float(x.max())
+    if not lo < hi:
+        raise ValueError(
+            f"every probe pixel is {lo}: the input range cannot be derived from the "
+            "probes; pass input_range=(x_min, x_max) of the model's input space"
+        )
+    return lo, hi
 
 
 def prepare_probes(
-    cb: InterpretationGeneralization,
+    settings: MonitorSettings,
     trainer: pl.Trainer,
     k_models: int,
     loaded: dict[str, list[int]] | None,
-) -> None:
+) -> PreparedProbes:
     """Draw (or restore) the probes, resolve the input range, segment the probes once."""
-    cb.probes = draw_probes(
-        trainer, k_models, num_train=cb.num_train_probes, num_test=cb.num_test_probes,
-        seed=cb.seed, train_probes=cb.train_probes, test_probes=cb.test_probes,
-        loaded=loaded, need_labels=cb.target == "label", transform=cb.probe_transform,
+    s = settings
+    probes = draw_probes(
+        trainer, k_models, num_train=s.num_train_probes, num_test=s.num_test_probes,
+        seed=s.seed, train_probes=s.train_probes, test_probes=s.test_probes,
+        loaded=loaded, need_labels=s.target == "label", transform=s.probe_transform,
     )  # fmt: skip
     dm = getattr(trainer, "datamodule", None)
-    cb._range, cb._unnormalize = cb.input_range, cb.unnormalize
-    if cb._range is None and dm is not None and hasattr(dm, "input_range"):
+    rng, unnormalize = s.input_range, s.unnormalize
+    if rng is None and dm is not None and hasattr(dm, "input_range"):
         lo, hi = dm.input_range
-        cb._range = (float(lo), float(hi))
-    if cb._unnormalize is None and dm is not None and hasattr(dm, "unnormalize"):
-        cb._unnormalize = dm.unnormalize
-    _checks.check_probe_values(cb.probes.x, cb.probes.indices)
-    if any(method_needs_input_range(s) for s in cb.specs) and cb._range is None:
-        lo, hi = float(cb.probes.x.min()), float(cb.probes.x.max())
-        if not lo < hi:
-            raise ValueError(
-                f"every probe pixel is {lo}: the input range cannot be derived from the "
-                "probes; pass input_range=(x_min, x_max) of the model's input space"
-            )
-        cb._range = (lo, hi)
-    _checks.check_input_range(cb._range, "input_range (the data module's)")
-    if cb._range is not None and any(s.method == "adapt_grad" for s in cb.specs):
-        share = _checks.saturated_fraction(cb.probes.x, cb._range)
+        rng = (float(lo), float(hi))
+    if unnormalize is None and dm is not None and hasattr(dm, "unnormalize"):
+        unnormalize = dm.unnormalize
+    _checks.check_probe_values(probes.x, probes.indices)
+    if any(method_needs_input_range(spec) for spec in s.specs) and rng is None:
+        rng = _probes_range(probes.x)
+    _checks.check_input_range(rng, "input_range (the data module's)")
+    if rng is not None and any(spec.method == "adapt_grad" for spec in s.specs):
+        share = _checks.saturated_fraction(probes.x, rng)
         if share > 0.5:
             rank_zero_warn(
                 f"InterpretationGeneralization: {share:.0%} of the probe pixels sit at the "
                 "input bounds, where AdaptGrad adds no noise: there its maps are the plain "
                 "gradient's (docs/metrics.md, Conventions)."
             )
-    cb.probes.images = probe_images(cb.probes.x, cb._unnormalize)
-    cb.segments = segment_probes(cb.specs, cb.probes.images)
-
-
-def to_device(cb: InterpretationGeneralization, pl_module: pl.LightningModule) -> None:
-    if cb.probes is None:
-        raise RuntimeError("InterpretationGeneralization.setup has not run")
-    device = pl_module.device
-    cb.probes.to(device)
-    if cb._reference_module is not None:
-        cb._reference_module.to(device)
-    cb.segments = {k: v.to(device) for k, v in cb.segments.items()}
+    probes.images = probe_images(probes.x, unnormalize)
+    return PreparedProbes(probes, rng, unnormalize, segment_probes(s.specs, probes.images))

@@ -6,11 +6,17 @@ reference on its own training data and on held-out data (the interpretation loss
 and its generalization gap, paper 000 sec. 4), how much the models agree, and how
 SmoothGrad, AdaptGrad and super-pixel grouping shrink the gap. See
 ``docs/metrics.md`` for every tag.
+
+The callback is the hooks over two objects it owns: ``config``, the frozen
+:class:`~._settings.MonitorSettings` (its arguments, validated; which of them define a
+run), and ``run``, the :class:`~._run.MonitorRun` (what a run resolved and has done, with
+its own ``state_dict``). The helpers (``_setup``: what a run resolves; ``_epoch``: one
+monitored epoch; ``_logging``: where the media, HParams and summary go) take those two,
+never the callback.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -20,28 +26,17 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from lightning_saliency import _compat
-from lightning_saliency.attribution import MethodSpec, resolve_method
-from lightning_saliency.generalization import CHANCE_DRAWS, EpochEvaluation
+from lightning_saliency.attribution import MethodSpec
+from lightning_saliency.generalization import CHANCE_DRAWS, EpochEvaluation, Estimate, MetricKey
 
-from . import _checks, _epoch, _logging, _setup
+from . import _epoch, _logging, _setup
 from ._probes import ProbeSet
-from ._run_files import RunRecord
+from ._run import MonitorRun
 from ._schedule import Schedule
+from ._settings import DEFAULT_METHODS, MonitorSettings
 
 __all__ = ["DEFAULT_METHODS", "InterpretationGeneralization"]
 
-#: The default method set: the plain gradient baseline, SmoothGrad at several noise
-#: levels, integrated gradients, AdaptGrad, and super-pixel-grouped simple/smooth grad.
-DEFAULT_METHODS: tuple[str | dict[str, Any], ...] = (
-    "simple_grad",
-    {"method": "smooth_grad", "noise_level": 0.1, "samples": 16},
-    {"method": "smooth_grad", "noise_level": 0.2, "samples": 16},
-    {"method": "smooth_grad", "noise_level": 0.5, "samples": 16},
-    {"method": "integrated_gradients", "steps": 16},
-    {"method": "adapt_grad", "samples": 16},
-    {"method": "simple_grad", "superpixel": "slic"},
-    {"method": "smooth_grad", "noise_level": 0.2, "samples": 16, "superpixel": "slic"},
-)
 
 class InterpretationGeneralization(Callback):
     """Watch whether saliency maps generalize from training to held-out data.
@@ -149,153 +144,118 @@ class InterpretationGeneralization(Callback):
         families_every_n_epochs: int = 1,
     ) -> None:
         super().__init__()
-        self.specs: list[MethodSpec] = [
-            resolve_method(m) for m in (DEFAULT_METHODS if methods is None else methods)
-        ]
-        _checks.check_arguments(
-            {k: v for k, v in locals().items() if k not in ("self", "methods", "__class__")},
-            self.specs,
+        # the settings: validated and frozen; the run: everything a run resolves and does
+        self.config = MonitorSettings.from_arguments(
+            **{k: v for k, v in locals().items() if k not in ("self", "__class__")}
         )
+        self.run = MonitorRun.fresh(self.config)
         # Every rank computes (or gathers) the same numbers, so there is nothing to sync:
         # Lightning's advice to pass sync_dist=True does not apply to these tags.
         warnings.filterwarnings(
             "ignore", message=r"It is recommended to use `self\.log\('((validate|test)/)?interp/"
         )
-        self.num_train_probes = num_train_probes
-        self.num_test_probes = num_test_probes
-        self.every_n_epochs = every_n_epochs
-        self.reference = reference
-        self.normalize = normalize
-        self.target = target
-        self.precision = precision
-        self.seed = int(seed)
-        self.log_images_every_n_epochs = log_images_every_n_epochs
-        self.num_images = num_images
-        self.requested_metrics = None if metrics is None else tuple(metrics)
-        self.train_probes = train_probes
-        self.test_probes = test_probes
-        self.input_range = (
-            None if input_range is None else (float(input_range[0]), float(input_range[1]))
-        )
-        self.unnormalize = unnormalize
-        # what this run uses (the arguments above, else the data module's, else the probes')
-        self._range: tuple[float, float] | None = None
-        self._unnormalize: Callable[[Tensor], Tensor] | None = None
-        self.batch_size = batch_size
-        self.channels_last = channels_last
-        self.topk = topk
-        self.chance_draws = chance_draws
-        self.is_ensemble = is_ensemble
-        self.fold_batchnorm = fold_batchnorm
-        self.output_transform = output_transform
-        self.families_every_n_epochs = families_every_n_epochs
-        self.probe_transform = probe_transform
-        self.max_overhead = None if max_overhead is None else float(max_overhead)
-        self._schedule = Schedule(every_n_epochs, self.max_overhead)
-        self._epoch_start: float | None = None
-        self._epoch_monitor = 0.0  # seconds the monitor took in the current epoch
-        self._decided: tuple[int, bool] | None = None
 
-        # Run state (rebuilt in setup; probe indices and logged epochs travel in checkpoints).
-        self.probes: ProbeSet | None = None
-        self.families: tuple[str, ...] = ()
-        self.segments: dict[str, Tensor] = {}
-        self.previous: dict[str, Tensor] | None = None
-        self.logged_epochs: list[int] = []  # training epochs already monitored
-        self.final_values: dict[str, float] = {}  # tag -> value at the last monitored epoch
-        self._loaded_indices: dict[str, list[int]] | None = None
-        self._reference_module: nn.Module | None = None
-        self._record = RunRecord(None)
-        self._warned_no_tb = False
-        self._layout_done = False
-        self._last: dict | None = None  # the last fit-stage estimates (end-of-fit summary)
-        self._sources = 2  # map sources: K models, plus the reference model
+    # ------------------------------------------------------------------ read-only views
+    @property
+    def specs(self) -> list[MethodSpec]:
+        """The resolved method specs, in order."""
+        return list(self.config.specs)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def reference(self) -> str | nn.Module | None:
+        """The ``reference`` argument (the loaded module is ``run.reference``)."""
+        return self.config.reference
+
+    @property
+    def every_n_epochs(self) -> int:
+        return self.config.every_n_epochs
+
+    @property
+    def num_train_probes(self) -> int:
+        return self.config.num_train_probes
+
+    @property
+    def num_test_probes(self) -> int:
+        return self.config.num_test_probes
+
+    @property
+    def probes(self) -> ProbeSet | None:
+        """The run's fixed probes (after ``setup``)."""
+        return self.run.probes
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The metric families this run computes (after ``setup``)."""
+        return self.run.families
+
+    @property
+    def logged_epochs(self) -> list[int]:
+        """The training epochs already monitored."""
+        return self.run.logged_epochs
+
+    @property
+    def final_values(self) -> dict[str, float]:
+        """Tag -> value at the last monitored epoch of the fit."""
+        return self.run.final_values
+
+    @property
+    def _schedule(self) -> Schedule:
+        return self.run.schedule
+
+    @property
+    def _last(self) -> dict[MetricKey, Estimate] | None:
+        return self.run.last
 
     # ------------------------------------------------------------------ identity
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            methods=[s.label for s in self.specs],
-            num_train_probes=self.num_train_probes,
-            num_test_probes=self.num_test_probes,
-            seed=self.seed,
-            target=self.target,
-            normalize=self.normalize,
-        )
+        return self._generate_state_key(**self.config.key_fields())
 
     @property
     def settings(self) -> dict[str, Any]:
         """The settings that define this run's probes and numbers (kept on resume)."""
-        return {
-            "methods": [s.label for s in self.specs],
-            "num_train_probes": self.num_train_probes,
-            "num_test_probes": self.num_test_probes,
-            "seed": self.seed,
-            "target": self.target,
-            "normalize": self.normalize,
-            "topk": self.topk,
-            "metrics": None if self.requested_metrics is None else list(self.requested_metrics),
-            "input_range": None if self.input_range is None else list(self.input_range),
-            "precision": self.precision,
-            "chance_draws": self.chance_draws,
-            "fold_batchnorm": self.fold_batchnorm,
-            "families_every_n_epochs": self.families_every_n_epochs,
-        }
+        return self.config.record()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "settings": self.settings,
-            "probe_indices": None if self.probes is None else self.probes.indices,
-            "logged_epochs": list(self.logged_epochs),
-            "final_values": dict(self.final_values),
-            # last monitored epoch's test-probe maps: drift of the first resumed epoch
-            "previous": None if self.previous is None else dict(self.previous),
-            "schedule": self._schedule.state_dict(),
-        }
+        return {"seed": self.config.seed, "settings": self.settings, **self.run.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        changes = _checks.settings_changes(state_dict.get("settings", {}), self.settings)
-        if int(state_dict.get("seed", self.seed)) != self.seed:
-            changes.insert(0, f"seed: {state_dict['seed']!r} -> {self.seed!r}")
-        if changes:
-            raise _checks.resume_error(changes)
-        self._loaded_indices = state_dict.get("probe_indices")
-        self.logged_epochs = [int(e) for e in state_dict.get("logged_epochs", [])]
-        self.final_values = {
-            str(k): float(v) for k, v in state_dict.get("final_values", {}).items()
-        }
-        self.previous = state_dict.get("previous")
-        self._schedule.load_state_dict(state_dict.get("schedule", {}))
+        self.config.check_saved(state_dict)
+        self.run.load_state_dict(state_dict)
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         """Refuse a resume whose callback settings changed: its state is under another key."""
-        _checks.check_resume_key(self, checkpoint)
+        self.config.check_checkpoint(checkpoint, self.state_key, type(self).__qualname__)
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        _setup.setup_run(self, trainer, pl_module, stage)
+        """Models, reference, metric families, probes, run record (a fit starts a new run)."""
+        if stage == "fit":
+            self.run.start_fit(self.config)
+        self.run.begin(_setup.resolve_run(self.config, trainer, pl_module, self.run.loaded_indices))
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        run = self.run
         # After a checkpoint restore: the probes come from the checkpoint's indices.
-        if (
-            self._loaded_indices is not None
-            and self.probes is not None
-            and self._loaded_indices != self.probes.indices
-        ):
-            k_models = len(_setup.models_of(pl_module, self.is_ensemble))
-            _setup.prepare_probes(self, trainer, k_models, self._loaded_indices)
-        if self._loaded_indices is None:  # a fresh fit, not a resume: a fresh record
-            self._record.check_fresh("fit")
-        _setup.to_device(self, pl_module)
+        loaded = run.loaded_indices
+        if loaded is not None and run.probes is not None and loaded != run.probes.indices:
+            k_models = len(_setup.models_of(pl_module, self.config.is_ensemble))
+            run.use_probes(_setup.prepare_probes(self.config, trainer, k_models, loaded))
+        if loaded is None:  # a fresh fit, not a resume: a fresh record
+            run.record.check_fresh("fit")
+        run.to(pl_module.device)
         for logger in trainer.loggers:  # the callback's HParams record is the run's first
             _compat.disable_default_hp_metric(logger)
         if trainer.is_global_zero:
-            _logging.add_run_layout(self, trainer)
-            self._record.write_methods(self._methods_record("fit"))
+            _logging.add_run_layout(self.config, run, trainer)
+            run.record.write_methods(self.config.methods_record("fit", run.families))
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "validate" and not trainer.sanity_checking:
@@ -305,38 +265,35 @@ class InterpretationGeneralization(Callback):
         self._start_stage(trainer, "test")
 
     def _start_stage(self, trainer: pl.Trainer, stage: str) -> None:
-        self._record.check_fresh(stage)
+        self.run.record.check_fresh(stage)
         if trainer.is_global_zero:
-            self._record.write_methods(self._methods_record(stage))
+            self.run.record.write_methods(self.config.methods_record(stage, self.run.families))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Resuming (the loops' state, global_step included, is restored by now): drop what
         # the earlier run wrote after the checkpoint, so that no epoch shows twice.
-        if trainer.is_global_zero and self._loaded_indices is not None:
-            self._record.keep_fit_epochs(self.logged_epochs)
+        if trainer.is_global_zero and self.run.loaded_indices is not None:
+            self.run.record.keep_fit_epochs(self.run.logged_epochs)
             # the earlier run's events from the first step after the checkpoint on are hidden;
             # the checkpointed epoch's own scalars and images sit before it
             _logging.purge_tensorboard_after(trainer, trainer.global_step)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_start, self._epoch_monitor = time.perf_counter(), 0.0
+        self.run.start_epoch()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
-        if epoch > self._last_logged_epoch and _epoch.is_due(self, trainer, epoch):
+        if epoch > self.run.last_logged_epoch and _epoch.is_due(self.run, trainer, epoch):
             self._monitor(trainer, pl_module, epoch=epoch, stage="fit")
-        if self._epoch_start is not None:  # this epoch's training time, the monitor's excluded
-            spent = time.perf_counter() - self._epoch_start - self._epoch_monitor
-            self._schedule.record_training(spent)
-            self._epoch_start = None
+        self.run.end_epoch()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         if trainer.state.fn == "validate":
-            _setup.to_device(self, pl_module)
+            self.run.to(pl_module.device)
             self._monitor(trainer, pl_module, epoch=trainer.current_epoch, stage="validate")
             return
         # The validation that closes a training epoch runs before on_train_epoch_end, and a
@@ -346,29 +303,19 @@ class InterpretationGeneralization(Callback):
         if (
             trainer.state.fn == "fit"
             and _compat.training_epoch_finished(trainer)
-            and epoch > self._last_logged_epoch
-            and _epoch.is_due(self, trainer, epoch)
+            and epoch > self.run.last_logged_epoch
+            and _epoch.is_due(self.run, trainer, epoch)
         ):
             self._monitor(trainer, pl_module, epoch=epoch, stage="fit")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        _setup.to_device(self, pl_module)
+        self.run.to(pl_module.device)
         self._monitor(trainer, pl_module, epoch=trainer.current_epoch, stage="test")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        _logging.fit_summary(self, trainer)
+        _logging.fit_summary(self.config, self.run, trainer)
 
     # ------------------------------------------------------------------ work
-    @property
-    def _last_logged_epoch(self) -> int:
-        return max(self.logged_epochs, default=-1)
-
-    def _methods_record(self, stage: str) -> dict[str, Any]:
-        """What ``methods.json`` holds: every method's canonical spec and, per stage, the
-        settings that shaped the numbers."""
-        settings = {**self.settings, "families": list(self.families)}
-        return {"methods": [s.to_config() for s in self.specs], "settings": {stage: settings}}
-
     def evaluate(
         self,
         pl_module: pl.LightningModule,
@@ -383,9 +330,9 @@ class InterpretationGeneralization(Callback):
         the models and the maps are gathered, so every process ends with the same numbers
         (the opt-in families, run when ``opt_in``, are computed by every process).
         """
-        return _epoch.evaluate(self, pl_module, stage, progress, trainer, opt_in)
+        return _epoch.evaluate(self.config, self.run, pl_module, stage, progress, trainer, opt_in)
 
     def _monitor(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, stage: str
     ) -> None:
-        _epoch.monitor(self, trainer, pl_module, epoch, stage)
+        _epoch.monitor(self.config, self.run, self.evaluate, trainer, pl_module, epoch, stage)
