@@ -24,6 +24,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_saliency.metrics import get_metric, metric_names
+
 from .statistics import Estimate
 
 __all__ = [
@@ -57,16 +59,18 @@ __all__ = [
     "tensorboard_scalars",
 ]
 
-#: Agreement metrics between two sources' maps; each also has ``_chance`` and ``_above_chance``.
-AGREEMENT_METRICS: tuple[str, ...] = ("l2", "spearman", "topk", "ssim")
+#: The built-in agreement metrics between two sources' maps (each also has ``_chance`` and
+#: ``_above_chance``); the registry (:func:`~lightning_saliency.metrics.metric_names`) holds
+#: them and any registered since, with their parameters and direction.
+AGREEMENT_METRICS: tuple[str, ...] = metric_names("agreement")
 #: Reference-free quality metrics of one model's maps.
-QUALITY_METRICS: tuple[str, ...] = ("sparseness", "complexity")
+QUALITY_METRICS: tuple[str, ...] = metric_names("quality")
 #: Faithfulness of one model's maps to the model (:mod:`.families`): muFidelity (higher is
 #: better), the deletion AUC (lower is better) and the insertion AUC (higher is better).
-FAITHFULNESS_METRICS: tuple[str, ...] = ("mu_fidelity", "deletion_auc", "insertion_auc")
+FAITHFULNESS_METRICS: tuple[str, ...] = metric_names("faithfulness")
 #: Similarities of a model's maps to its randomized copies' (lower: the maps depend on the
 #: weights), one metric per cascade level: :func:`randomization_metric`.
-RANDOMIZATION_METRICS: tuple[str, ...] = ("spearman", "ssim")
+RANDOMIZATION_METRICS: tuple[str, ...] = metric_names("randomization")
 #: Default cascade levels: the top layer, the top half of the layers, every layer.
 RANDOMIZATION_CASCADE: tuple[str, ...] = ("top1", "half", "all")
 #: Metric families a user can ask for; those in REFERENCE_FAMILIES need a reference, those
@@ -100,9 +104,16 @@ ESTIMATE_FIELDS: tuple[str, ...] = ("value", "se", "lo", "hi", "n", "nonfinite")
 CSV_FIELDS: tuple[str, ...] = ("epoch", "step", "stage", *KEY_FIELDS, *ESTIMATE_FIELDS)
 #: Metrics whose interval TensorBoard gets as ``<tag>_lo`` and ``<tag>_hi`` (the CSV has
 #: every interval): the gap, the gap reduction, and the headline agreements above chance.
-INTERVAL_METRICS: frozenset[str] = frozenset(
-    {"gap", "gap_reduction", "spearman_above_chance", "ssim_above_chance"}
-)
+INTERVAL_METRICS: frozenset[str] = frozenset({"gap", "gap_reduction"})
+
+
+def _headlines() -> list[str]:
+    """The registry's headline agreement metrics (their excess over chance gets an interval)."""
+    return [m for m in metric_names("agreement") if get_metric(m).headline]
+
+
+def _interval_metric(metric: str) -> bool:
+    return metric in INTERVAL_METRICS or metric in {above_chance(m) for m in _headlines()}
 #: The quality metrics TensorBoard gets on test probes and as a gap (train values: CSV).
 _TB_QUALITY_SPLITS = ("test", "gap")
 _SPLITS = ("train", "test", "gap", "all")
@@ -236,7 +247,7 @@ class MetricKey:
     def has_interval_tags(self) -> bool:
         """Whether TensorBoard also gets ``<tag>_lo`` and ``<tag>_hi`` for this key (siblings,
         not children: MLflow's file store cannot hold a tag that is also a folder)."""
-        return self.metric in INTERVAL_METRICS and self.aggregate in ("mean", "pairs")
+        return _interval_metric(self.metric) and self.aggregate in ("mean", "pairs")
 
     def in_tensorboard(self, num_sources: int) -> bool:
         """Whether TensorBoard gets this number (the CSV gets all of them).
@@ -256,7 +267,7 @@ class MetricKey:
             return m == "prediction_agreement" or split == "test"
         if self.aggregate == "pairs" and m not in ("mege", "reco"):
             return split == "test" and not (m == "l2" and num_sources == 2)
-        if m in QUALITY_METRICS or m in FAITHFULNESS_METRICS:
+        if m in metric_names("quality") or m in metric_names("faithfulness"):
             return split in _TB_QUALITY_SPLITS
         return True
 
@@ -410,7 +421,7 @@ def _chart_family(title: str) -> str:
                          ("complexity", "quality"), ("drift", "drift"), ("loss", "gap")):  # fmt: skip
         if word in title:
             return family
-    return "agreement" if any(m in title for m in AGREEMENT_METRICS) else "gap"
+    return "agreement" if any(m in title for m in metric_names("agreement")) else "gap"
 
 
 def _opt_in_charts(lb: str, families: Collection[str]) -> dict[str, list]:
@@ -435,9 +446,11 @@ def _method_charts(lb: str, num_models: int, num_sources: int, is_baseline: bool
         "gap of each model": ["Multiline", [_pattern(*(key(f"model_{k}", "gap", "gap") for k in models))]],
         "train and test loss": ["Multiline", [_pattern(key("mean", "train", "loss"), key("mean", "test", "loss"))]],
     }  # fmt: skip
-    for m in ("spearman", "ssim"):
+    for m in _headlines():
         charts[f"test {m} above chance, 95% interval"] = ["Margin", _margin(key("pairs", "test", above_chance(m)))]
-    for m in AGREEMENT_METRICS:
+    for m in metric_names("agreement"):
+        if get_metric(m).chance is None:
+            continue
         if m == "l2" and num_sources == 2:
             continue  # the test L2 distance is the test loss with two sources
         pair = key("pairs", "test", m), key("pairs", "test", chance(m))
@@ -445,7 +458,7 @@ def _method_charts(lb: str, num_models: int, num_sources: int, is_baseline: bool
     if not is_baseline:
         charts["gap reduction vs simple_grad, 95% interval"] = ["Margin", _margin(key("mean", "gap", "gap_reduction"))]
     charts["MeGe and ReCo (train probes)"] = ["Multiline", [_pattern(key("pairs", "train", "mege"), key("pairs", "train", "reco"))]]
-    for m in QUALITY_METRICS:
+    for m in metric_names("quality"):
         charts[f"test {m} and its gap"] = ["Multiline", [_pattern(key("mean", "test", m), key("mean", "gap", m))]]
     charts["drift since the last monitored epoch"] = ["Multiline", [_pattern(key("mean", "test", "drift"))]]
     return charts
