@@ -24,6 +24,7 @@ from lightning_saliency.attribution import (
     unregister_method,
 )
 from lightning_saliency.generalization import compute_maps
+from lightning_saliency.generalization.studies import noise_samples
 
 
 def _logit_grad(model: nn.Module, x: Tensor, target: Tensor | int) -> Tensor:
@@ -71,7 +72,7 @@ def test_user_method_end_to_end(registered: list[str]) -> None:
     spec = resolve_method({"method": "user_noisy", "scale": 3, "samples": 4, "mode": "a_b"})
     assert dict(spec.params) == {"scale": 3.0, "mode": "a_b"}  # the default samples dropped
     assert spec.label == "user_noisy_mode-a.b_scale-3"
-    assert spec.seed_key == spec.label and spec.samples == 4 and method_is_stochastic(spec)
+    assert spec.seed_key == spec.label and noise_samples(spec) == 4 and method_is_stochastic(spec)
     assert spec.noise_seed(0) == zlib.crc32(b"user_noisy_mode-a.b_scale-3")
     config = json.loads(json.dumps(spec.to_config()))
     assert config == {"method": "user_noisy", "scale": 3.0, "mode": "a_b", "label": spec.label}

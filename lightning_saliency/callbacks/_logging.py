@@ -36,6 +36,7 @@ from lightning_saliency.generalization import (
     nonfinite_key,
     tensorboard_scalars,
 )
+from lightning_saliency.generalization.studies import is_plain_baseline
 
 from . import _setup, _tensorboard
 
@@ -235,7 +236,7 @@ def log_scalars(trainer: pl.Trainer, pl_module: pl.LightningModule, result: Epoc
 def add_layout(trainer: pl.Trainer, specs: Sequence[MethodSpec], k_models: int, reference: bool,
                families: Sequence[str] | None = None) -> None:  # fmt: skip
     """The custom-scalars layout, once, into every TensorBoard logger."""
-    baseline = next((s.label for s in specs if s.is_plain_baseline), None)
+    baseline = next((s.label for s in specs if is_plain_baseline(s)), None)
     layout = custom_scalars_layout([s.label for s in specs], k_models, reference=reference,
                                    baseline=baseline, families=families)  # fmt: skip
     for logger in trainer.loggers:

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lightning_saliency.attribution import MethodSpec
 from lightning_saliency.generalization import Estimate, MetricKey, chance
+from lightning_saliency.generalization.studies import smoothgrad_curves, superpixel_pairs
 
 __all__ = ["close", "display_maps", "figure_array", "figures", "map_grid"]
 
@@ -128,25 +129,11 @@ def _errorbar(ax: Any, xs: list[float], estimates: Mapping, keys: list[MetricKey
     return ax.errorbar(xs, ys, yerr=err, capsize=3, **kw)
 
 
-def _sweep_curves(specs: Sequence[MethodSpec]) -> dict[tuple[str, int], list[tuple[float, str]]]:
-    """SmoothGrad curves (noise kind, draws) -> [(noise, label)], the plain gradient at 0."""
-    base = next((s.label for s in specs if s.is_plain_baseline), None)
-    curves: dict[tuple[str, int], list[tuple[float, str]]] = {}
-    for s in specs:
-        if s.smoothgrad_curve is not None:
-            curves.setdefault(s.smoothgrad_curve, []).append((s.noise[1], s.label))  # type: ignore[index]
-    for points in curves.values():
-        if base is not None:
-            points.append((0.0, base))
-        points.sort()
-    return {c: p for c, p in curves.items() if len(p) >= 2}
-
-
 def _sweep_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[MethodSpec],
                   stage: str, epoch: int) -> Any:  # fmt: skip
     from matplotlib.figure import Figure
 
-    curves = _sweep_curves(specs)
+    curves = smoothgrad_curves({s.label: s for s in specs}, min_points=2)
     if not curves:
         return None
     fig = Figure(figsize=(11, 3.8), layout="constrained")
@@ -177,8 +164,7 @@ def _superpixel_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[
                        stage: str, epoch: int) -> Any:  # fmt: skip
     from matplotlib.figure import Figure
 
-    pixel = {s.pixel_twin: s.label for s in specs if s.superpixel is None}
-    pairs = [(pixel[s.pixel_twin], s) for s in specs if s.superpixel is not None and s.pixel_twin in pixel]
+    pairs = [(p, s) for p, _, s in superpixel_pairs({s.label: s for s in specs})]
     if not pairs:
         return None
     fig = Figure(figsize=(11, 4.0), layout="constrained")

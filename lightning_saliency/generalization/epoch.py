@@ -60,6 +60,7 @@ from .layout import ProbeLayout
 from .mege import mege_reco_statistics
 from .schema import DEFAULT_FAMILIES, NO_METHOD, MetricKey
 from .statistics import BOOTSTRAP_RESAMPLES, Estimate, Statistic, bootstrap_counts, estimate_all
+from .studies import plain_baseline
 
 __all__ = [
     "EpochEvaluation",
@@ -351,7 +352,7 @@ def _nonfinite_counts(
 
 def _gap_reductions(specs: Sequence[MethodSpec], stats: Stats, stage: str) -> Stats:
     """``|gap(plain simple_grad)| - |gap(L)|`` of every other method (needs the baseline)."""
-    base = next((s for s in specs if s.is_plain_baseline), None)
+    base = plain_baseline(specs)
     if base is None:
         return {}
     base_gap = stats.get(MetricKey(base.label, "mean", "gap", "gap", stage))

@@ -71,6 +71,12 @@ class Run:
         ordered = [lb for lb in self.specs if lb in present]
         return ordered + sorted(present - set(ordered))
 
+    @property
+    def logged_specs(self) -> dict[str, MethodSpec]:
+        """``{label: spec}`` of the methods that have rows, in the run's method order."""
+        present = {k.method for k in self.estimates}
+        return {lb: s for lb, s in self.specs.items() if lb in present}
+
 
 def _natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
     """Sort key putting ``sf2`` before ``sf16`` and ``version_9`` before ``version_10``."""
