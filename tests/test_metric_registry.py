@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_saliency.attribution import resolve_method
+from lightning_saliency.callbacks._tensorboard_layout import custom_scalars_layout
 from lightning_saliency.generalization import (
     MetricKey,
     ProbeLayout,
     agreement_values,
     compute_maps,
-    custom_scalars_layout,
     evaluate_epoch,
     model_logits,
     pairwise_agreement,

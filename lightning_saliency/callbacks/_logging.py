@@ -28,17 +28,17 @@ from lightning_saliency.generalization import (
     EpochEvaluation,
     Estimate,
     MetricKey,
-    custom_scalars_layout,
     figure_tag,
     format_headline,
     headline,
     image_tag,
     nonfinite_key,
-    tensorboard_scalars,
 )
 from lightning_saliency.generalization.studies import is_plain_baseline
 
 from . import _setup, _tensorboard
+from ._tensorboard import in_tensorboard, tensorboard_scalars
+from ._tensorboard_layout import custom_scalars_layout
 
 if TYPE_CHECKING:
     from .interpretation import InterpretationGeneralization
@@ -272,7 +272,7 @@ def fit_summary(cb: InterpretationGeneralization, trainer: pl.Trainer) -> None:
     """End of fit: the HParams record and the printed summary (rank 0)."""
     if not trainer.is_global_zero or cb._last is None:
         return
-    tags = [k.tag for k in cb._last if k.in_tensorboard(cb._sources) and is_headline(k)]
+    tags = [k.tag for k in cb._last if in_tensorboard(k, cb._sources) and is_headline(k)]
     write_hparams(trainer, cb.settings, tags)
     text = summary_text(cb._last, [s.label for s in cb.specs], cb._record.folder)
     text += f"\nmonitored epochs: {cb.logged_epochs}"

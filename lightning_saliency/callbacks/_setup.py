@@ -22,10 +22,10 @@ from lightning_saliency.attribution import (
     segmenter_args,
 )
 from lightning_saliency.generalization import DEFAULT_FAMILIES, REFERENCE_FAMILIES
+from lightning_saliency.generalization.record import RunRecord
 
 from . import _checks
 from ._probes import ProbeSet, as_dataset, draw_indices, gather
-from ._run_files import RunRecord
 from ._schedule import Schedule
 
 if TYPE_CHECKING:

@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from lightning_saliency import _compat
 from lightning_saliency.attribution import MethodSpec, resolve_method
 from lightning_saliency.generalization import CHANCE_DRAWS, EpochEvaluation
+from lightning_saliency.generalization.record import RunRecord
 
 from . import _checks, _epoch, _logging, _setup
 from ._probes import ProbeSet
-from ._run_files import RunRecord
 from ._schedule import Schedule
 
 __all__ = ["DEFAULT_METHODS", "InterpretationGeneralization"]
