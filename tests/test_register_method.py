@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_saliency.attribution import (
-    _registry,
+    _method_registry,
     available_methods,
     compute_attribution,
     method_info,
@@ -208,9 +208,9 @@ def test_bad_registrations(kwargs: dict, match: str) -> None:
 
 def test_entry_point_registers_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
     ep = metadata.EntryPoint(
-        name="user_plugin_grad", value="user_plugin:plugin_grad", group=_registry.ENTRY_POINT_GROUP
+        name="user_plugin_grad", value="user_plugin:plugin_grad", group=_method_registry.ENTRY_POINT_GROUP
     )
-    monkeypatch.setattr(_registry, "_entry_points", lambda: [ep])
+    monkeypatch.setattr(_method_registry, "_entry_points", lambda: [ep])
     assert "user_plugin_grad" in available_methods()
     try:
         spec = resolve_method({"method": "user_plugin_grad"})

@@ -10,7 +10,7 @@ from lightning_saliency.generalization.studies import adaptgrad_groups, gradient
 
 from ..plotting import new_figure, value_and_error
 from ..runs import Run
-from ..table import Column, Row, Study, Table
+from ..table import Column, Row, Study, Table, cell_text
 
 _ORDER = {"plain": 0, "smooth": 1, "adapt": 2}
 
@@ -63,8 +63,6 @@ def plot(table: Table, path: Path) -> None:
 
 
 def summary(table: Table) -> list[str]:
-    from ..markdown import cell_text
-
     lines = []
     for run in dict.fromkeys(r.run for r in table.rows):
         for base in dict.fromkeys(r["base"] for r in table.rows if r.run == run):

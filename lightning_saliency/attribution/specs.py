@@ -6,7 +6,7 @@ an optional super-pixel grouping. :func:`resolve_method` builds one from a confi
 (``"simple_grad"``, ``{"method": "smooth_grad", "sigma": 0.2, "superpixel": "slic"}``,
 ``{"method": "captum", "attribution": "DeepLift"}``, ...) and :func:`compute_attribution`
 runs it. Methods come from the open registry (:func:`register_method`, in
-``_registry.py`` with the generic label grammar of user methods); the built-ins and their
+``_method_registry.py`` with the generic label grammar of user methods); the built-ins and their
 label grammar are in ``_builtins.py``, the Captum adapter in ``captum_adapter.py``.
 
 A super-pixel grouping appends ``"_sp-" algorithm { "-" sp-token }`` to the label
@@ -26,12 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_saliency.attribution import (
-    _builtins,  # noqa: F401  (registers the built-ins)
-    captum_adapter,  # noqa: F401  (registers "captum")
-)
+import lightning_saliency.attribution._builtins  # registers the built-ins
+import lightning_saliency.attribution.captum_adapter  # noqa: F401  (registers "captum")
 from lightning_saliency.attribution._guard import guarded
-from lightning_saliency.attribution._registry import (
+from lightning_saliency.attribution._method_registry import (
     FrozenParams,
     MethodInfo,
     format_number,
