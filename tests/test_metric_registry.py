@@ -103,6 +103,16 @@ def test_registered_metric_gets_its_tensorboard_charts_and_docs_row(cosine: None
     assert "| agreement | `cosine` | `eps=1e-12` | higher | [-1, 1] | other_probes |" in metric_table()
 
 
+def test_adding_a_metric_touches_no_package_module() -> None:
+    """The cosine metric exists only through its registration in this test module: no
+    module that computes, names, logs or reports metrics mentions it."""
+    package = Path(__file__).resolve().parents[1] / "lightning_saliency"
+    modules = [p for sub in ("metrics", "generalization", "callbacks", "report")
+               for p in (package / sub).rglob("*.py")]  # fmt: skip
+    assert len(modules) > 30
+    assert not [p.name for p in modules if "cosine" in p.read_text()]
+
+
 def test_builtin_agreement_metrics_are_unchanged_by_default() -> None:
     assert metric_names("agreement") == ("l2", "spearman", "topk", "ssim")
     assert [m for m in metric_names() if get_metric(m).headline] == ["spearman", "ssim"]
