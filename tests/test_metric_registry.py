@@ -159,6 +159,13 @@ def test_every_family_has_a_direction() -> None:
 def test_registration_errors() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_metric(_cosine, name="spearman", higher_is_better=True)
+    for taken in ("sparseness", "mege", "gap", "x_chance", "x_above_chance", "prediction_kappa"):
+        with pytest.raises(ValueError, match=r"already a|reserved"):  # one key, two numbers
+            register_metric(_cosine, name=taken, higher_is_better=True)
+    register_metric(lambda m: m.flatten(1).abs().amax(1), name="peak", family="quality",
+                    higher_is_better=None)  # fmt: skip
+    assert get_metric("peak", "quality").chance is None
+    unregister_metric("peak", "quality")
     with pytest.raises(ValueError, match="needs a direction"):
         register_metric(_cosine, name="undirected", higher_is_better=None)
     with pytest.raises(ValueError, match="unknown parameter"):

@@ -60,6 +60,11 @@ FAMILIES_WITH_FUNCTIONS: dict[str, int] = {"agreement": 2, "quality": 1}
 #: Families registered for their direction and range only (computed in ``generalization``).
 _NUMBER_FAMILIES = ("gap", "mege_reco", "faithfulness", "randomization")
 CHANCE_RULES = ("other_probes",)
+#: Suffixes the schema appends to an agreement metric's name, and names other numbers use:
+#: a metric may not take them, or two numbers would share one key (and one tag).
+_SUFFIXES = ("_chance", "_chance_same_class", "_above_chance")
+_RESERVED = frozenset({"rows", "nonfinite_maps", "prediction_agreement",
+                       "prediction_agreement_chance", "prediction_kappa"})  # fmt: skip
 _REQUIRED = inspect.Parameter.empty
 
 
@@ -120,7 +125,7 @@ def register_metric(
     family: str = "agreement",
     higher_is_better: bool | None,
     bounds: tuple[float, float] = (-math.inf, math.inf),
-    chance: str | None = "other_probes",
+    chance: str | None = "auto",
     headline: bool = False,
     description: str = "",
     overwrite: bool = False,
@@ -137,7 +142,8 @@ def register_metric(
             ``"mege_reco"``, ``"faithfulness"``, ``"randomization"``).
         higher_is_better: the direction (None: closer to 0 is better, or none).
         bounds: the range of its values.
-        chance: the chance-level rule of an agreement metric (``"other_probes"`` or None).
+        chance: the chance-level rule of an agreement metric: ``"other_probes"`` or None
+            (``"auto"``: ``"other_probes"`` for an agreement metric, None otherwise).
         headline: TensorBoard draws its excess over chance with a 95% interval.
         overwrite: replace a metric registered earlier (not a built-in).
 
@@ -147,29 +153,42 @@ def register_metric(
 
     def decorate(f: Callable[..., Tensor] | None) -> Callable[..., Tensor] | None:
         metric = name or str(getattr(f, "__name__", ""))
-        if not metric.isidentifier():
-            raise ValueError(f"a metric name is an identifier; got {metric!r}")
         if family not in (*FAMILIES_WITH_FUNCTIONS, *_NUMBER_FAMILIES):
             raise ValueError(f"unknown metric family {family!r}")
         if (f is None) != (family in _NUMBER_FAMILIES):
             raise ValueError(f"a {family} metric {'needs' if f is None else 'takes no'} function")
-        if chance is not None and (chance not in CHANCE_RULES or family != "agreement"):
-            raise ValueError(f"chance rule {chance!r}: only agreement metrics have {CHANCE_RULES}")
-        if chance is not None and higher_is_better is None:
+        rule = ("other_probes" if family == "agreement" else None) if chance == "auto" else chance
+        if rule is not None and (rule not in CHANCE_RULES or family != "agreement"):
+            raise ValueError(f"chance rule {rule!r}: only agreement metrics have {CHANCE_RULES}")
+        if rule is not None and higher_is_better is None:
             raise ValueError(f"metric {metric!r} has a chance level, so it needs a direction")
-        old = _REGISTRY.get((family, metric))
-        if old is not None and (old.builtin or not overwrite):
-            raise ValueError(f"{family} metric {metric!r} is already registered")
+        _check_name(metric, family, overwrite)
         defaults = {} if f is None else _signature_defaults(f, family)
         _REGISTRY[(family, metric)] = MetricInfo(
             metric, family, f, defaults, higher_is_better, (float(bounds[0]), float(bounds[1])),
-            chance, headline, description or (inspect.getdoc(f) or "").split("\n")[0], _builtin,
+            rule, headline, description or (inspect.getdoc(f) or "").split("\n")[0], _builtin,
         )  # fmt: skip
         return f
 
     if family in _NUMBER_FAMILIES and fn is None:
         return decorate(None)
     return decorate if fn is None else decorate(fn)
+
+
+def _check_name(metric: str, family: str, overwrite: bool) -> None:
+    """Refuse a name that would give two numbers one key: a schema suffix, a reserved name,
+    or a name of another family (randomization similarities are logged prefixed)."""
+    if not metric.isidentifier():
+        raise ValueError(f"a metric name is an identifier; got {metric!r}")
+    if metric.endswith(_SUFFIXES) or metric in _RESERVED or metric.startswith("randomization_"):
+        raise ValueError(f"metric name {metric!r} is reserved by the result schema")
+    old = _REGISTRY.get((family, metric))
+    if old is not None and (old.builtin or not overwrite):
+        raise ValueError(f"{family} metric {metric!r} is already registered")
+    if family != "randomization":
+        other = [f for f, n in _REGISTRY if n == metric and f not in (family, "randomization")]
+        if other:
+            raise ValueError(f"metric name {metric!r} is already a {other[0]} metric")
 
 
 def unregister_metric(name: str, family: str = "agreement") -> None:
