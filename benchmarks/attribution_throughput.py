@@ -384,7 +384,7 @@ def run_throughput(
 def run_memory_budget(device: torch.device, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """SmoothGrad over many probes and draws under a memory budget: must chunk, not OOM."""
     from lightning_saliency.attribution import attribution_model, smooth_grad
-    from lightning_saliency.attribution._core import activation_memory, chunk_rows
+    from lightning_saliency.attribution._chunks import activation_memory, chunk_rows
 
     n, draws, budget = cfg["budget_probes"], cfg["budget_draws"], cfg["budget_mb"]
     images, labels = make_inputs(n, 32, None, seed=3)

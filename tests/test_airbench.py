@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_saliency.attribution.methods import find_grad_cam_layer, grad_cam
+from lightning_saliency.attribution import find_grad_cam_layer, grad_cam
 from lightning_saliency.models import (
     BUILTIN_BACKBONES,
     AirbenchCNN,

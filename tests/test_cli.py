@@ -24,7 +24,13 @@ def test_configs_exist() -> None:
 CPU = ROOT / "configs" / "experiments" / "cpu"
 #: a training recipe without a monitor, and the monitor that goes after it
 RECIPE, OVERLAY = CPU / "fast_cifar10.yaml", CPU / "cifar_studies.yaml"
-RUNS = [[c] for c in CONFIGS if c != OVERLAY] + [[RECIPE, OVERLAY]]
+CONTROLS, CONTROLS_CIFAR = ROOT / "configs" / "experiments" / "controls.yaml", CPU / "controls_cifar10.yaml"
+#: the template for a user's own module (names my_models.TwinNets): tests/test_own_model_docs.py
+OWN_MODEL = ROOT / "configs" / "own_model.yaml"
+RUNS = [[c] for c in CONFIGS if c not in (OVERLAY, CONTROLS_CIFAR, OWN_MODEL)] + [
+    [RECIPE, OVERLAY],
+    [CONTROLS, CONTROLS_CIFAR],
+]
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from lightning_saliency.attribution import (
     simple_grad,
     smooth_grad,
 )
-from lightning_saliency.attribution._core import ACTIVATION_HEADROOM, activation_memory
+from lightning_saliency.attribution._chunks import ACTIVATION_HEADROOM, activation_memory
 from lightning_saliency.callbacks import InterpretationGeneralization
 from lightning_saliency.data import DigitsDataModule
 from lightning_saliency.metrics import spearman, ssim

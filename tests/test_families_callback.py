@@ -114,7 +114,7 @@ def test_randomization_tells_a_weight_blind_model_from_one_that_uses_its_weights
 
 
 def test_the_layout_charts_only_the_families_that_run() -> None:
-    from lightning_saliency.generalization import custom_scalars_layout
+    from lightning_saliency.callbacks._tensorboard_layout import custom_scalars_layout
 
     default = custom_scalars_layout(["m"])["m"]
     assert "MeGe and ReCo (train probes)" in default

@@ -3,6 +3,9 @@ checks; the CUDA behaviour itself is tested in tests/test_cuda.py on the GPU mac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 from torch import nn
 
@@ -16,7 +19,24 @@ from lightning_saliency.attribution._chunks import (
 from lightning_saliency.attribution._context import fast_kernels
 
 
-def test_fast_kernels_turns_autotuning_on_for_cuda_only_and_restores_it() -> None:
+@pytest.fixture
+def nondeterministic() -> Iterator[None]:
+    """No request for determinism (a Trainer(deterministic=True) earlier in the process leaves
+    both flags set), restored afterwards."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled())  # fmt: skip
+    torch.backends.cudnn.deterministic = False
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+        torch.use_deterministic_algorithms(saved[2])
+
+
+def test_fast_kernels_turns_autotuning_on_for_cuda_only_and_restores_it(
+    nondeterministic: None,
+) -> None:
     saved = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = False
@@ -36,7 +56,7 @@ def test_fast_kernels_turns_autotuning_on_for_cuda_only_and_restores_it() -> Non
         torch.backends.cudnn.benchmark = saved
 
 
-def test_fast_kernels_respects_a_request_for_determinism() -> None:
+def test_fast_kernels_respects_a_request_for_determinism(nondeterministic: None) -> None:
     saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     try:
         torch.backends.cudnn.benchmark = False

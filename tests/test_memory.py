@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
 from lightning_saliency.attribution import input_gradients, smooth_grad
-from lightning_saliency.attribution._core import (
+from lightning_saliency.attribution._chunks import (
     ACTIVATION_HEADROOM,
     activation_memory,
     chunk_rows,

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_saliency.attribution import (
-    _registry,
+    _method_registry,
     available_methods,
     compute_attribution,
     method_info,
@@ -24,6 +24,7 @@ from lightning_saliency.attribution import (
     unregister_method,
 )
 from lightning_saliency.generalization import compute_maps
+from lightning_saliency.generalization.studies import noise_samples
 
 
 def _logit_grad(model: nn.Module, x: Tensor, target: Tensor | int) -> Tensor:
@@ -71,7 +72,7 @@ def test_user_method_end_to_end(registered: list[str]) -> None:
     spec = resolve_method({"method": "user_noisy", "scale": 3, "samples": 4, "mode": "a_b"})
     assert dict(spec.params) == {"scale": 3.0, "mode": "a_b"}  # the default samples dropped
     assert spec.label == "user_noisy_mode-a.b_scale-3"
-    assert spec.seed_key == spec.label and spec.samples == 4 and method_is_stochastic(spec)
+    assert spec.seed_key == spec.label and noise_samples(spec) == 4 and method_is_stochastic(spec)
     assert spec.noise_seed(0) == zlib.crc32(b"user_noisy_mode-a.b_scale-3")
     config = json.loads(json.dumps(spec.to_config()))
     assert config == {"method": "user_noisy", "scale": 3.0, "mode": "a_b", "label": spec.label}
@@ -207,9 +208,9 @@ def test_bad_registrations(kwargs: dict, match: str) -> None:
 
 def test_entry_point_registers_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
     ep = metadata.EntryPoint(
-        name="user_plugin_grad", value="user_plugin:plugin_grad", group=_registry.ENTRY_POINT_GROUP
+        name="user_plugin_grad", value="user_plugin:plugin_grad", group=_method_registry.ENTRY_POINT_GROUP
     )
-    monkeypatch.setattr(_registry, "_entry_points", lambda: [ep])
+    monkeypatch.setattr(_method_registry, "_entry_points", lambda: [ep])
     assert "user_plugin_grad" in available_methods()
     try:
         spec = resolve_method({"method": "user_plugin_grad"})

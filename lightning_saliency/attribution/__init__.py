@@ -18,28 +18,20 @@ torch.Size([2, 3, 2, 2])
 
 from __future__ import annotations
 
-from lightning_saliency.attribution._core import (
-    activation_memory,
-    forward_scores,
-    input_gradients,
-    path_nodes,
-)
-from lightning_saliency.attribution._guard import attribution_state
-from lightning_saliency.attribution.captum_adapter import captum_attribution
-from lightning_saliency.attribution.fold import attribution_model, foldable_pairs
-from lightning_saliency.attribution.methods import (
-    adapt_grad,
-    adapt_sigma,
-    find_grad_cam_layer,
-    grad_cam,
+from lightning_saliency.attribution._chunks import activation_memory
+from lightning_saliency.attribution._core import forward_scores, input_gradients, path_nodes
+from lightning_saliency.attribution._grad_cam import find_grad_cam_layer, grad_cam
+from lightning_saliency.attribution._gradient_methods import (
     grad_x_input,
     integrated_gradients,
     simple_grad,
-    smooth_grad,
-    var_grad,
 )
+from lightning_saliency.attribution._guard import attribution_state
+from lightning_saliency.attribution._smoothing import adapt_grad, adapt_sigma, smooth_grad, var_grad
+from lightning_saliency.attribution.captum_adapter import captum_attribution
+from lightning_saliency.attribution.fold import attribution_model, foldable_pairs
 from lightning_saliency.attribution.outputs import as_logits, logits_outputs
-from lightning_saliency.attribution.registry import (
+from lightning_saliency.attribution.specs import (
     FrozenParams,
     MethodInfo,
     MethodSpec,

@@ -43,7 +43,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_saliency.attribution._core import (
+from lightning_saliency.attribution._checks import (
     OUTPUTS,
     RULES,
     check_choice,
@@ -51,16 +51,18 @@ from lightning_saliency.attribution._core import (
     check_nonneg_float,
     check_positive_int,
 )
-from lightning_saliency.attribution._registry import format_number as _fmt
-from lightning_saliency.attribution._registry import register_method
-from lightning_saliency.attribution._smoothing import _check_confidence
-from lightning_saliency.attribution.methods import (
+from lightning_saliency.attribution._grad_cam import grad_cam
+from lightning_saliency.attribution._gradient_methods import (
     BASES,
-    adapt_grad,
-    grad_cam,
     grad_x_input,
     integrated_gradients,
     simple_grad,
+)
+from lightning_saliency.attribution._method_registry import format_number as _fmt
+from lightning_saliency.attribution._method_registry import register_method
+from lightning_saliency.attribution._smoothing import (
+    _check_confidence,
+    adapt_grad,
     smooth_grad,
     var_grad,
 )

@@ -1,7 +1,7 @@
 """Validation of the attribution arguments, and the dedicated noise generator.
 
 One owner for every accepted value (``OUTPUTS``, ``PRECISIONS``, ``RULES``, ``REDUCTIONS``)
-and for the messages that reject the others; :mod:`._core`, :mod:`.methods` and the registry
+and for the messages that reject the others; :mod:`._core`, the methods and the registry
 import them from here (``_core`` re-exports them).
 """
 

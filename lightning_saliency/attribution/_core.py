@@ -43,8 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_saliency.attribution._checks import (  # noqa: F401  (re-exported)
-    DEFAULT_SEED,
+from lightning_saliency.attribution._checks import (
     OUTPUTS,
     PRECISIONS,
     REDUCTIONS,
@@ -55,23 +54,15 @@ from lightning_saliency.attribution._checks import (  # noqa: F401  (re-exported
     Rule,
     check_choice,
     check_input,
-    check_input_range,
-    check_nonneg_float,
     check_output,
     check_positive_int,
     check_target,
     make_generator,
 )
-from lightning_saliency.attribution._chunks import (  # noqa: F401  (re-exported)
-    ACTIVATION_HEADROOM,
+from lightning_saliency.attribution._chunks import (
     CALIBRATION_ROWS,
-    CPU_CACHE_TARGET_BYTES,
-    DEFAULT_CPU_BUDGET_MB,
-    DEFAULT_CUDA_FREE_FRACTION,
-    activation_memory,
     chunk_rows,
     measured_row_bytes,
-    memory_profile,
     oom_rows,
     remember_oom,
     remember_peak,
@@ -91,14 +82,10 @@ from lightning_saliency.attribution._noise import (
 )
 
 __all__ = [
-    "activation_memory",
-    "attribution_mode",
     "forward_scores",
     "input_gradients",
     "path_nodes",
 ]
-
-_autocast = autocast  # the names methods.py has always imported
 
 
 def path_nodes(steps: int, rule: Rule = "riemann") -> tuple[list[float], list[float]]:

@@ -1,7 +1,7 @@
 """Grad-CAM and the rule that picks its default layer (convnets and token models).
 
-Part of :mod:`lightning_saliency.attribution.methods` (signature and keywords are stated
-there).
+The conventions of every built-in method (signature, keywords) are stated in
+:mod:`._gradient_methods`.
 """
 
 from __future__ import annotations
@@ -14,20 +14,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_saliency.attribution._core import (
+from lightning_saliency.attribution._checks import (
     OUTPUTS,
     PRECISIONS,
     Output,
     Precision,
-    _autocast,
-    attribution_mode,
     check_choice,
     check_input,
     check_output,
     check_target,
-    chunk_rows,
+)
+from lightning_saliency.attribution._chunks import chunk_rows
+from lightning_saliency.attribution._context import (
+    attribution_mode,
     prepare_rows,
     select_scores,
+)
+from lightning_saliency.attribution._context import (
+    autocast as _autocast,
 )
 
 

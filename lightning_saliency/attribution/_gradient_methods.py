@@ -1,7 +1,34 @@
-"""The gradient family: simple gradient, gradient x input, Integrated Gradients.
+"""The gradient family: simple gradient, gradient x input, Integrated Gradients; also the
+bases and baselines the noise-based methods (``_smoothing.py``) build on, and the
+conventions every built-in method follows (Grad-CAM in ``_grad_cam.py`` included).
 
-Part of :mod:`lightning_saliency.attribution.methods` (signature and keywords are stated
-there); also the bases and baselines the noise-based methods build on.
+Every method has the signature ``method(model, x, target, **params) -> Tensor`` and
+returns a detached float32 map shaped like ``x`` (N, C, H, W) on x's device; ``target``
+is a LongTensor (N,) of class indices or an int (same class for all). Gradients are of
+the target logit (``output="logit"``) or log-softmax w.r.t. the input, in eval mode.
+Common keyword arguments (see :mod:`._core` for the guarantees):
+
+* ``output``: ``"logit"`` or ``"log_softmax"``;
+* ``precision``: ``"32"`` or ``"bf16"`` (bf16 autocast of the forward, CPU and CUDA);
+* ``channels_last``: channels-last input chunks (any device);
+* ``batch_size``: max rows of the expanded batch (N x samples x steps) per chunk;
+* ``memory_budget_mb``: derive the chunk size from a memory budget instead (default: a
+  quarter of the free CUDA memory, 1024 MB on CPU), divided by the bytes the model keeps
+  for backward per row (:func:`~._chunks.activation_memory`); on CPU chunks are also capped for
+  cache locality (:func:`~._chunks.cpu_row_cap`).
+
+For speed, pass :func:`~.fold.attribution_model`'s copy of the model (BatchNorm folded,
+channels-last weights on CPU); the default path runs the model as given.
+
+Definitions (``/DESIGN.md``): with f_c the target score and g = grad f_c,
+
+* ``simple_grad`` = g(x); ``grad_x_input`` = x * g(x);
+* ``integrated_gradients`` = (x - x0) * sum_t w_t g(x0 + a_t (x - x0));
+* ``smooth_grad`` = mean_i B(x + z_i), z_i ~ N(0, s^2), B = base method (g, x*g or IG);
+* ``var_grad`` = variance over i of g(x + z_i);
+* ``adapt_grad`` = smooth_grad with per-element s_i = min(|x_i - x_min|, |x_i - x_max|) /
+  (sqrt(2) erfinv(c));
+* ``grad_cam`` = upsample(ReLU(sum_k alpha_k A_k)), alpha_k = spatial mean of d f_c / d A_k.
 """
 
 from __future__ import annotations
@@ -11,16 +38,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_saliency.attribution._core import (
+from lightning_saliency.attribution._checks import (
     Output,
     Precision,
     Rule,
-    _expanded_pass,
     check_choice,
     check_input_range,
-    forward_scores,
-    input_gradients,
 )
+from lightning_saliency.attribution._core import _expanded_pass, forward_scores, input_gradients
 
 Base = Literal["grad", "grad_x_input", "integrated_gradients"]
 BASES: tuple[str, ...] = ("grad", "grad_x_input", "integrated_gradients")

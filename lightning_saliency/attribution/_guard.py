@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_saliency.attribution._core import attribution_mode
+from lightning_saliency.attribution._context import attribution_mode
 
 __all__ = ["attribution_state", "check_maps", "guarded"]
 

@@ -12,16 +12,16 @@ import numbers
 import torch
 from torch import Tensor, nn
 
-from lightning_saliency.attribution._core import (
+from lightning_saliency.attribution._checks import (
     Output,
     Precision,
     Rule,
-    _expanded_pass,
     check_choice,
     check_input,
     check_input_range,
     check_nonneg_float,
 )
+from lightning_saliency.attribution._core import _expanded_pass
 from lightning_saliency.attribution._gradient_methods import (
     BASES,
     Base,

@@ -12,7 +12,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_saliency.attribution._core import check_choice
+from lightning_saliency.attribution._checks import check_choice
 from lightning_saliency.attribution._values import FrozenParams, format_number
 from lightning_saliency.attribution.superpixels import GROUP_REDUCTIONS, SEGMENTERS
 

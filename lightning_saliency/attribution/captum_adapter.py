@@ -18,7 +18,7 @@ becomes a constant image, stacked to ``(B, C, H, W)`` (GradientShap draws from t
 Other lists become tuples (``sliding_window_shapes``). Arguments equal to Captum's
 defaults are dropped, so specs are canonical; the label is ``captum_<Class>`` then
 ``key-value`` tokens of the attribute arguments and ``init.key-value`` tokens of the
-init arguments (the generic grammar of :mod:`~lightning_saliency.attribution._registry`).
+init arguments (the generic grammar of :mod:`~lightning_saliency.attribution._method_registry`).
 
 Guarantees as for the built-ins: eval mode with every ``training`` flag restored,
 parameter ``.grad`` untouched, float32 maps shaped like ``x``, computed in chunks of
@@ -57,9 +57,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_saliency.attribution._core import check_input, check_input_range, check_target
+from lightning_saliency.attribution._checks import check_input, check_input_range, check_target
 from lightning_saliency.attribution._guard import attribution_state, check_maps
-from lightning_saliency.attribution._registry import (
+from lightning_saliency.attribution._method_registry import (
     REQUIRED,
     generic_label_tokens,
     json_value,

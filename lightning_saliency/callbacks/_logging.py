@@ -28,18 +28,19 @@ from lightning_saliency.generalization import (
     EpochEvaluation,
     Estimate,
     MetricKey,
-    custom_scalars_layout,
     figure_tag,
     format_headline,
     headline,
     image_tag,
     nonfinite_key,
-    tensorboard_scalars,
 )
+from lightning_saliency.generalization.studies import is_plain_baseline
 
 from . import _setup, _tensorboard
 from ._run import MonitorRun
 from ._settings import MonitorSettings
+from ._tensorboard import in_tensorboard, tensorboard_scalars
+from ._tensorboard_layout import custom_scalars_layout
 
 __all__ = [
     "MonitorProgress",
@@ -232,7 +233,7 @@ def log_scalars(trainer: pl.Trainer, pl_module: pl.LightningModule, result: Epoc
 def add_layout(trainer: pl.Trainer, specs: Sequence[MethodSpec], k_models: int, reference: bool,
                families: Sequence[str] | None = None) -> None:  # fmt: skip
     """The custom-scalars layout, once, into every TensorBoard logger."""
-    baseline = next((s.label for s in specs if s.is_plain_baseline), None)
+    baseline = next((s.label for s in specs if is_plain_baseline(s)), None)
     layout = custom_scalars_layout([s.label for s in specs], k_models, reference=reference,
                                    baseline=baseline, families=families)  # fmt: skip
     for logger in trainer.loggers:
@@ -268,7 +269,7 @@ def fit_summary(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer)
     """End of fit: the HParams record and the printed summary (rank 0)."""
     if not trainer.is_global_zero or run.last is None:
         return
-    tags = [k.tag for k in run.last if k.in_tensorboard(run.sources) and is_headline(k)]
+    tags = [k.tag for k in run.last if in_tensorboard(k, run.sources) and is_headline(k)]
     write_hparams(trainer, settings.record(), tags)
     text = summary_text(run.last, settings.labels, run.record.folder)
     text += f"\nmonitored epochs: {run.logged_epochs}"

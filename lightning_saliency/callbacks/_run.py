@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_saliency.generalization import EpochEvaluation, Estimate, MetricKey
+from lightning_saliency.generalization.record import RunRecord
 
 from ._probes import ProbeSet
-from ._run_files import RunRecord
 from ._schedule import Schedule
 from ._settings import MonitorSettings
 

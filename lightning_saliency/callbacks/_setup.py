@@ -22,11 +22,11 @@ from lightning_saliency.attribution import (
     segmenter_args,
 )
 from lightning_saliency.generalization import DEFAULT_FAMILIES, REFERENCE_FAMILIES
+from lightning_saliency.generalization.record import RunRecord
 
 from . import _checks
 from ._probes import ProbeSet, as_dataset, draw_indices, gather
 from ._run import PreparedProbes, RunSetup
-from ._run_files import RunRecord
 from ._settings import MonitorSettings
 
 __all__ = [

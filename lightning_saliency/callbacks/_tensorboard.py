@@ -1,7 +1,10 @@
-"""The callback's media: labelled, colour-mapped map grids and figures with intervals.
+"""The callback's media and TensorBoard policy: map grids, figures, tags and layout.
 
-Everything here returns arrays or matplotlib figures; :mod:`._logging` sends them to
-whichever loggers the trainer has (TensorBoard, W&B, MLflow).
+Map grids and figures (arrays, matplotlib figures) go to whichever loggers the trainer has
+(TensorBoard, W&B, MLflow; :mod:`._logging` sends them). Which numbers TensorBoard gets
+(:func:`in_tensorboard`, with interval tags :func:`has_interval_tags`) and its
+custom-scalars layout (:mod:`._tensorboard_layout`) live in the callbacks too: the
+``generalization`` package names every number (:class:`MetricKey`) and knows no logger.
 """
 
 from __future__ import annotations
@@ -15,9 +18,30 @@ import torch
 from torch import Tensor
 
 from lightning_saliency.attribution import MethodSpec
-from lightning_saliency.generalization import Estimate, MetricKey, chance
+from lightning_saliency.generalization import (
+    NO_METHOD,
+    Estimate,
+    MetricKey,
+    above_chance,
+    chance,
+)
+from lightning_saliency.generalization.studies import smoothgrad_curves, superpixel_pairs
+from lightning_saliency.metrics import get_metric, metric_names
 
-__all__ = ["close", "display_maps", "figure_array", "figures", "map_grid"]
+__all__ = [
+    "INTERVAL_METRICS",
+    "LOSS_METRIC",
+    "close",
+    "display_maps",
+    "figure_array",
+    "figures",
+    "has_interval_tags",
+    "headline_metrics",
+    "in_tensorboard",
+    "key_scalars",
+    "map_grid",
+    "tensorboard_scalars",
+]
 
 
 def display_maps(maps: Tensor, signed: bool = False) -> Tensor:
@@ -128,25 +152,11 @@ def _errorbar(ax: Any, xs: list[float], estimates: Mapping, keys: list[MetricKey
     return ax.errorbar(xs, ys, yerr=err, capsize=3, **kw)
 
 
-def _sweep_curves(specs: Sequence[MethodSpec]) -> dict[tuple[str, int], list[tuple[float, str]]]:
-    """SmoothGrad curves (noise kind, draws) -> [(noise, label)], the plain gradient at 0."""
-    base = next((s.label for s in specs if s.is_plain_baseline), None)
-    curves: dict[tuple[str, int], list[tuple[float, str]]] = {}
-    for s in specs:
-        if s.smoothgrad_curve is not None:
-            curves.setdefault(s.smoothgrad_curve, []).append((s.noise[1], s.label))  # type: ignore[index]
-    for points in curves.values():
-        if base is not None:
-            points.append((0.0, base))
-        points.sort()
-    return {c: p for c, p in curves.items() if len(p) >= 2}
-
-
 def _sweep_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[MethodSpec],
                   stage: str, epoch: int) -> Any:  # fmt: skip
     from matplotlib.figure import Figure
 
-    curves = _sweep_curves(specs)
+    curves = smoothgrad_curves({s.label: s for s in specs}, min_points=2)
     if not curves:
         return None
     fig = Figure(figsize=(11, 3.8), layout="constrained")
@@ -156,7 +166,7 @@ def _sweep_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[Metho
         name = f"{kind}, n={samples}"
         _errorbar(ax[0], xs, estimates, [MetricKey(lb, "mean", "gap", "gap", stage) for _, lb in points],
                   marker="o", label=name)  # fmt: skip
-        for metric in ("spearman", "ssim"):
+        for metric in headline_metrics():
             keys = [MetricKey(lb, "pairs", "test", metric, stage) for _, lb in points]
             line = _errorbar(ax[1], xs, estimates, keys, marker="o", label=f"{metric}, {name}")
             chance_keys = [MetricKey(lb, "pairs", "test", chance(metric), stage) for _, lb in points]
@@ -177,8 +187,7 @@ def _superpixel_figure(estimates: Mapping[MetricKey, Estimate], specs: Sequence[
                        stage: str, epoch: int) -> Any:  # fmt: skip
     from matplotlib.figure import Figure
 
-    pixel = {s.pixel_twin: s.label for s in specs if s.superpixel is None}
-    pairs = [(pixel[s.pixel_twin], s) for s in specs if s.superpixel is not None and s.pixel_twin in pixel]
+    pairs = [(p, s) for p, _, s in superpixel_pairs({s.label: s for s in specs})]
     if not pairs:
         return None
     fig = Figure(figsize=(11, 4.0), layout="constrained")
@@ -238,3 +247,87 @@ def figure_array(fig: Any) -> np.ndarray:
 def close(fig: Any) -> None:
     """Release a figure (figures here are not in pyplot's registry)."""
     fig.clear()
+
+
+# --------------------------------------------------------------------------- tags and layout
+#: The agreement metric that *is* the interpretation loss between two map sources: with
+#: K = 2 (or one model and its reference) its test value is the test loss, so it is not drawn.
+LOSS_METRIC = "l2"
+#: Metrics whose interval TensorBoard gets as ``<tag>_lo`` and ``<tag>_hi`` (the CSV has
+#: every interval): the gap, the gap reduction, and the headline agreements above chance.
+INTERVAL_METRICS: frozenset[str] = frozenset({"gap", "gap_reduction"})
+
+
+def headline_metrics() -> list[str]:
+    """The registry's headline agreement metrics (their excess over chance gets an interval)."""
+    return [m for m in metric_names("agreement") if get_metric(m).headline]
+
+
+def _interval_metric(metric: str) -> bool:
+    return metric in INTERVAL_METRICS or metric in {above_chance(m) for m in headline_metrics()}
+
+
+#: The quality metrics TensorBoard gets on test probes and as a gap (train values: CSV).
+_TB_QUALITY_SPLITS = ("test", "gap")
+
+
+def has_interval_tags(key: MetricKey) -> bool:
+    """Whether TensorBoard also gets ``<tag>_lo`` and ``<tag>_hi`` for this key (siblings,
+    not children: MLflow's file store cannot hold a tag that is also a folder)."""
+    return _interval_metric(key.metric) and key.aggregate in ("mean", "pairs")
+
+
+def in_tensorboard(key: MetricKey, num_sources: int) -> bool:
+    """Whether TensorBoard gets this number (the CSV gets all of them).
+
+    Left to the CSV: per-model losses (the per-model gap stays), train-probe agreement,
+    quality and faithfulness, and, with two map sources (K = 2, or one model and its
+    reference), the test L2 distance, which then *is* the test loss.
+
+    >>> in_tensorboard(MetricKey("m", "pairs", "train", "spearman"), 2)
+    False
+    """
+    m, split = key.metric, key.split
+    if key.is_epoch_marker:
+        return False
+    if key.aggregate.startswith("model_"):
+        return m == "gap"
+    if m.endswith("_chance_same_class"):
+        return False
+    if key.method == NO_METHOD:  # prediction agreement: its chance and kappa on test probes
+        return m == "prediction_agreement" or split == "test"
+    if key.aggregate == "pairs" and m not in ("mege", "reco"):
+        return split == "test" and not (m == LOSS_METRIC and num_sources == 2)
+    if m in metric_names("quality") or m in metric_names("faithfulness"):
+        return split in _TB_QUALITY_SPLITS
+    return True
+
+
+def key_scalars(key: MetricKey, est: Estimate) -> dict[str, float]:
+    """``{tag: value}`` for TensorBoard: the value and, where drawn, its interval.
+
+    >>> key_scalars(MetricKey("m", "mean", "gap", "gap"), Estimate(0.1, 0.01, 0.08, 0.12, 8))
+    {'interp/m/gap': 0.1, 'interp/m/gap_lo': 0.08, 'interp/m/gap_hi': 0.12}
+    """
+    out = {key.tag: est.value}
+    if has_interval_tags(key):
+        out[f"{key.tag}_lo"] = est.lo
+        out[f"{key.tag}_hi"] = est.hi
+    return out
+
+
+def tensorboard_scalars(
+    estimates: Mapping[MetricKey, Estimate], num_sources: int
+) -> dict[str, float]:
+    """Every ``{tag: value}`` the callback gives TensorBoard for one epoch.
+
+    >>> e = Estimate(0.1, 0.01, 0.08, 0.12, 8)
+    >>> sorted(tensorboard_scalars({MetricKey("m", "pairs", "test", "l2"): e,
+    ...                             MetricKey("m", "mean", "test", "loss"): e}, num_sources=2))
+    ['interp/m/test_loss']
+    """
+    out: dict[str, float] = {}
+    for key, est in estimates.items():
+        if in_tensorboard(key, num_sources):
+            out.update(key_scalars(key, est))
+    return out

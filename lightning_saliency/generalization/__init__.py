@@ -4,7 +4,8 @@ Lightning-free: everything here works on tensors of maps ``(M, N, C, H, W)`` (M 
 K models and an optional reference model; N probes laid out by a :class:`ProbeLayout`)
 and returns per-probe values, statistics built from them, and :class:`Estimate` values
 with their standard error and 95% interval. The callback and the report are thin
-clients of this package, and :class:`MetricKey` is the one schema they share.
+clients of this package, :class:`MetricKey` is the one schema they share, and
+:mod:`.record` the run folder's files (CSV rows, ``methods.json``) both read or write.
 
 Example: the leave-one-out gap of three models from hand-made maps.
     >>> import torch
@@ -65,15 +66,25 @@ from .randomization import (
     randomization_layers,
     randomized_copies,
 )
-from .schema import (
-    AGREEMENT_METRICS,
+from .record import (
     CSV_FIELDS,
     CSV_NAME,
+    LEGACY_CSV_FIELDS,
+    METHODS_NAME,
+    RunRecord,
+    choose_epoch,
+    csv_row,
+    epoch_rows,
+    parse_csv_row,
+    read_csv,
+    read_methods,
+)
+from .schema import (
+    AGREEMENT_METRICS,
     DEFAULT_FAMILIES,
     FAITHFULNESS_METRICS,
     FAMILIES,
     HPARAMS_PREFIX,
-    METHODS_NAME,
     NO_METHOD,
     OPT_IN_FAMILIES,
     QUALITY_METRICS,
@@ -85,14 +96,9 @@ from .schema import (
     above_chance,
     chance,
     chance_same_class,
-    csv_row,
-    custom_scalars_layout,
-    epoch_rows,
     figure_tag,
     image_tag,
-    parse_csv_row,
     randomization_metric,
-    tensorboard_scalars,
 )
 from .statistics import (
     BOOTSTRAP_RESAMPLES,
@@ -118,6 +124,7 @@ __all__ = [
     "FAITHFULNESS_METRICS",
     "FAMILIES",
     "HPARAMS_PREFIX",
+    "LEGACY_CSV_FIELDS",
     "METHODS_NAME",
     "NORM_LAYERS",
     "NO_METHOD",
@@ -137,6 +144,7 @@ __all__ = [
     "PredictionChance",
     "ProbeLayout",
     "ProbeStatistic",
+    "RunRecord",
     "Transformed",
     "above_chance",
     "agreement_values",
@@ -145,10 +153,10 @@ __all__ = [
     "cascade_depths",
     "chance",
     "chance_same_class",
+    "choose_epoch",
     "compute_maps",
     "compute_pixel_maps",
     "csv_row",
-    "custom_scalars_layout",
     "default_reinit",
     "drift",
     "epoch_rows",
@@ -180,8 +188,9 @@ __all__ = [
     "randomization_statistics",
     "randomization_values",
     "randomized_copies",
+    "read_csv",
+    "read_methods",
     "split_statistics",
     "ssim_window",
     "t_quantile",
-    "tensorboard_scalars",
 ]

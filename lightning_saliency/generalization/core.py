@@ -24,7 +24,7 @@ Example (two models, hand-made maps):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,18 +34,17 @@ from torch import Tensor
 from lightning_saliency.attribution import group_by_segments
 from lightning_saliency.attribution.superpixels import GroupReduction
 from lightning_saliency.metrics import (
-    complexity,
+    MetricSpec,
+    agreement_specs,
+    get_metric,
     l2_distance,
     normalize_maps,
-    sparseness,
-    spearman,
-    ssim,
-    topk_intersection,
+    ssim_window,
 )
 
 from .chance import ChancePairing
 from .layout import ProbeLayout
-from .schema import AGREEMENT_METRICS, above_chance, chance, chance_same_class
+from .schema import above_chance, chance, chance_same_class
 from .statistics import ProbeStatistic, Transformed
 
 __all__ = [
@@ -168,41 +167,32 @@ def gap_reduction(baseline_gap: ProbeStatistic, method_gap: ProbeStatistic) -> T
     return Transformed(lambda a, b: a.abs() - b.abs(), baseline_gap, method_gap)
 
 
-def ssim_window(height: int, width: int) -> int | None:
-    """SSIM's default window (11 px) where the maps are large enough, else the largest odd
-    size that fits (8x8 digits: 7), so small images are scored instead of failing.
-
-    >>> ssim_window(32, 32), ssim_window(8, 8)
-    (None, 7)
-    """
-    side = min(height, width)
-    return None if side >= 11 else (side if side % 2 else side - 1)
+MetricArg = str | Mapping[str, Any] | MetricSpec
 
 
 def agreement_values(
     a: Tensor,
     b: Tensor,
-    metrics: Sequence[str] = AGREEMENT_METRICS,
+    metrics: Sequence[MetricArg] | None = None,
     *,
     normalize: bool = True,
-    topk: float = 0.1,
+    topk: float | None = None,
 ) -> dict[str, Tensor]:
-    """Per-probe agreement of two batches of maps for each metric of ``metrics``.
+    """Per-probe agreement of two batches of maps for each metric of ``metrics`` (names,
+    ``{"metric": name, **params}`` or :class:`~lightning_saliency.metrics.MetricSpec`;
+    default: every registered agreement metric). ``normalize`` and ``topk`` fill the
+    specs' ``normalize`` and top-k's ``k`` where they do not set them (compatibility).
 
     >>> v = agreement_values(torch.ones(2, 1, 3, 3), torch.ones(2, 1, 3, 3), ["l2", "topk"])
     >>> v["l2"].tolist(), v["topk"].tolist()
     ([0.0, 0.0], [1.0, 1.0])
     """
-    fns: dict[str, Callable[[], Tensor]] = {
-        "l2": lambda: l2_distance(a, b, normalize=normalize),
-        "spearman": lambda: spearman(a, b),
-        "topk": lambda: topk_intersection(a, b, k=topk),
-        "ssim": lambda: ssim(a, b, win_size=ssim_window(*a.shape[-2:])),
-    }
-    unknown = sorted(set(metrics) - set(fns))
-    if unknown:
-        raise ValueError(f"unknown agreement metrics {unknown}; known: {list(fns)}")
-    return {m: fns[m]().reshape(-1) for m in metrics}
+    specs = agreement_specs(metrics, normalize=normalize, topk=topk)
+    return _values(specs, a, b)
+
+
+def _values(specs: Sequence[MetricSpec], a: Tensor, b: Tensor) -> dict[str, Tensor]:
+    return {s.name: s(a, b).reshape(-1) for s in specs}
 
 
 def _pair_rows(layout: ProbeLayout, i: int, j: int, split: str, device: torch.device) -> tuple:
@@ -241,16 +231,18 @@ def pairwise_agreement(
     layout: ProbeLayout,
     split: str,
     *,
-    metrics: Sequence[str] = AGREEMENT_METRICS,
+    metrics: Sequence[MetricArg] | None = None,
     chance: bool = True,
     pairing: ChancePairing | None = None,
     normalize: bool = True,
-    topk: float = 0.1,
+    topk: float | None = None,
 ) -> dict[str, ProbeStatistic]:
-    """Agreement of every pair of sources on ``split`` probes, per metric; with ``chance``
-    also its chance levels (:mod:`.chance`): ``<metric>_chance`` (class-blind, averaged over
-    random derangements of the probes), ``<metric>_chance_same_class``, and
-    ``<metric>_above_chance``, the paired excess over the class-blind level.
+    """Agreement of every pair of sources on ``split`` probes, per metric (as
+    :func:`agreement_values`); with ``chance`` also the chance levels (:mod:`.chance`) of
+    the metrics that have one: ``<metric>_chance`` (class-blind, averaged over random
+    derangements of the probes), ``<metric>_chance_same_class``, and
+    ``<metric>_above_chance``, the paired excess over the class-blind level, oriented by
+    the metric's direction (positive: more agreement than chance).
 
     >>> maps = torch.randn(2, 6, 1, 4, 4)
     >>> s = pairwise_agreement(maps, ProbeLayout.from_sizes([2, 2], 2), "test", metrics=["l2"])
@@ -261,12 +253,13 @@ def pairwise_agreement(
         stack = MapStack(stack)
     pairing = ChancePairing() if pairing is None else pairing
     maps = stack.maps
-    opts: dict[str, Any] = {"normalize": normalize, "topk": topk}
+    specs = agreement_specs(metrics, normalize=normalize, topk=topk)
+    with_chance = [s for s in specs if s.info.chance is not None] if chance else []
 
     def per_pair(i: int, j: int, rows: Tensor) -> dict[str, Tensor]:
-        out = agreement_values(maps[i, rows], maps[j, rows], metrics, **opts)
-        if chance:
-            out.update(_chance_values(stack, i, j, rows, pairing, metrics, out, opts))
+        out = _values(specs, maps[i, rows], maps[j, rows])
+        if with_chance:
+            out.update(_chance_values(stack, i, j, rows, pairing, with_chance, out))
         return out
 
     return _pairwise(layout, stack.num_sources, split, maps.device, per_pair)
@@ -274,10 +267,12 @@ def pairwise_agreement(
 
 def _chance_values(
     stack: MapStack, i: int, j: int, rows: Tensor, pairing: ChancePairing,
-    metrics: Sequence[str], agree: dict[str, Tensor], opts: dict,
+    specs: Sequence[MetricSpec], agree: dict[str, Tensor],
 ) -> dict[str, Tensor]:  # fmt: skip
-    """Per-probe chance levels of source i against source j's maps of other probes."""
+    """Per-probe chance levels of source i against source j's maps of other probes (the
+    registry's ``"other_probes"`` rule)."""
     n, maps = rows.numel(), stack.maps
+    metrics = [s.name for s in specs]
     nan = torch.full((n,), float("nan"), device=maps.device)
     if n < 2:  # no other probe to pair with: undefined, not a self-pairing
         blind = same = dict.fromkeys(metrics, nan)
@@ -286,19 +281,20 @@ def _chance_values(
         a = maps[i, rows].repeat(perms.shape[0], *([1] * (maps.dim() - 2)))
         b = torch.cat([stack.partner_maps(j, rows, p) for p in perms])
         blind = {m: v.view(perms.shape[0], n).mean(0)
-                 for m, v in agreement_values(a, b, metrics, **opts).items()}  # fmt: skip
+                 for m, v in _values(specs, a, b).items()}  # fmt: skip
         partner = pairing.same_class(rows)
         valid = partner >= 0
         same = dict.fromkeys(metrics, nan)
         if bool(valid.any()):
             other = stack.partner_maps(j, rows, partner.clamp_min(0))
             same = {m: torch.where(valid, v, torch.nan) for m, v in
-                    agreement_values(maps[i, rows], other, metrics, **opts).items()}  # fmt: skip
+                    _values(specs, maps[i, rows], other).items()}  # fmt: skip
     out = {}
-    for m in metrics:
+    for spec in specs:
+        m = spec.name
         out[_chance(m)] = blind[m]
         out[chance_same_class(m)] = same[m]
-        out[above_chance(m)] = blind[m] - agree[m] if m == "l2" else agree[m] - blind[m]
+        out[above_chance(m)] = spec.info.excess(agree[m], blind[m])
     return out
 
 
@@ -332,11 +328,10 @@ def quality(maps: Tensor, layout: ProbeLayout, metric: str) -> dict[str, ProbeSt
     >>> sorted(s)
     ['gap', 'test', 'train']
     """
-    fns = {"sparseness": sparseness, "complexity": complexity}
-    if metric not in fns:
-        raise ValueError(f"unknown quality metric {metric!r}; known: {sorted(fns)}")
+    fn = get_metric(metric, "quality").fn
+    assert fn is not None  # a quality metric is a function of maps
     k = layout.num_models
-    return split_statistics(torch.stack([fns[metric](maps[m]) for m in range(k)]), layout)
+    return split_statistics(torch.stack([fn(maps[m]) for m in range(k)]), layout)
 
 
 def drift(

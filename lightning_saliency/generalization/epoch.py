@@ -41,11 +41,12 @@ from lightning_saliency.attribution import (
     compute_attribution,
     group_by_segments,
 )
-from lightning_saliency.metrics import finite_rows
+from lightning_saliency.metrics import finite_rows, metric_names
 
 from .chance import CHANCE_DRAWS, ChancePairing, PredictionChance
 from .core import (
     MapStack,
+    MetricArg,
     drift,
     gap_reduction,
     interpretation_loss,
@@ -57,8 +58,9 @@ from .core import (
 )
 from .layout import ProbeLayout
 from .mege import mege_reco_statistics
-from .schema import DEFAULT_FAMILIES, NO_METHOD, QUALITY_METRICS, MetricKey
+from .schema import DEFAULT_FAMILIES, NO_METHOD, MetricKey
 from .statistics import BOOTSTRAP_RESAMPLES, Estimate, Statistic, bootstrap_counts, estimate_all
+from .studies import plain_baseline
 
 __all__ = [
     "EpochEvaluation",
@@ -244,8 +246,8 @@ def _method_stats(
     if "agreement" in families and has_ref:
         for split in ("train", "test"):
             for metric, stat in pairwise_agreement(
-                stack, layout, split, pairing=ctx["pairing"], normalize=ctx["normalize"],
-                topk=ctx["topk"],
+                stack, layout, split, metrics=ctx["metrics"], pairing=ctx["pairing"],
+                normalize=ctx["normalize"], topk=ctx["topk"],
             ).items():  # fmt: skip
                 out[MetricKey(label, "pairs", split, metric, stage)] = stat
     if "mege_reco" in families and k >= 2:
@@ -254,7 +256,7 @@ def _method_stats(
         ).items():
             out[MetricKey(label, "pairs", "train", metric, stage)] = mege_stat
     if "quality" in families:
-        for metric in QUALITY_METRICS:
+        for metric in metric_names("quality"):
             for split, stat in quality(maps, layout, metric).items():
                 out[MetricKey(label, "mean", split, metric, stage)] = stat
     previous = ctx["previous"]
@@ -273,7 +275,8 @@ def evaluate_epoch(
     preds: Tensor,
     families: Sequence[str] = DEFAULT_FAMILIES,
     normalize: bool = True,
-    topk: float = 0.1,
+    metrics: Sequence[MetricArg] | None = None,
+    topk: float | None = None,
     previous: Mapping[str, Tensor] | None = None,
     stage: str = "fit",
     seed: int = 0,
@@ -284,15 +287,18 @@ def evaluate_epoch(
 
     ``maps[label]`` holds the ``(M, N, C, H, W)`` maps of the K models of ``layout`` (and,
     with K = 1, a reference model as source M = 2); ``preds`` the ``(M, N)`` predicted
-    classes (negative where the logits were not finite), ``labels`` the ``(N,)`` true ones; ``previous[label]`` the K models' test-probe
-    maps of the previous monitored epoch (drift). The intervals cover probe-to-probe noise; the bootstrap (nonlinear
-    statistics) draws from a generator seeded by ``seed``.
+    classes (negative where the logits were not finite), ``labels`` the ``(N,)`` true ones;
+    ``previous[label]`` the K models' test-probe maps of the previous monitored epoch
+    (drift); ``metrics`` the agreement metrics (names or specs with their parameters;
+    default: every registered one); ``topk`` fills top-k's ``k`` where the spec leaves it
+    (the compatibility path of the callback's ``topk``). The intervals cover probe-to-probe
+    noise; the bootstrap (nonlinear statistics) draws from a generator seeded by ``seed``.
     """
     fam = set(families)
     stacks = {lb: m if isinstance(m, MapStack) else MapStack(m) for lb, m in maps.items()}
     pairing = ChancePairing(labels=labels, seed=seed, draws=chance_draws)
-    ctx = {"stage": stage, "normalize": normalize, "topk": topk, "preds": preds,
-           "labels": labels, "previous": previous, "pairing": pairing}  # fmt: skip
+    ctx = {"stage": stage, "normalize": normalize, "metrics": metrics, "topk": topk,
+           "preds": preds, "labels": labels, "previous": previous, "pairing": pairing}  # fmt: skip
     stats: Stats = {}
     if "prediction_agreement" in fam and preds.shape[0] >= 2:
         stats.update(_prediction_stats(preds, layout, stage))
@@ -346,7 +352,7 @@ def _nonfinite_counts(
 
 def _gap_reductions(specs: Sequence[MethodSpec], stats: Stats, stage: str) -> Stats:
     """``|gap(plain simple_grad)| - |gap(L)|`` of every other method (needs the baseline)."""
-    base = next((s for s in specs if s.is_plain_baseline), None)
+    base = plain_baseline(specs)
     if base is None:
         return {}
     base_gap = stats.get(MetricKey(base.label, "mean", "gap", "gap", stage))

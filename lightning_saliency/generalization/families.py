@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from lightning_saliency._modes import eval_mode
 from lightning_saliency.attribution import MethodSpec, method_is_stochastic, resolve_method
-from lightning_saliency.attribution._core import chunk_rows
+from lightning_saliency.attribution._chunks import chunk_rows
 from lightning_saliency.metrics import (
     DEFAULT_PERTURBATION_ROWS,
     DEFAULT_PERTURBATION_STEPS,

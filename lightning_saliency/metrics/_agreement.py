@@ -1,6 +1,6 @@
 """Agreement of two batches of maps and of predictions: L2, Spearman, top-k, MeGe/ReCo.
 
-Part of :mod:`lightning_saliency.metrics.functional` (conventions are stated there).
+Part of :mod:`lightning_saliency.metrics` (conventions are stated there).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared checks and per-map basics of the metrics (:mod:`~lightning_saliency.metrics.functional`).
+"""Shared checks and per-map basics of the metrics (:mod:`lightning_saliency.metrics`).
 
 Input checks, the compute dtype, channel reduction, finite-row detection and L2
 normalization: the one owner of these rules for every metric module.

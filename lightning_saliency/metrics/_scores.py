@@ -1,6 +1,6 @@
 """Single-map scores (sparseness, complexity) and muFidelity.
 
-Part of :mod:`lightning_saliency.metrics.functional` (conventions are stated there).
+Part of :mod:`lightning_saliency.metrics` (conventions are stated there).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SSIM between 2-D |maps| scaled to [0, 1] (paper 003), matching scikit-image.
 
-Part of :mod:`lightning_saliency.metrics.functional` (conventions are stated there).
+Part of :mod:`lightning_saliency.metrics` (conventions are stated there).
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ import argparse
 
 from lightning_saliency.generalization import STAGES
 
-from .markdown import REPORT_FIELDS, build_studies, cell_text, write_report
+from .markdown import REPORT_FIELDS, build_studies, write_report
 from .runs import LEGACY_CSV_FIELDS, Run, find_runs, load_run, load_runs
 from .studies import ALL_STUDIES
-from .table import Column, Row, Study, Table
+from .table import Column, Row, Study, Table, cell_text
 
 __all__ = [
     "ALL_STUDIES",

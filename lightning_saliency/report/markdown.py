@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,10 +13,10 @@ from lightning_saliency.generalization import Estimate
 from .runs import Run
 from .seeds import seed_table
 from .studies import ALL_STUDIES
-from .table import Cell, Column, Row, Table, fmt_x
+from .table import Column, Row, Table, cell_text, fmt_x
 from .verdicts import verdict_rows
 
-__all__ = ["REPORT_FIELDS", "build_studies", "cell_text", "write_report"]
+__all__ = ["REPORT_FIELDS", "build_studies", "write_report"]
 
 #: Columns of ``report.csv``: one tidy row per number of the tables.
 REPORT_FIELDS: tuple[str, ...] = (
@@ -25,26 +24,6 @@ REPORT_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 _NO_DATA = "no runs for this study"
 _X_COLUMNS = ("spectral_norm_factor", "value")
-
-
-def cell_text(cell: Cell) -> str:
-    """A cell as text: an estimate as ``value [lo, hi]`` (its 95% interval, when it has
-    one), ``nan (k non-finite)`` when undefined, ``n/a`` when not logged.
-
-    >>> cell_text(Estimate(0.5, 0.01, 0.48, 0.52, 8)), cell_text(None), cell_text(2)
-    ('0.5000 [0.4800, 0.5200]', 'n/a', '2')
-    """
-    if cell is None:
-        return "n/a"
-    if isinstance(cell, Estimate):
-        if math.isfinite(cell.value) and not math.isfinite(cell.lo):
-            return f"{cell.value:.4f}"  # logged without an interval (version 0.1 runs)
-        return str(cell)
-    if isinstance(cell, bool):
-        return str(cell).lower()
-    if isinstance(cell, float):
-        return "nan" if math.isnan(cell) else f"{cell:.4f}"
-    return str(cell)
 
 
 def _markdown(table: Table) -> list[str]:

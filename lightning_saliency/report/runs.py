@@ -1,4 +1,5 @@
-"""Reading run folders back: the callback's CSV, ``methods.json`` and LightningCLI's config.
+"""Reading run folders back: the callback's record (:mod:`lightning_saliency.generalization.record`)
+and LightningCLI's config.
 
 A run folder is what a fit leaves (``runs/<name>/version_<n>``): the callback's
 ``interpretation_metrics.csv`` and ``methods.json``, and with LightningCLI a
@@ -9,7 +10,6 @@ under :class:`~lightning_saliency.generalization.MetricKey` keys, never parsed t
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -22,21 +22,18 @@ from typing import Any
 import yaml
 
 from lightning_saliency.attribution import MethodSpec, resolve_method
-from lightning_saliency.generalization import (
-    CSV_FIELDS,
+from lightning_saliency.generalization import STAGES, Estimate, MetricKey
+from lightning_saliency.generalization.record import (
     CSV_NAME,
+    LEGACY_CSV_FIELDS,
     METHODS_NAME,
-    STAGES,
-    Estimate,
-    MetricKey,
-    parse_csv_row,
+    choose_epoch,
+    read_csv,
+    read_methods,
 )
 
 __all__ = ["LEGACY_CSV_FIELDS", "SEED_KEYS", "Run", "find_runs", "load_run", "load_runs"]
 
-#: Header of version 0.1's CSV (still read).
-LEGACY_CSV_FIELDS: tuple[str, ...] = ("epoch", "step", "method", "model", "split", "metric", "value")
-_MAX_EPOCH = 10**7
 _CALLBACK = "InterpretationGeneralization"
 
 
@@ -70,6 +67,12 @@ class Run:
         present = {k.method for k in self.estimates} - {"-"}
         ordered = [lb for lb in self.specs if lb in present]
         return ordered + sorted(present - set(ordered))
+
+    @property
+    def logged_specs(self) -> dict[str, MethodSpec]:
+        """``{label: spec}`` of the methods that have rows, in the run's method order."""
+        present = {k.method for k in self.estimates}
+        return {lb: s for lb, s in self.specs.items() if lb in present}
 
 
 def _natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
@@ -175,11 +178,8 @@ def _callback_methods(config: Mapping[str, Any]) -> list[Any]:
 def _specs(folder: Path, config: Mapping[str, Any]) -> dict[str, MethodSpec]:
     """label -> spec: the callback's ``methods.json``, else the config's callback methods."""
     path = folder / METHODS_NAME
-    if path.is_file():
-        try:
-            entries = json.loads(path.read_text(encoding="utf-8-sig"))["methods"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{str(path)!r} does not hold method specs: {err}") from err
+    entries = read_methods(folder)
+    if entries is not None:
         out: dict[str, MethodSpec] = {}
         for entry in entries:
             try:
@@ -253,88 +253,6 @@ def _facts(config: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, A
     }
 
 
-def _rows(path: Path) -> Iterable[tuple[int, dict[str, str]]]:
-    """``(line, row)`` of the CSV; ``ValueError`` naming the file and line for bad input."""
-    with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is not part of the header
-        reader = csv.reader(fh)
-        try:
-            header = next(reader, None)
-            fields = None if header is None else tuple(h.strip() for h in header)
-            if fields not in (CSV_FIELDS, LEGACY_CSV_FIELDS):
-                raise ValueError(
-                    f"{str(path)!r} has header {header!r}; expected {','.join(CSV_FIELDS)}"
-                )
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(fields):
-                    raise ValueError(
-                        f"{str(path)!r} line {reader.line_num}: expected {len(fields)} fields, "
-                        f"got {len(row)}"
-                    )
-                yield reader.line_num, dict(zip(fields, row, strict=True))
-        except csv.Error as err:  # e.g. a field larger than the csv module's limit
-            raise ValueError(f"{str(path)!r} line {reader.line_num}: {err}") from None
-
-
-def _read_csv(path: Path, stage: str) -> tuple[dict[int, dict[MetricKey, Estimate]], set[str]]:
-    """epoch -> {key: estimate} of one stage, and the stages the file holds."""
-    by_epoch: dict[int, dict[MetricKey, Estimate]] = {}
-    stages: set[str] = set()
-    for line, row in _rows(path):
-        try:
-            epoch, key, est = parse_csv_row(row)
-        except (ValueError, KeyError) as err:
-            raise ValueError(f"{str(path)!r} line {line}: {err}") from None
-        if not 0 <= epoch < _MAX_EPOCH:
-            raise ValueError(f"{str(path)!r} line {line}: epoch {epoch} is out of range")
-        stages.add(key.stage)
-        if key.stage != stage:
-            continue
-        rows = by_epoch.setdefault(epoch, {})
-        if key in rows:
-            raise ValueError(
-                f"{str(path)!r} line {line}: a second row for {key.tag} at epoch {epoch}: the "
-                "file mixes two runs (re-run into a fresh folder)"
-            )
-        rows[key] = est
-    return by_epoch, stages
-
-
-def _incomplete(rows: Mapping[MetricKey, Estimate], stage: str, marked: bool) -> str | None:
-    """Why an epoch's rows are not a complete epoch (None when they are).
-
-    The callback closes every epoch with a row counting the epoch's rows; in a file that
-    has such rows, an epoch without one, or with fewer rows than it counts, was cut short.
-    """
-    marker = rows.get(MetricKey.epoch_rows(stage))
-    if marker is None:
-        return "no closing row" if marked else None
-    if len(rows) != int(marker.value):
-        return f"{len(rows)} of {int(marker.value)} rows"
-    return None
-
-
-def _choose_epoch(
-    by_epoch: dict[int, dict[MetricKey, Estimate]], stage: str, epoch: int | None, where: str
-) -> int:
-    epochs = sorted(by_epoch)
-    marked = any(MetricKey.epoch_rows(stage) in rows for rows in by_epoch.values())
-    if epoch is not None:
-        if epoch not in by_epoch:
-            raise ValueError(f"run {where!r} has no epoch {epoch}; it has epochs {epochs}")
-        why = _incomplete(by_epoch[epoch], stage, marked)
-        if why:
-            raise ValueError(f"run {where!r}: epoch {epoch} is incomplete ({why})")
-        return epoch
-    for e in reversed(epochs):
-        why = _incomplete(by_epoch[e], stage, marked)
-        if why is None:
-            return e
-        warnings.warn(f"run {where!r}: skipping incomplete epoch {e} ({why})", stacklevel=3)
-    raise ValueError(f"run {where!r} has no complete epoch")
-
-
 def load_run(
     path: str | os.PathLike[str],
     epoch: int | None = None,
@@ -358,14 +276,14 @@ def load_run(
     csv_path = folder / CSV_NAME
     if not csv_path.is_file():
         raise ValueError(f"run folder {str(folder)!r} has no {CSV_NAME}")
-    by_epoch, stages = _read_csv(csv_path, stage)
+    by_epoch, stages = read_csv(csv_path, stage)
     if not by_epoch:
         others = sorted(stages - {stage})
         hint = f"; it has {', '.join(others)}-stage rows (--stage {others[0]})" if others else ""
         raise ValueError(f"{str(csv_path)!r} has no {stage}-stage rows{hint}")
     config = _read_yaml(folder / "config.yaml")
     specs = _specs(folder, config)
-    chosen = _choose_epoch(by_epoch, stage, epoch, str(folder))
+    chosen = choose_epoch(by_epoch, stage, epoch, str(folder))
     return Run(
         name=folder.name if name is None else name,
         path=folder,

@@ -18,7 +18,7 @@ from lightning_saliency.generalization import Estimate
 
 from .runs import Run
 
-__all__ = ["Cell", "Column", "Row", "Study", "Table", "difference", "fmt_x"]
+__all__ = ["Cell", "Column", "Row", "Study", "Table", "cell_text", "difference", "fmt_x"]
 
 Cell = Estimate | str | int | float | None
 
@@ -118,3 +118,23 @@ def fmt_x(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def cell_text(cell: Cell) -> str:
+    """A cell as text: an estimate as ``value [lo, hi]`` (its 95% interval, when it has
+    one), ``nan (k non-finite)`` when undefined, ``n/a`` when not logged.
+
+    >>> cell_text(Estimate(0.5, 0.01, 0.48, 0.52, 8)), cell_text(None), cell_text(2)
+    ('0.5000 [0.4800, 0.5200]', 'n/a', '2')
+    """
+    if cell is None:
+        return "n/a"
+    if isinstance(cell, Estimate):
+        if math.isfinite(cell.value) and not math.isfinite(cell.lo):
+            return f"{cell.value:.4f}"  # logged without an interval (version 0.1 runs)
+        return str(cell)
+    if isinstance(cell, bool):
+        return str(cell).lower()
+    if isinstance(cell, float):
+        return "nan" if math.isnan(cell) else f"{cell:.4f}"
+    return str(cell)

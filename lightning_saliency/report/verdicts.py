@@ -14,6 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lightning_saliency.generalization import Estimate
+from lightning_saliency.generalization.studies import (
+    gradient_base,
+    is_plain_baseline,
+    noise,
+    smoothgrad_curve,
+    variant,
+)
 
 from .runs import Run
 from .seeds import seed_level
@@ -69,12 +76,12 @@ def _between(value: Value, a: Callable[[Run], bool], b: Callable[[Run], bool],
 
 
 def _plain(run: Run) -> str | None:
-    return _label(run, lambda s: s.is_plain_baseline)
+    return _label(run, is_plain_baseline)
 
 
 def _sg(samples: int) -> Callable[[Run], str | None]:
-    return lambda run: _label(run, lambda s: s.smoothgrad_curve == ("noise_level", samples)
-                              and s.noise == ("noise_level", 0.2))  # fmt: skip
+    return lambda run: _label(run, lambda s: smoothgrad_curve(s) == ("noise_level", samples)
+                              and noise(s) == ("noise_level", 0.2))  # fmt: skip
 
 
 def _diff(first: Callable[[Run], str | None], second: Callable[[Run], str | None], *key: str) -> Value:
@@ -92,14 +99,13 @@ def _of(method: Callable[[Run], str | None], *key: str) -> Value:
 
 
 def _slic(run: Run) -> str | None:
-    return _label(run, lambda s: s.superpixel is not None and s.pixel_twin.is_plain_baseline
+    return _label(run, lambda s: s.superpixel is not None and is_plain_baseline(s.pixel_twin)
                   and s.superpixel["algorithm"] == "slic" and s.superpixel["reduction"] == "sum"
                   and len(s.superpixel) == 2)  # fmt: skip
 
 
 def _adapt(run: Run) -> str | None:
-    return _label(run, lambda s: s.method == "adapt_grad" and s.superpixel is None
-                  and s.gradient_base == "grad")  # fmt: skip
+    return _label(run, lambda s: variant(s) == "adapt" and gradient_base(s) == "grad")
 
 
 def _sf(n: int) -> Callable[[Run], bool]:

@@ -6,27 +6,21 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_saliency.generalization.studies import adaptgrad_groups, gradient_base
+
 from ..plotting import new_figure, value_and_error
 from ..runs import Run
-from ..table import Column, Row, Study, Table
+from ..table import Column, Row, Study, Table, cell_text
 
-_VARIANTS = {"adapt_grad": "adapt", "smooth_grad": "smooth", "simple_grad": "plain",
-             "grad_x_input": "plain", "integrated_gradients": "plain"}  # fmt: skip
 _ORDER = {"plain": 0, "smooth": 1, "adapt": 2}
 
 
 def build(runs: Sequence[Run]) -> Table:
     rows = []
     for run in runs:
-        present = set(run.labels)
-        chosen = [(lb, s, _VARIANTS[s.method]) for lb, s in run.specs.items()
-                  if lb in present and s.superpixel is None and s.method in _VARIANTS]  # fmt: skip
-        bases = {s.gradient_base for _, s, v in chosen if v == "adapt"}
-        for label, spec, variant in chosen:
-            if spec.gradient_base not in bases:
-                continue
+        for label, spec, variant in adaptgrad_groups(run.logged_specs):
             cells = {
-                "base": spec.gradient_base, "variant": variant, "method": label,
+                "base": gradient_base(spec), "variant": variant, "method": label,
                 "sparseness": run.get(label, "mean", "test", "sparseness"),
                 "complexity": run.get(label, "mean", "test", "complexity"),
                 "gap": run.get(label, "mean", "gap", "gap"),
@@ -69,8 +63,6 @@ def plot(table: Table, path: Path) -> None:
 
 
 def summary(table: Table) -> list[str]:
-    from ..markdown import cell_text
-
     lines = []
     for run in dict.fromkeys(r.run for r in table.rows):
         for base in dict.fromkeys(r["base"] for r in table.rows if r.run == run):

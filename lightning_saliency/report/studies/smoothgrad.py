@@ -5,30 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_saliency.generalization.studies import smoothgrad_curves
+
 from ..plotting import errorbar, new_figure
 from ..runs import Run
 from ..table import Cell, Column, Row, Study, Table
 
 
-def _curves(run: Run) -> dict[tuple[str, int], list[tuple[float, str]]]:
-    """(noise kind, draws) -> [(noise, label)] with the plain gradient as noise 0."""
-    present = set(run.labels)
-    curves: dict[tuple[str, int], list[tuple[float, str]]] = {}
-    for label, spec in run.specs.items():
-        if label in present and spec.smoothgrad_curve is not None:
-            curves.setdefault(spec.smoothgrad_curve, []).append((spec.noise[1], label))  # type: ignore[index]
-    base = next((lb for lb, s in run.specs.items() if lb in present and s.is_plain_baseline), None)
-    for points in curves.values():
-        if base is not None:
-            points.append((0.0, base))
-        points.sort()
-    return curves
-
-
 def build(runs: Sequence[Run]) -> Table:
     rows = []
     for run in runs:
-        for (kind, samples), points in _curves(run).items():
+        for (kind, samples), points in smoothgrad_curves(run.logged_specs).items():
             for value, label in points:
                 cells: dict[str, Cell] = {
                     "noise": kind, "value": value, "samples": samples, "method": label,

@@ -10,7 +10,7 @@ from lightning_saliency.generalization import Estimate
 
 from ..plotting import errorbar, legend_outside, new_figure
 from ..runs import Run
-from ..table import Cell, Column, Row, Study, Table, difference
+from ..table import Cell, Column, Row, Study, Table, cell_text, difference
 
 _METRICS = ("spearman", "topk")
 
@@ -89,8 +89,6 @@ def summary(table: Table) -> list[str]:
                      and (method is None or r["method"] == method)), None)  # fmt: skip
 
     def change(a: Cell, b: Cell) -> str:
-        from ..markdown import cell_text
-
         d = difference(b, a) if isinstance(a, Estimate) and isinstance(b, Estimate) else None
         return f"{cell_text(a)} -> {cell_text(b)} (change {cell_text(d)})"
 

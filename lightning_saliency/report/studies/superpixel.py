@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_saliency.generalization import Estimate
+from lightning_saliency.generalization.studies import superpixel_pairs
 
 from ..plotting import new_figure, value_and_error
 from ..runs import Run
@@ -41,13 +42,10 @@ def _row(run: Run, pixel: str, label: str, segmenter: str) -> Row:
 def build(runs: Sequence[Run]) -> Table:
     rows = []
     for run in runs:
-        present = set(run.labels)
-        pixel = {s.pixel_twin: lb for lb, s in run.specs.items() if s.superpixel is None and lb in present}
-        for label, spec in run.specs.items():
-            if spec.superpixel is None or label not in present or spec.pixel_twin not in pixel:
-                continue
+        for pixel, label, spec in superpixel_pairs(run.logged_specs):
+            assert spec.superpixel is not None  # a super-pixel pair's second spec is grouped
             segmenter = label.split("_sp-", 1)[1] if "_sp-" in label else spec.superpixel["algorithm"]
-            rows.append(_row(run, pixel[spec.pixel_twin], label, segmenter))
+            rows.append(_row(run, pixel, label, segmenter))
     rows.sort(key=lambda r: (r.run, r["method"], r["segmenter"]))
     sp = {"method": "superpixel_method", "group": "superpixel"}
     px = {"group": "pixel"}

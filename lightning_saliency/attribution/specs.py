@@ -6,7 +6,7 @@ an optional super-pixel grouping. :func:`resolve_method` builds one from a confi
 (``"simple_grad"``, ``{"method": "smooth_grad", "sigma": 0.2, "superpixel": "slic"}``,
 ``{"method": "captum", "attribution": "DeepLift"}``, ...) and :func:`compute_attribution`
 runs it. Methods come from the open registry (:func:`register_method`, in
-``_registry.py`` with the generic label grammar of user methods); the built-ins and their
+``_method_registry.py`` with the generic label grammar of user methods); the built-ins and their
 label grammar are in ``_builtins.py``, the Captum adapter in ``captum_adapter.py``.
 
 A super-pixel grouping appends ``"_sp-" algorithm { "-" sp-token }`` to the label
@@ -26,12 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_saliency.attribution import (
-    _builtins,  # noqa: F401  (registers the built-ins)
-    captum_adapter,  # noqa: F401  (registers "captum")
-)
+import lightning_saliency.attribution._builtins  # registers the built-ins
+import lightning_saliency.attribution.captum_adapter  # noqa: F401  (registers "captum")
 from lightning_saliency.attribution._guard import guarded
-from lightning_saliency.attribution._registry import (
+from lightning_saliency.attribution._method_registry import (
     FrozenParams,
     MethodInfo,
     format_number,
@@ -158,82 +156,6 @@ class MethodSpec:
         2651505951
         """
         return (int(seed) * 1_000_003 + zlib.crc32(self.seed_key.encode())) % (2**63 - 1)
-
-    @property
-    def is_plain_baseline(self) -> bool:
-        """Whether this is the plain logit gradient on pixels, the baseline of
-        ``gap_reduction`` and the zero-noise point of a SmoothGrad sweep.
-
-        >>> MethodSpec("simple_grad").is_plain_baseline, MethodSpec("simple_grad", {"output": "log_softmax"}).is_plain_baseline
-        (True, False)
-        """
-        return self.method == "simple_grad" and self.superpixel is None and not self.params
-
-    @property
-    def noise(self) -> tuple[str, float] | None:
-        """``("noise_level", alpha)`` or ``("sigma", s)`` for SmoothGrad/VarGrad, else None.
-
-        >>> MethodSpec("smooth_grad", {"noise_level": 0.2}).noise
-        ('noise_level', 0.2)
-        """
-        for name in ("noise_level", "sigma"):
-            if name in self.params:
-                return name, float(self.params[name])
-        return None
-
-    @property
-    def samples(self) -> int | None:
-        """Noise draws per probe of a stochastic method (its default when not given), else None.
-
-        >>> MethodSpec("adapt_grad").samples, MethodSpec("simple_grad").samples
-        (16, None)
-        """
-        defaults = get_method(self.method).defaults
-        if "samples" not in defaults or not method_is_stochastic(self):
-            return None
-        return int(self.params.get("samples", defaults["samples"]))
-
-    @property
-    def gradient_base(self) -> str:
-        """The gradient a method builds on: ``grad``, ``grad_x_input`` or
-        ``integrated_gradients`` (with ``_b<baseline>`` for a non-zero baseline), and
-        ``_sq`` when squared; the grouping of the AdaptGrad study.
-
-        >>> MethodSpec("adapt_grad", {"base": "integrated_gradients", "baseline": "min"}).gradient_base
-        'integrated_gradients_bmin'
-        """
-        if self.method in ("grad_x_input", "integrated_gradients"):
-            base = self.method
-        elif self.method in ("smooth_grad", "adapt_grad"):
-            base = str(self.params.get("base", "grad"))
-        else:
-            base = "grad"
-        if base == "integrated_gradients" and "baseline" in self.params:
-            base += f"_b{self.params['baseline']}"
-        if self.params.get("squared"):
-            base += "_sq"
-        return base
-
-    @property
-    def smoothgrad_curve(self) -> tuple[str, int] | None:
-        """``(noise kind, samples)`` of the SmoothGrad sweep curve this spec is a point of.
-
-        Only plain-gradient SmoothGrad on pixels with nothing but its noise scale and draw
-        count set belongs to a sweep; the curves of one run are told apart by the kind
-        of noise (``sigma`` absolute, ``noise_level`` relative) and by ``samples``. The
-        plain baseline (:attr:`is_plain_baseline`) is the zero-noise point of every curve.
-
-        >>> MethodSpec("smooth_grad", {"noise_level": 0.2, "samples": 4}).smoothgrad_curve
-        ('noise_level', 4)
-        >>> MethodSpec("smooth_grad", {"sigma": 0.2, "base": "grad_x_input"}).smoothgrad_curve is None
-        True
-        """
-        if self.method != "smooth_grad" or self.superpixel is not None:
-            return None
-        if set(self.params) - {"noise_level", "sigma", "samples"}:
-            return None
-        kind, _ = self.noise  # type: ignore[misc]  # smooth_grad always has one
-        return kind, int(self.samples or get_method("smooth_grad").defaults["samples"])
 
     def to_config(self) -> dict[str, Any]:
         """A plain dict that :func:`resolve_method` turns back into an equal spec.
