@@ -98,6 +98,10 @@ def difference(a: Estimate | None, b: Estimate | None) -> Estimate | None:
     """
     if a is None or b is None:
         return None
+    if a.method == b.method == "seeds":  # seed-level means of independent runs: Welch's t
+        from .intervals import welch_difference
+
+        return welch_difference(a, b)
     n, bad = max(a.n, b.n), a.nonfinite + b.nonfinite
     value = a.value - b.value
     if not math.isfinite(value):
