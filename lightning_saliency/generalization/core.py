@@ -190,8 +190,8 @@ def agreement_values(
     """Per-probe agreement of two batches of maps for each metric of ``metrics``.
 
     >>> v = agreement_values(torch.ones(2, 1, 3, 3), torch.ones(2, 1, 3, 3), ["l2", "topk"])
-    >>> v["l2"].tolist(), v["topk"].tolist()
-    ([0.0, 0.0], [1.0, 1.0])
+    >>> v["l2"].tolist(), v["topk"].tolist()  # a constant map ranks nothing: top-k NaN
+    ([0.0, 0.0], [nan, nan])
     """
     fns: dict[str, Callable[[], Tensor]] = {
         "l2": lambda: l2_distance(a, b, normalize=normalize),
