@@ -197,7 +197,10 @@ class SaliencyCLI(LightningCLI):
         A value the config sets explicitly (not the class default) that contradicts the data
         module is an error, never silently replaced.
         """
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            raise _root_cause(err) from None  # the class's own message, not jsonargparse's union
         self._drop_unaccepted_linked_hparams()
         config = self.config.get(str(self.subcommand), self.config)
         model = config.get("model")
@@ -254,6 +257,25 @@ class SaliencyCLI(LightningCLI):
         return None if node is None or node.get("class_path") is None else str(node.get("class_path"))
 
 
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost ValueError/TypeError behind ``err`` (a class's own argument check, which
+    jsonargparse buries under a 60-line "Does not validate against any of the Union
+    subtypes"), with its traceback cut to its raise: the one real message, short."""
+    found, seen = err, set()
+    node: BaseException | None = err
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, (ValueError, TypeError)):
+            found = node
+        node = node.__cause__ or node.__context__
+    if found is err:
+        return err
+    tb = found.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return found.with_traceback(tb)
+
+
 def _as_dict(value: Any) -> Any:
     return value.as_dict() if hasattr(value, "as_dict") else value
 
@@ -300,7 +322,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         report_main(words[1:])
         return
     # None lets LightningCLI read sys.argv itself (passing both makes it warn).
-    cli_main(None if argv is None else words)
+    try:
+        cli_main(None if argv is None else words)
+    except (ValueError, TypeError) as err:  # the one real message first, then the traceback
+        print(f"lightning-saliency: error: {err}", file=sys.stderr, flush=True)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,6 +43,7 @@ from lightning_saliency.metrics import (
     topk_intersection,
 )
 
+from ._shapes import check_against_layout
 from .chance import ChancePairing
 from .layout import ProbeLayout
 from .schema import AGREEMENT_METRICS, above_chance, chance, chance_same_class
@@ -138,6 +139,7 @@ def split_statistics(
     >>> [float(s[k].point()) for k in ("train", "test", "gap")]
     [1.0, 4.0, 3.0]
     """
+    check_against_layout("split_statistics", "values", values, layout, model=model)
     models = list(range(layout.num_models)) if model is None else [model]
     w = 1.0 / len(models)
     train = ProbeStatistic({f"train_{k}": w * values[k, layout.train[k]] for k in models})
@@ -259,6 +261,7 @@ def pairwise_agreement(
     """
     if isinstance(stack, Tensor):
         stack = MapStack(stack)
+    check_against_layout("pairwise_agreement", "maps", stack.maps, layout)
     pairing = ChancePairing() if pairing is None else pairing
     maps = stack.maps
     opts: dict[str, Any] = {"normalize": normalize, "topk": topk}
@@ -314,6 +317,7 @@ def prediction_agreement(preds: Tensor, layout: ProbeLayout, split: str) -> Prob
     >>> float(prediction_agreement(p, ProbeLayout.from_sizes([1, 1], 2), "test").point())
     0.5
     """
+    check_against_layout("prediction_agreement", "preds", preds, layout)
 
     def same(i: int, j: int, rows: Tensor) -> dict[str, Tensor]:
         a, b = preds[i, rows], preds[j, rows]
@@ -333,6 +337,7 @@ def quality(maps: Tensor, layout: ProbeLayout, metric: str) -> dict[str, ProbeSt
     ['gap', 'test', 'train']
     """
     fns = {"sparseness": sparseness, "complexity": complexity}
+    check_against_layout("quality", "maps", maps, layout)
     if metric not in fns:
         raise ValueError(f"unknown quality metric {metric!r}; known: {sorted(fns)}")
     k = layout.num_models
@@ -349,6 +354,7 @@ def drift(
     >>> float(drift(m, m[:, 1:], ProbeLayout.from_sizes([1], 1)).point())
     0.0
     """
+    check_against_layout("drift", "maps", maps, layout)
     t = layout.test
     if previous.shape[1] != t.stop - t.start:
         raise ValueError(
