@@ -78,3 +78,33 @@ def test_every_checkpoint_load_is_weights_only() -> None:
                 if "weights_only=True" not in text[m.start():end]:
                     unsafe.append(f"{path.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}")
     assert unsafe == []
+
+
+def test_methods_are_tried_on_one_probe_before_training() -> None:
+    """A registered method returning the wrong shape, grad_cam on an MLP and a Captum layer
+    typo used to fail only after epoch 0 trained; try_methods fails at once, naming them."""
+    from torch import nn
+
+    from lightning_saliency.attribution import register_method, resolve_method, unregister_method
+    from lightning_saliency.generalization.method_trial import try_methods
+
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+
+    @register_method
+    def flat_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
+        return x.flatten(1)  # (N, 16), not (N, C, H, W)
+
+    try:
+        with pytest.raises(ValueError, match=r"'flat_map' (fails|returns maps shaped)"):
+            try_methods([cnn], x, y, [resolve_method("flat_map")])
+    finally:
+        unregister_method("flat_map")
+    with pytest.raises(ValueError, match=r"'grad_cam' fails on one probe of model 0"):
+        try_methods([mlp], x, y, [resolve_method("grad_cam")])
+    typo = resolve_method({"method": "captum", "attribution": "GuidedGradCam",
+                           "init_args": {"layer": "0x"}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"fails on one probe of model 0 before training"):
+        try_methods([cnn], x, y, [typo])
+    try_methods([cnn, cnn], x, y, [resolve_method("simple_grad"), resolve_method("grad_cam")])
