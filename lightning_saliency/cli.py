@@ -11,6 +11,15 @@ A model section without ``class_path`` configures the default ``DisjointEnsemble
 another class starts from its own defaults, never from the ensemble's.
 ``report`` reads run folders back into tables and plots (:mod:`lightning_saliency.report`).
 
+``seed_everything`` is the one seed knob: it also sets the model's ``init_seed`` and the
+data's ``split_seed`` (splits and data order) unless the config or the command line sets
+them; ``config.yaml`` and ``identity.json`` record the effective seeds. The callback's probe
+``seed`` and the data's ``data_seed`` (the held-out set) stay fixed, so every seed is
+monitored on the same probes. Before ``fit`` writes anything, the run folder is checked: a
+fresh fit needs a folder without another run's record, a resume (``--ckpt_path``) its own
+folder (or a new one) and unchanged seeds, model and data settings
+(:mod:`lightning_saliency._run_guard`).
+
 Examples:
     Train two small CNNs on disjoint halves of scikit-learn's digits::
 

@@ -169,6 +169,23 @@ class SplitStateMixin:
         self._train_set = self._heldout_set = self._train_eval_set = None
         self._ensure_datasets()
 
+    def write_splits_once(self, path: str) -> None:
+        """Write ``splits.json`` to ``path`` unless it is there; one that records another split
+        or other data settings is refused (``ValueError`` naming the differences), never
+        replaced: the folder is another run's."""
+        if not os.path.isfile(path):
+            self.save_splits(path)
+            return
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        diffs = state_differences(saved, self.state_dict()) if isinstance(saved, dict) else ["?"]
+        if diffs:
+            raise ValueError(
+                f"{path!r} records another run's data (differences: {'; '.join(diffs)}); "
+                "nothing was written: give this run a new folder (a new logger version), or "
+                "resume that run with its own data settings"
+            )
+
     def save_splits(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` as JSON to ``path`` (parent folders are created)."""
         path = os.fspath(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ._persistence import SplitStateMixin, state_differences
+from ._persistence import SplitStateMixin
 from ._utils import (
     STATS_FROM_DATA,
     TransformDataset,
@@ -189,8 +188,7 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
 
         ``splits.json`` goes to ``trainer.log_dir`` when a trainer is attached and that is not
         None; every rank reads ``log_dir`` (it is a collective call), only global rank 0 writes.
-        A ``splits.json`` already there is never replaced: one of another split or other data
-        settings is refused (``ValueError`` naming the differences), the folder is another run's.
+        One already there is never replaced (:meth:`write_splits_once`).
         """
         self._ensure_splits()
         self._fill_hparams()
@@ -199,21 +197,7 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
             if trainer is not None:
                 log_dir = trainer.log_dir
                 if log_dir is not None and trainer.is_global_zero:
-                    self._write_splits_once(os.path.join(log_dir, SPLITS_FILENAME))
-
-    def _write_splits_once(self, path: str) -> None:
-        if not os.path.isfile(path):
-            self.save_splits(path)
-            return
-        with open(path, encoding="utf-8") as fh:
-            saved = json.load(fh)
-        diffs = state_differences(saved, self.state_dict()) if isinstance(saved, dict) else ["?"]
-        if diffs:
-            raise ValueError(
-                f"{path!r} records another run's data (differences: {'; '.join(diffs)}); "
-                "nothing was written: give this run a new folder (a new logger version), or "
-                "resume that run with its own data settings"
-            )
+                    self.write_splits_once(os.path.join(log_dir, SPLITS_FILENAME))
 
     def _fill_hparams(self) -> None:
         # ``num_classes``/``in_chans``/``image_size`` given as None are inferred; record the
