@@ -13,9 +13,10 @@ from ._utils import _check_stats
 
 __all__ = ["SplitStateMixin", "state_differences"]
 
-#: Data-module arguments that say where the data lies or how it is loaded, not what it is:
-#: left out of the settings a resumed run must keep.
-NOT_SETTINGS = ("num_workers", "pin_memory", "root", "download")
+#: Data-module arguments left out of the settings a resumed run must keep: where the data
+#: lies or how it is loaded (the same values), and ``mean``/``std``, which the saved
+#: normalization checks by its own rule (a computed one is adopted, a given one must match).
+NOT_SETTINGS = ("num_workers", "pin_memory", "root", "download", "in_memory", "mean", "std")
 _CHECKED = ("split_seed", "split_factor", "num_models", "n")
 
 
