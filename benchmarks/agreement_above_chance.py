@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"{len(x)} held-out probes, {args.method}, Spearman of models 0 and 1")
     print(f"{'run':40s} {'agreement':>9s} {'chance':>7s} {'above':>7s} {'sd':>7s} {'se':>7s}")
     for run in args.runs:
-        ens = DisjointEnsemble.load_from_checkpoint(find_checkpoint(run), map_location="cpu")
+        ens = DisjointEnsemble.load_from_checkpoint(find_checkpoint(run), map_location="cpu",
+                                                  weights_only=True)
         if len(ens.models) < 2:
             raise SystemExit(f"{run}: the checkpoint needs at least two models")
         a, b = (compute_attribution(args.method, m.eval(), x, y) for m in list(ens.models)[:2])

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     device = torch.device(args.device)
     ckpt = find_checkpoint(Path(args.run))
-    ensemble = DisjointEnsemble.load_from_checkpoint(ckpt, map_location=device).eval()
+    ensemble = DisjointEnsemble.load_from_checkpoint(ckpt, map_location=device,
+                                                    weights_only=True).eval()
     models = list(ensemble.models)
     x, y = load_probes(args.data, args.probes)
     x, y = x.to(device), y.to(device)

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--algorithm", default="slic", help="segmenter (default slic)")
     args = p.parse_args(argv)
 
-    ens = DisjointEnsemble.load_from_checkpoint(find_checkpoint(args.run), map_location="cpu")
+    ens = DisjointEnsemble.load_from_checkpoint(find_checkpoint(args.run), map_location="cpu",
+                                              weights_only=True)
     ens.eval()
     if len(ens.models) < 2:
         raise SystemExit("the checkpoint needs at least two models")

@@ -11,6 +11,15 @@ A model section without ``class_path`` configures the default ``DisjointEnsemble
 another class starts from its own defaults, never from the ensemble's.
 ``report`` reads run folders back into tables and plots (:mod:`lightning_saliency.report`).
 
+``seed_everything`` is the one seed knob: it also sets the model's ``init_seed`` and the
+data's ``split_seed`` (splits and data order) unless the config or the command line sets
+them; ``config.yaml`` and ``identity.json`` record the effective seeds. The callback's probe
+``seed`` and the data's ``data_seed`` (the held-out set) stay fixed, so every seed is
+monitored on the same probes. Before ``fit`` writes anything, the run folder is checked: a
+fresh fit needs a folder without another run's record, a resume (``--ckpt_path``) its own
+folder (or a new one) and unchanged seeds, model and data settings
+(:mod:`lightning_saliency._run_guard`).
+
 Examples:
     Train two small CNNs on disjoint halves of scikit-learn's digits::
 
@@ -48,6 +57,7 @@ from typing import Any
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lightning_saliency import _compat
+from lightning_saliency._run_guard import RunConfigCallback, check_before_fit
 from lightning_saliency.data import DisjointSplitDataModule
 
 __all__ = ["DEFAULT_MODEL", "REPORT_HELP", "SaliencyCLI", "cli_main", "main"]
@@ -57,6 +67,11 @@ DEFAULT_MODEL = "lightning_saliency.models.DisjointEnsemble"
 #: One-line help of the ``report`` subcommand.
 REPORT_HELP = "Tables and plots of the studies from run folders (lightning-saliency report --help)."
 _EXITING = ("-h", "--help", "--print_config")
+#: Seeds that follow ``seed_everything`` unless the config or the command line sets them:
+#: ``(section, argument)``. The data module's ``data_seed`` (which images are held out) and
+#: the callback's probe ``seed`` stay fixed: every seed sees the same data and probes.
+SEED_FOLLOWERS = (("model", "init_seed"), ("data", "split_seed"))
+_UNSET = -987_654_321  # a default no one writes: marks a seed the user did not set
 
 
 def _num_models(dm: DisjointSplitDataModule) -> int:
@@ -115,12 +130,75 @@ class SaliencyCLI(LightningCLI):
         ``lr: float = 0.01`` would silently become the ensemble's 0.1. A first, silent
         parse finds the chosen class; the real parse then starts from it.
         """
-        chosen = self._chosen_model(parser, args)
+        cfg = self._silent_parse(parser, args)
+        chosen = self._class_path(cfg, "model")
+        subs = getattr(self, "_subcommand_parsers", None)  # none when run=False
+        parsers = list(subs.values()) if subs else [parser]
         if chosen is not None and chosen != DEFAULT_MODEL:
-            subs = getattr(self, "_subcommand_parsers", None)  # none when run=False
-            for sub in subs.values() if subs else [parser]:
+            for sub in parsers:
                 sub.set_defaults({"model": {"class_path": chosen}})
+        self._unset_seeds = self._find_unset_seeds(parser, parsers, args, cfg)
         super().parse_arguments(parser, args)
+
+    def _find_unset_seeds(self, parser: LightningArgumentParser,
+                          parsers: list[LightningArgumentParser], args: ArgsType,
+                          cfg: Any) -> list[str]:  # fmt: skip
+        """The :data:`SEED_FOLLOWERS` that neither a config nor the command line sets: a silent
+        parse with a marker as their default finds them (the defaults are restored after)."""
+        defaults: dict[str, Any] = {}
+        for section, name in SEED_FOLLOWERS:
+            path = self._class_path(cfg, section)
+            if path is None or name not in _init_params(path):
+                continue
+            entry = defaults.setdefault(section, {"class_path": path, "init_args": {}})
+            entry["init_args"][name] = _UNSET
+        if not defaults:
+            return []
+        saved = {section: _as_dict(parsers[0].get_default(section)) for section in defaults}
+        for sub in parsers:
+            sub.set_defaults(defaults)
+        try:
+            marked = self._silent_parse(parser, args)
+        finally:
+            for sub in parsers:
+                sub.set_defaults(saved)
+        sub_name = None if marked is None else marked.get("subcommand")
+        found = []
+        for section, entry in defaults.items():
+            for name in entry["init_args"]:
+                key = f"{section}.init_args.{name}"
+                value = None if marked is None else marked.get(f"{sub_name}.{key}" if sub_name else key)
+                if value == _UNSET:
+                    found.append(key)
+        return found
+
+    def before_instantiate_classes(self) -> None:
+        """Give the seeds the user did not set the run's ``seed_everything`` (the config that
+        ``config.yaml`` saves then records the effective seeds)."""
+        config = self.config.get(str(self.subcommand), self.config)
+        seed = config.get("seed_everything")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            return  # no global seed: the classes' defaults stay
+        for key in getattr(self, "_unset_seeds", []):
+            config[key] = seed
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The trainer, with the run-folder guard first among its callbacks (it checks the
+        folder before another callback writes into it)."""
+        trainer: Any = super().instantiate_trainer(**kwargs)
+        guards = [c for c in trainer.callbacks if isinstance(c, RunConfigCallback)]
+        for guard in guards:
+            trainer.callbacks.remove(guard)
+            trainer.callbacks.insert(0, guard)
+        return trainer
+
+    def before_fit(self) -> None:
+        """Check the run folder before anything is written (a refused run leaves it as it is)."""
+        trainer: Any = self.trainer
+        guard = next((c for c in trainer.callbacks if isinstance(c, RunConfigCallback)), None)
+        if guard is not None:
+            config = self.config.get(str(self.subcommand), self.config)
+            check_before_fit(guard, trainer, config.get("ckpt_path"))
 
     def instantiate_classes(self) -> None:
         """Instantiate, then record the linked values in the config that ``config.yaml`` saves.
@@ -128,7 +206,10 @@ class SaliencyCLI(LightningCLI):
         A value the config sets explicitly (not the class default) that contradicts the data
         module is an error, never silently replaced.
         """
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            raise _root_cause(err) from None  # the class's own message, not jsonargparse's union
         self._drop_unaccepted_linked_hparams()
         config = self.config.get(str(self.subcommand), self.config)
         model = config.get("model")
@@ -163,7 +244,8 @@ class SaliencyCLI(LightningCLI):
                     del store[name]
 
     @staticmethod
-    def _chosen_model(parser: LightningArgumentParser, args: ArgsType) -> str | None:
+    def _silent_parse(parser: LightningArgumentParser, args: ArgsType) -> Any:
+        """Parse without output or exit (None on any error: the real parse reports it)."""
         if args is not None and not isinstance(args, (list, tuple)):
             return None  # a dict or Namespace: parse_object, no class change to probe
         words = list(sys.argv[1:] if args is None else args)
@@ -171,12 +253,52 @@ class SaliencyCLI(LightningCLI):
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             try:
-                cfg = parser.parse_args(words)
-            except (SystemExit, Exception):  # the real parse reports the error
+                return parser.parse_args(words)
+            except (SystemExit, Exception):
                 return None
+
+    @staticmethod
+    def _class_path(cfg: Any, section: str) -> str | None:
+        if cfg is None:
+            return None
         sub = cfg.get("subcommand")
-        model = cfg.get(f"{sub}.model") if sub else cfg.get("model")
-        return None if model is None else str(model.get("class_path"))
+        node = cfg.get(f"{sub}.{section}") if sub else cfg.get(section)
+        return None if node is None or node.get("class_path") is None else str(node.get("class_path"))
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost ValueError/TypeError behind ``err`` (a class's own argument check, which
+    jsonargparse buries under a 60-line "Does not validate against any of the Union
+    subtypes"), with its traceback cut to its raise: the one real message, short."""
+    found, seen = err, set()
+    node: BaseException | None = err
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, (ValueError, TypeError)):
+            found = node
+        node = node.__cause__ or node.__context__
+    if found is err:
+        return err
+    tb = found.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return found.with_traceback(tb)
+
+
+def _as_dict(value: Any) -> Any:
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def _init_params(class_path: str) -> set[str]:
+    """The ``__init__`` argument names of the class at ``class_path`` (empty if not importable)."""
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return set(inspect.signature(cls.__init__).parameters)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return set()
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> SaliencyCLI:
@@ -196,7 +318,7 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> SaliencyCLI
         subclass_mode_data=True,
         args=words,
         run=run,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfigCallback,
     )
 
 
@@ -209,7 +331,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         report_main(words[1:])
         return
     # None lets LightningCLI read sys.argv itself (passing both makes it warn).
-    cli_main(None if argv is None else words)
+    try:
+        cli_main(None if argv is None else words)
+    except (ValueError, TypeError) as err:  # the one real message first, then the traceback
+        print(f"lightning-saliency: error: {err}", file=sys.stderr, flush=True)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

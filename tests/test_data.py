@@ -225,7 +225,8 @@ def test_state_dict_round_trip_and_mismatch(tmp_path) -> None:
     dm = index_dm(n=30, split_factor=3, num_models=2, split_seed=5)
     state = dm.state_dict()
     assert set(state) == {
-        "split_seed", "split_factor", "num_models", "n", "split_indices", "mean", "std"
+        "split_seed", "split_factor", "num_models", "n", "split_indices", "mean", "std",
+        "settings",
     }  # fmt: skip
     assert state["mean"] is None and state["std"] is None
     assert (state["split_seed"], state["split_factor"], state["num_models"], state["n"]) == (

@@ -76,8 +76,10 @@ def test_normalize_maps() -> None:
 def test_l2_distance_hand_case() -> None:
     a = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 0.0]])
     b = torch.tensor([[0.0, 5.0], [-2.0, 0.0], [0.0, 7.0]])
-    # normalized: (0.6, 0.8) vs (0, 1); (1, 0) vs (-1, 0); zero map vs (0, 1)
-    torch.testing.assert_close(l2_distance(a, b), torch.tensor([math.sqrt(0.4), 2.0, 1.0]))
+    # normalized: (0.6, 0.8) vs (0, 1); (1, 0) vs (-1, 0); a zero map has no direction:
+    # NaN, not the distance 1 it used to get (issue 19)
+    torch.testing.assert_close(l2_distance(a, b), torch.tensor([math.sqrt(0.4), 2.0, math.nan]),
+                               equal_nan=True)  # fmt: skip
     raw = l2_distance(a, b, normalize=False)
     torch.testing.assert_close(raw, torch.tensor([math.sqrt(10.0), 3.0, 7.0]))
     # 4-D maps are flattened; optional channel reduction first
@@ -274,9 +276,9 @@ def test_ssim_properties_and_options() -> None:
         for i in range(2)
     ]
     np.testing.assert_allclose(ssim(a, b, percentile=None).numpy(), ref, atol=1e-5)
-    # all-zero maps stay zero (no NaN): SSIM of two zero maps is 1
+    # two all-zero maps are no evidence of agreement: NaN, not the SSIM 1 they used to get
     z = torch.zeros(1, 3, 12, 12)
-    torch.testing.assert_close(ssim(z, z), torch.ones(1))
+    assert torch.isnan(ssim(z, z)).all()
     with pytest.raises(ValueError, match="odd"):
         ssim(a, b, win_size=4)
     with pytest.raises(ValueError, match="percentile"):

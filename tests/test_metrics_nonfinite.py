@@ -168,21 +168,25 @@ def test_finite_rows() -> None:
 
 
 # ---------------------------------------------------------------- constant (zero) maps
-def test_all_zero_maps_keep_their_documented_values() -> None:
-    """All-zero maps are finite: their values are each metric's constant-map rule."""
+def test_all_zero_and_constant_maps_are_nan_not_perfect_agreement() -> None:
+    """Issue 19 (case 7): two all-zero maps used to score L2 0, top-k 1 and SSIM 1 (perfect
+    agreement from a model that ignores its input); a flat map (one super-pixel segment)
+    SSIM 1. Now every agreement metric is NaN for them; the single-map scores keep their
+    documented constant-map rules, and a constant non-zero map keeps its L2 direction."""
     zero = torch.zeros(2, 3, 12, 12)
+    flat = torch.full((2, 3, 12, 12), 0.5)
     x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(3))
     assert finite_rows(zero).all()
-    assert l2_distance(zero, zero).tolist() == [0.0, 0.0]
-    assert l2_distance(zero, x).tolist() == pytest.approx([1.0, 1.0])
-    assert torch.isnan(spearman(zero, x)).all()  # undefined: a constant map has no ranking
-    assert torch.isnan(spearman(zero, zero)).all()
-    assert topk_intersection(zero, zero).tolist() == [1.0, 1.0]  # ties broken by position
-    k = round(0.1 * 144)
-    first_k = [len(set(range(k)) & set(np.argsort(-_abs_sum(x[i]).ravel(), kind="stable")[:k]))
-               / k for i in range(2)]  # fmt: skip
-    assert topk_intersection(zero, x).tolist() == pytest.approx(first_k)
-    assert ssim(zero, zero, win_size=7).tolist() == [1.0, 1.0]
+    for a, b in ((zero, zero), (zero, x), (x, zero)):
+        assert torch.isnan(l2_distance(a, b)).all()
+        assert torch.isnan(spearman(a, b)).all()
+        assert torch.isnan(topk_intersection(a, b)).all()
+        assert torch.isnan(ssim(a, b, win_size=7)).all()
+    assert torch.isnan(ssim(flat, flat, win_size=7)).all()
+    assert torch.isnan(topk_intersection(flat, x)).all()
+    assert l2_distance(flat, flat).tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert l2_distance(zero, x, normalize=False).tolist() == pytest.approx(
+        x.flatten(1).norm(dim=1).tolist())
     assert sparseness(zero).tolist() == [0.0, 0.0]
     assert complexity(zero).tolist() == pytest.approx([math.log(144)] * 2)
     assert torch.equal(normalize_maps(zero), zero)

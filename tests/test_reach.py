@@ -106,9 +106,11 @@ class _Wrapped(Plain):
 @pytest.mark.parametrize("kind", ["dict", "tuple", "object"])
 def test_dict_tuple_and_output_object_models_are_monitored(tmp_path: Path, kind: str) -> None:
     loader, (x, y) = plain_loader()
+    # a tuple of two tensors is ambiguous (issue 19): it needs its output_transform
+    pick = {"output_transform": lambda out: out[0]} if kind == "tuple" else {}
     cb = callback(methods=["simple_grad", {"method": "smooth_grad", "sigma": 0.3, "samples": 2}],
                   train_probes=(x[:8], y[:8]), test_probes=(x[8:16], y[8:16]),
-                  reference=_Wrapped(kind))  # fmt: skip
+                  reference=_Wrapped(kind), **pick)  # fmt: skip
     t = trainer(tmp_path, [cb], max_epochs=1, limit_val_batches=0)
     model = _Wrapped(kind)
     t.fit(model, loader)

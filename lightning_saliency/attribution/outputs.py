@@ -1,9 +1,13 @@
 """Any classifier output as logits: tensors, tuples, dicts and HuggingFace-style objects.
 
-The convention, one place for the whole library: a tensor is the logits; a tuple or list
-gives its first element; a mapping its ``"logits"`` entry; any other object its
-``.logits`` attribute (``transformers``' ``ModelOutput``). Anything else is refused with a
-message naming ``output_transform``, the argument that maps a model's output to its logits.
+The convention, one place for the whole library, and it never guesses: a tensor is the
+logits; a tuple or list holding exactly one tensor gives it (``(logits, None)``); a
+mapping its ``"logits"`` entry; any other object its ``.logits`` attribute
+(``transformers``' ``ModelOutput``). Anything else, a tuple of two tensors
+(``(features, logits)`` or ``(logits, features)``: which is which cannot be told) included,
+is refused with a message naming ``output_transform``, the argument that maps a model's
+output to its logits. Outputs that are probabilities (rows >= 0 summing to 1) are refused
+by :func:`check_logits` (the methods and faithfulness take a softmax of logits).
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["OutputTransform", "as_logits", "logits_outputs"]
+__all__ = ["OutputTransform", "as_logits", "check_logits", "logits_outputs"]
 
 OutputTransform = Callable[[Any], Tensor]
 
@@ -29,8 +34,16 @@ def as_logits(out: Any) -> Tensor:
     """
     if isinstance(out, Tensor):
         return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
+    if isinstance(out, (tuple, list)):
+        tensors = [o for o in out if isinstance(o, Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+        if len(tensors) > 1:
+            raise TypeError(
+                f"the model returned a {type(out).__name__} of {len(tensors)} tensors (shapes "
+                f"{[tuple(t.shape) for t in tensors]}); which one is the logits cannot be told: "
+                "give output_transform= (e.g. output_transform=lambda out: out[1])"
+            )
     if isinstance(out, Mapping) and isinstance(out.get("logits"), Tensor):
         return out["logits"]
     logits = getattr(out, "logits", None)
@@ -42,6 +55,33 @@ def as_logits(out: Any) -> Tensor:
         "tensor, a tuple whose first element, a dict whose 'logits' or an object whose "
         ".logits is the logits"
     )
+
+
+def check_logits(logits: Tensor, atol: float = 1e-4) -> None:
+    """Refuse an output that is probabilities, not logits (every row >= 0 and summing to 1).
+
+    The attribution methods explain logits and faithfulness takes their softmax: a model
+    returning probabilities would get a softmax twice. Call once, on one probe batch.
+
+    >>> import torch
+    >>> check_logits(torch.tensor([[2.0, -1.0], [0.5, 0.5]]))
+    >>> check_logits(torch.tensor([[0.9, 0.1], [0.3, 0.7]]).log())
+    >>> check_logits(torch.tensor([[0.9, 0.1], [0.3, 0.7]]))
+    Traceback (most recent call last):
+    ...
+    ValueError: the model's outputs look like probabilities (every row >= 0 and summing to 1), not logits: give output_transform=torch.log (or return logits)
+    """
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[1] < 2:
+        return
+    x = logits.detach().double()
+    if not torch.isfinite(x).all():
+        return
+    rows = x.sum(dim=1)
+    if bool((x >= 0).all()) and bool(((rows - 1).abs() <= atol).all()):
+        raise ValueError(
+            "the model's outputs look like probabilities (every row >= 0 and summing to 1), "
+            "not logits: give output_transform=torch.log (or return logits)"
+        )
 
 
 @contextlib.contextmanager

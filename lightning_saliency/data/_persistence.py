@@ -11,7 +11,36 @@ import torch
 
 from ._utils import _check_stats
 
-__all__ = ["SplitStateMixin"]
+__all__ = ["SplitStateMixin", "state_differences"]
+
+#: Data-module arguments left out of the settings a resumed run must keep: where the data
+#: lies or how it is loaded (the same values), and ``mean``/``std``, which the saved
+#: normalization checks by its own rule (a computed one is adopted, a given one must match).
+NOT_SETTINGS = ("num_workers", "pin_memory", "root", "download", "in_memory", "mean", "std")
+_CHECKED = ("split_seed", "split_factor", "num_models", "n")
+
+
+def state_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``["key: saved X, current Y", ...]`` between two split states: the split keys, and
+    every data setting (``settings.<name>``) when both states record them.
+
+    >>> state_differences({"split_seed": 1, "settings": {"data_seed": 0}},
+    ...                   {"split_seed": 1, "settings": {"data_seed": 3}})
+    ['settings.data_seed: saved 0, current 3']
+    """
+    diffs = [
+        f"{key}: saved {saved[key]!r}, current {current[key]!r}"
+        for key in _CHECKED
+        if key in saved and key in current and saved[key] != current[key]
+    ]
+    a, b = saved.get("settings"), current.get("settings")
+    if isinstance(a, dict) and isinstance(b, dict):
+        diffs += [
+            f"settings.{key}: saved {a.get(key)!r}, current {b.get(key)!r}"
+            for key in sorted(set(a) | set(b))
+            if a.get(key) != b.get(key)
+        ]
+    return diffs
 
 
 class SplitStateMixin:
@@ -31,6 +60,7 @@ class SplitStateMixin:
     _train_eval_set: Any
     _split_indices: list[torch.Tensor] | None
     _pending_state: dict[str, Any] | None
+    hparams: Any
     mean: Any
     std: Any
 
@@ -41,11 +71,20 @@ class SplitStateMixin:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ persistence
+    def data_settings(self) -> dict[str, Any]:
+        """This module's arguments as JSON types, without :data:`NOT_SETTINGS` (every seed,
+        ``data_seed`` included, the split, the batch size, augmentation, the shortcut...)."""
+        own = {k: v for k, v in dict(self.hparams).items() if k not in NOT_SETTINGS}
+        settings: dict[str, Any] = json.loads(json.dumps(own, default=str, sort_keys=True))
+        return settings
+
     def state_dict(self) -> dict[str, Any]:
-        """``{"split_seed", "split_factor", "num_models", "n", "split_indices", "mean", "std"}``.
+        """``{"split_seed", "split_factor", "num_models", "n", "split_indices", "mean", "std",
+        "settings"}``.
 
         Plain ints, lists of floats or None (``mean``/``std``: the normalization in use, so a
-        resumed ``mean="auto"`` run keeps the values it was trained with).
+        resumed ``mean="auto"`` run keeps the values it was trained with); ``settings``:
+        :meth:`data_settings`, which a resumed run must keep.
         """
         indices = self._ensure_splits()
         return {
@@ -56,13 +95,16 @@ class SplitStateMixin:
             "split_indices": [idx.tolist() for idx in indices],
             "mean": None if self.mean is None else list(self.mean),
             "std": None if self.std is None else list(self.std),
+            "settings": self.data_settings(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Check that a saved split state matches this run; adopt its indices.
 
-        Raises ``ValueError`` if ``split_seed``, ``split_factor``, ``num_models`` or the train
-        set size differ (a resumed run must train each model on the same split). If only the
+        Raises ``ValueError`` if ``split_seed``, ``split_factor``, ``num_models``, the train
+        set size or (when the saved state records them) any data setting differ, e.g.
+        ``data_seed`` (a resumed run must train each model on the same split, and probe the
+        same held-out set). If only the
         index lists differ (e.g. another torch version draws other permutations), the saved
         indices are used, with a warning. Saved ``mean``/``std`` (optional keys) that differ
         from this module's are adopted, with a warning, when they were computed
@@ -77,11 +119,7 @@ class SplitStateMixin:
             self._pending_state = dict(state_dict)
             return
         current = self.state_dict()
-        diffs = [
-            f"{key}: saved {state_dict[key]!r}, current {current[key]!r}"
-            for key in required[:-1]
-            if state_dict[key] != current[key]
-        ]
+        diffs = state_differences(state_dict, current)
         if not diffs and "mean" in state_dict:
             self._restore_stats(state_dict["mean"], state_dict.get("std"))
         if diffs:
@@ -89,7 +127,8 @@ class SplitStateMixin:
                 "the saved splits do not match this data module (a resumed run must train each "
                 "model on the same split); differences: "
                 + "; ".join(diffs)
-                + ". Use the same split_seed/split_factor/num_models and the same train data."
+                + ". Use the same data settings (split_seed/split_factor/num_models, data_seed...) and "
+                "the same train data."
             )
         saved = [torch.as_tensor(idx, dtype=torch.int64) for idx in state_dict["split_indices"]]
         n = int(current["n"])
@@ -130,6 +169,23 @@ class SplitStateMixin:
         self._mean, self._std = saved
         self._train_set = self._heldout_set = self._train_eval_set = None
         self._ensure_datasets()
+
+    def write_splits_once(self, path: str) -> None:
+        """Write ``splits.json`` to ``path`` unless it is there; one that records another split
+        or other data settings is refused (``ValueError`` naming the differences), never
+        replaced: the folder is another run's."""
+        if not os.path.isfile(path):
+            self.save_splits(path)
+            return
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        diffs = state_differences(saved, self.state_dict()) if isinstance(saved, dict) else ["?"]
+        if diffs:
+            raise ValueError(
+                f"{path!r} records another run's data (differences: {'; '.join(diffs)}); "
+                "nothing was written: give this run a new folder (a new logger version), or "
+                "resume that run with its own data settings"
+            )
 
     def save_splits(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` as JSON to ``path`` (parent folders are created)."""

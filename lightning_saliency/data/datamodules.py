@@ -199,6 +199,7 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
 
         ``splits.json`` goes to ``trainer.log_dir`` when a trainer is attached and that is not
         None; every rank reads ``log_dir`` (it is a collective call), only global rank 0 writes.
+        One already there is never replaced (:meth:`write_splits_once`).
         """
         self._ensure_splits()
         self._fill_hparams()
@@ -207,7 +208,7 @@ class DisjointSplitDataModule(SplitStateMixin, L.LightningDataModule):
             if trainer is not None:
                 log_dir = trainer.log_dir
                 if log_dir is not None and trainer.is_global_zero:
-                    self.save_splits(os.path.join(log_dir, SPLITS_FILENAME))
+                    self.write_splits_once(os.path.join(log_dir, SPLITS_FILENAME))
 
     def _fill_hparams(self) -> None:
         # ``num_classes``/``in_chans``/``image_size`` given as None are inferred; record the

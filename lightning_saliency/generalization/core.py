@@ -42,6 +42,7 @@ from lightning_saliency.metrics import (
     ssim_window,
 )
 
+from ._shapes import check_against_layout
 from .chance import ChancePairing
 from .layout import ProbeLayout
 from .schema import above_chance, chance, chance_same_class
@@ -137,6 +138,7 @@ def split_statistics(
     >>> [float(s[k].point()) for k in ("train", "test", "gap")]
     [1.0, 4.0, 3.0]
     """
+    check_against_layout("split_statistics", "values", values, layout, model=model)
     models = list(range(layout.num_models)) if model is None else [model]
     w = 1.0 / len(models)
     train = ProbeStatistic({f"train_{k}": w * values[k, layout.train[k]] for k in models})
@@ -184,8 +186,8 @@ def agreement_values(
     specs' ``normalize`` and top-k's ``k`` where they do not set them (compatibility).
 
     >>> v = agreement_values(torch.ones(2, 1, 3, 3), torch.ones(2, 1, 3, 3), ["l2", "topk"])
-    >>> v["l2"].tolist(), v["topk"].tolist()
-    ([0.0, 0.0], [1.0, 1.0])
+    >>> v["l2"].tolist(), v["topk"].tolist()  # a constant map ranks nothing: top-k NaN
+    ([0.0, 0.0], [nan, nan])
     """
     specs = agreement_specs(metrics, normalize=normalize, topk=topk)
     return _values(specs, a, b)
@@ -251,6 +253,7 @@ def pairwise_agreement(
     """
     if isinstance(stack, Tensor):
         stack = MapStack(stack)
+    check_against_layout("pairwise_agreement", "maps", stack.maps, layout)
     pairing = ChancePairing() if pairing is None else pairing
     maps = stack.maps
     specs = agreement_specs(metrics, normalize=normalize, topk=topk)
@@ -310,6 +313,7 @@ def prediction_agreement(preds: Tensor, layout: ProbeLayout, split: str) -> Prob
     >>> float(prediction_agreement(p, ProbeLayout.from_sizes([1, 1], 2), "test").point())
     0.5
     """
+    check_against_layout("prediction_agreement", "preds", preds, layout)
 
     def same(i: int, j: int, rows: Tensor) -> dict[str, Tensor]:
         a, b = preds[i, rows], preds[j, rows]
@@ -330,6 +334,7 @@ def quality(maps: Tensor, layout: ProbeLayout, metric: str) -> dict[str, ProbeSt
     """
     fn = get_metric(metric, "quality").fn
     assert fn is not None  # a quality metric is a function of maps
+    check_against_layout("quality", "maps", maps, layout)
     k = layout.num_models
     return split_statistics(torch.stack([fn(maps[m]) for m in range(k)]), layout)
 
@@ -344,6 +349,7 @@ def drift(
     >>> float(drift(m, m[:, 1:], ProbeLayout.from_sizes([1], 1)).point())
     0.0
     """
+    check_against_layout("drift", "maps", maps, layout)
     t = layout.test
     if previous.shape[1] != t.stop - t.start:
         raise ValueError(

@@ -41,7 +41,8 @@ from lightning_saliency.attribution import (
     compute_attribution,
     group_by_segments,
 )
-from lightning_saliency.metrics import finite_rows, metric_names
+from lightning_saliency.metrics import metric_names
+from lightning_saliency.metrics._maps import informative_rows
 
 from .chance import CHANCE_DRAWS, ChancePairing, PredictionChance
 from .core import (
@@ -340,10 +341,11 @@ def nonfinite_key(method: str, stage: str = "fit") -> MetricKey:
 def _nonfinite_counts(
     specs: Sequence[MethodSpec], stacks: Mapping[str, MapStack], stage: str
 ) -> dict[MetricKey, Estimate]:
-    """Per method, how many probes have a NaN or infinite map value for some model."""
+    """Per method, how many probes have a NaN, infinite or constant (e.g. all-zero) map for
+    some model: their agreement numbers are NaN."""
     if not specs:
         return {}
-    bad = torch.stack([(~finite_rows(stacks[s.label].maps.flatten(0, 1)))
+    bad = torch.stack([(~informative_rows(stacks[s.label].maps.flatten(0, 1)))
                        .view(stacks[s.label].maps.shape[:2]).any(0).sum() for s in specs])  # fmt: skip
     n = stacks[specs[0].label].maps.shape[1]
     return {nonfinite_key(s.label, stage): Estimate(float(c), 0.0, float(c), float(c), n, int(c))

@@ -20,6 +20,8 @@ from lightning_saliency.metrics._maps import (
     _nan_unless,
     _pearson_rows,
     finite_rows,
+    informative_rows,
+    nonzero_rows,
     normalize_maps,
 )
 
@@ -36,10 +38,9 @@ def l2_distance(
     """Per-sample L2 distance between two batches of maps.
 
     With ``normalize=True`` (default, paper 000 sec. 6.4) this is
-    ``|| a/||a|| - b/||b|| ||_2`` and lies in ``[0, 2]``; an all-zero map stays zero
-    after normalization, so it is 1 from any other map and 0 from another zero map.
-    By default the full maps are compared (no channel reduction).  NaN where either
-    map is not finite.
+    ``|| a/||a|| - b/||b|| ||_2`` and lies in ``[0, 2]``.  An all-zero map has no
+    direction: NaN where either map is all zero or not finite (two all-zero maps used to
+    score 0, perfect agreement); ``normalize=False`` is NaN only where a map is not finite.  By default the full maps are compared (no channel reduction).
 
     >>> a = torch.tensor([[3.0, 0.0]]); b = torch.tensor([[0.0, 5.0]])
     >>> l2_distance(a, b)
@@ -54,7 +55,8 @@ def l2_distance(
     if normalize:
         fa = normalize_maps(fa, eps)
         fb = normalize_maps(fb, eps)
-    return _nan_unless(finite_rows(a) & finite_rows(b), (fa - fb).norm(dim=1))
+    valid = nonzero_rows if normalize else finite_rows  # a zero map cannot be normalized
+    return _nan_unless(valid(a) & valid(b), (fa - fb).norm(dim=1))
 
 
 def _average_ranks(x: Tensor) -> Tensor:
@@ -118,8 +120,8 @@ def topk_intersection(
     nearest integer, at least 1): ``k=1`` means one element, ``k=1.0`` all of them.
     Elements are ranked by the value of the reduced map (largest first).  Ties are
     broken deterministically by position: among equal values the element with the
-    smaller flat index ranks higher (stable sort), so a constant (e.g. all-zero) map's
-    top-k is its first k elements.  NaN where either map is not finite.
+    smaller flat index ranks higher (stable sort).  NaN where either map is constant
+    (e.g. all-zero: its top-k would be its first k elements) or not finite.
 
     >>> a = torch.tensor([[4.0, 3.0, 2.0, 1.0]]); b = torch.tensor([[4.0, 1.0, 3.0, 2.0]])
     >>> topk_intersection(a, b, 2, channel_reduction=None)
@@ -135,7 +137,7 @@ def topk_intersection(
     mask_a = torch.zeros_like(fa, dtype=torch.bool).scatter_(1, top_a, True)
     mask_b = torch.zeros_like(fb, dtype=torch.bool).scatter_(1, top_b, True)
     frac = (mask_a & mask_b).sum(dim=1).to(dtype) / kk
-    return _nan_unless(finite_rows(a) & finite_rows(b), frac)
+    return _nan_unless(informative_rows(a) & informative_rows(b), frac)
 
 
 # ------------------------------------------------------------------- predictions

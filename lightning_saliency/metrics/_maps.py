@@ -84,6 +84,33 @@ def finite_rows(maps: Tensor) -> Tensor:
     return ok.flatten(1).all(dim=1) if ok.ndim > 1 else ok
 
 
+def informative_rows(maps: Tensor) -> Tensor:
+    """``(N,)`` bool: True where map n is finite and not constant (an all-zero or flat map
+    ranks nothing: comparing two of them would score as perfect agreement).
+
+    >>> informative_rows(torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, 3.0], [float("nan"), 1.0]]))
+    tensor([ True, False, False, False])
+    """
+    ok = finite_rows(maps)
+    if maps.ndim < 2 or maps.dtype == torch.bool:
+        return ok
+    flat = maps.flatten(1)
+    return ok & (flat.amax(dim=1) > flat.amin(dim=1)) if flat.shape[1] else ok
+
+
+def nonzero_rows(maps: Tensor) -> Tensor:
+    """``(N,)`` bool: True where map n is finite and not all zero (it has a direction: it
+    can be normalized).
+
+    >>> nonzero_rows(torch.tensor([[1.0, 1.0], [0.0, 0.0], [float("inf"), 1.0]]))
+    tensor([ True, False, False])
+    """
+    ok = finite_rows(maps)
+    if maps.ndim < 2:
+        return ok & (maps != 0)
+    return ok & (maps.flatten(1) != 0).any(dim=1)
+
+
 def _nan_unless(ok: Tensor, values: Tensor) -> Tensor:
     """``values`` where ``ok``, NaN elsewhere (``ok`` broadcast from the left)."""
     return torch.where(ok.view(-1, *([1] * (values.ndim - 1))), values, math.nan)

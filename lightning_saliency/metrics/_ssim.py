@@ -16,7 +16,7 @@ from lightning_saliency.metrics._maps import (
     _check_reduction,
     _compute_dtype,
     _nan_unless,
-    finite_rows,
+    informative_rows,
     reduce_channels,
 )
 
@@ -159,4 +159,4 @@ def ssim(
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     pad = (win_size - 1) // 2
     mean = s[:, pad : h - pad, pad : w - pad].mean(dim=(1, 2))
-    return _nan_unless(finite_rows(a) & finite_rows(b), mean)
+    return _nan_unless(informative_rows(a) & informative_rows(b), mean)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_saliency.generalization import Estimate
 
+from .replicates import SetApart, select_replicates
 from .runs import Run
 from .seeds import seed_table
 from .studies import ALL_STUDIES
-from .table import Column, Row, Table, cell_text, fmt_x
+from .table import Column, Row, Table, cell_text, fmt_x, md_escape
 from .verdicts import verdict_rows
 
 __all__ = ["REPORT_FIELDS", "build_studies", "write_report"]
@@ -83,7 +85,7 @@ def _runs_table(runs: Sequence[Run]) -> list[str]:
     for r in runs:
         ep = r.epochs
         md.append(
-            f"| {r.name} | {r.epoch} | {ep[0]}-{ep[-1]} ({len(ep)}) | {cell_text(r.backbone)} | "
+            f"| {md_escape(r.name)} | {r.epoch} | {ep[0]}-{ep[-1]} ({len(ep)}) | {cell_text(r.backbone)} | "
             f"{cell_text(r.num_models)} | {cell_text(r.split_factor)} | "
             f"{fmt_x(r.spectral_norm_factor)} | {cell_text(r.seed)} | {len(r.labels)} |"
         )
@@ -97,12 +99,26 @@ def _verdicts(runs: Sequence[Run]) -> list[str]:
         return []
     md = ["## Verdicts (the rules of docs/results_protocol.md)", "",
           "Seed-level mean of the deciding number and its 95% interval over the seeds.", "",
-          "| finding | claim | deciding number | seed-level value [95% CI] | seeds | verdict |",
-          "|---|---|---|---|---|---|"]  # fmt: skip
-    for f, est, seeds, word in rows:
+          "| finding | claim | deciding number | seed-level value [95% CI] | runs used | seeds "
+          "| verdict |",
+          "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for f, est, seeds, word, used in rows:
         md.append(f"| {f.key} | {f.claim} | {f.metric} | {cell_text(est)} | "
-                  f"{', '.join(map(str, seeds))} | **{word}** |")  # fmt: skip
+                  f"{md_escape(', '.join(used))} | {', '.join(map(str, seeds))} | "
+                  f"**{md_escape(word)}** |")  # fmt: skip
     return [*md, ""]
+
+
+def _set_apart(apart: Sequence[SetApart]) -> list[str]:
+    """The runs left out of every table and verdict, and why (also a warning)."""
+    if not apart:
+        return []
+    for run, why in apart:
+        warnings.warn(f"report: run {run.name} is set apart: {why}", stacklevel=3)
+    md = ["## Set apart (not in any table or verdict)", "",
+          "These runs are not further replicates; the tables and verdicts leave them out.", "",
+          "| run | why |", "|---|---|"]  # fmt: skip
+    return [*md, *(f"| {md_escape(r.name)} | {md_escape(why)} |" for r, why in apart), ""]
 
 
 def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
@@ -117,7 +133,8 @@ def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {str(out)!r} is a file; expected a folder")
     out.mkdir(parents=True, exist_ok=True)
-    md = ["# lightning-saliency report", "", "## Runs", ""]
+    runs, apart = select_replicates(runs)
+    md = ["# lightning-saliency report", "", *_set_apart(apart), "## Runs", ""]
     stages = sorted({r.stage for r in runs} - {"fit"})
     if stages:
         md += [f"Rows of the {', '.join(stages)} stage (a trained checkpoint evaluated).", ""]

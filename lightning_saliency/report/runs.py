@@ -139,14 +139,9 @@ _RunLoader.add_constructor(
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        with path.open(encoding="utf-8-sig") as fh:
-            data = yaml.load(fh, Loader=_RunLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise ValueError(f"{str(path)!r} is not valid YAML: {err}") from err
-    return data if isinstance(data, dict) else {}
+    from ._safe_yaml import load_yaml_file  # size and alias limits (issue 19)
+
+    return load_yaml_file(path, _RunLoader)
 
 
 def _init_args(section: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ touches one module of :mod:`lightning_saliency.report.studies`.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,10 @@ def difference(a: Estimate | None, b: Estimate | None) -> Estimate | None:
     """
     if a is None or b is None:
         return None
+    if a.method == b.method == "seeds":  # seed-level means of independent runs: Welch's t
+        from .intervals import welch_difference
+
+        return welch_difference(a, b)
     n, bad = max(a.n, b.n), a.nonfinite + b.nonfinite
     value = a.value - b.value
     if not math.isfinite(value):
@@ -137,4 +142,13 @@ def cell_text(cell: Cell) -> str:
         return str(cell).lower()
     if isinstance(cell, float):
         return "nan" if math.isnan(cell) else f"{cell:.4f}"
-    return str(cell)
+    return md_escape(str(cell))
+
+
+def md_escape(text: str) -> str:
+    r"""Text safe inside a Markdown table cell: HTML escaped, ``|`` escaped, one line.
+
+    >>> print(md_escape("a|b <script>"))
+    a\|b &lt;script&gt;
+    """
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ").replace("\r", " ")

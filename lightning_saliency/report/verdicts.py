@@ -4,13 +4,18 @@ Each finding has one deciding number per seed (a difference within a run, or bet
 runs of two settings with the same seed), and the verdict reads the seed-level 95%
 interval of it: *reproduces* when it excludes 0 in the paper's direction, *does not
 reproduce* when it excludes 0 the other way, *cannot tell* otherwise (fewer than 2
-seeds: *not run*).
+seeds: *not run*). A finding reads each of its settings from exactly one setting of runs:
+when runs of two settings match (e.g. a split-factor-2 run and a control with a planted
+shortcut), it says so instead of mixing them, whatever the order of the runs; it names the
+runs it used. The runs are the replicates the tables use
+(:func:`~lightning_saliency.report.replicates.select_replicates`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from lightning_saliency.generalization import Estimate
@@ -41,6 +46,14 @@ class Finding:
     direction: int  # +1: the paper predicts > 0; -1: < 0
 
 
+class _Mixed(ValueError):
+    """Runs of two settings (or two runs of one seed) give one side of a finding."""
+
+
+#: names of the runs the finding being computed reads (set by :func:`verdict_rows`)
+_USED: ContextVar[set[str] | None] = ContextVar("_USED", default=None)
+
+
 def _get(run: Run, method: str, aggregate: str, split: str, metric: str) -> float | None:
     e = run.get(method, aggregate, split, metric)
     return None if e is None or not math.isfinite(e.value) else e.value
@@ -54,11 +67,18 @@ def _within(value: Value, where: Callable[[Run], bool]) -> Callable[[Sequence[Ru
     """A number of one run, per seed, over the runs ``where`` selects."""
 
     def per_seed(runs: Sequence[Run]) -> dict[int, float]:
-        out: dict[int, float] = {}
-        for r in runs:
-            v = value(r) if where(r) and r.seed is not None else None
-            if v is not None and r.seed is not None:  # (the seed test repeated for the checker)
-                out[r.seed] = v
+        chosen = [(r, v) for r in runs if where(r) and r.seed is not None
+                  and (v := value(r)) is not None]  # fmt: skip
+        names = ", ".join(sorted(r.name for r, _ in chosen))
+        if len({r.signature for r, _ in chosen}) > 1:
+            raise _Mixed(f"runs of several settings give one side ({names}): report them "
+                         "separately")  # fmt: skip
+        out = {int(r.seed): v for r, v in chosen if r.seed is not None}
+        if len(out) != len(chosen):
+            raise _Mixed(f"two runs of one side share a seed ({names})")
+        used = _USED.get()
+        if used is not None:
+            used.update(r.name for r, _ in chosen)
         return out
 
     return per_seed
@@ -175,11 +195,23 @@ def verdict(estimate: Estimate | None, direction: int) -> str:
     return "cannot tell"
 
 
-def verdict_rows(runs: Sequence[Run]) -> list[tuple[Finding, Estimate | None, list[int], str]]:
-    """Per finding: its seed-level estimate, the seeds it used, the verdict."""
-    rows = []
+def verdict_rows(
+    runs: Sequence[Run],
+) -> list[tuple[Finding, Estimate | None, list[int], str, list[str]]]:
+    """Per finding: its seed-level estimate, the seeds it used, the verdict, the runs used."""
+    runs = sorted(runs, key=lambda r: (r.name, str(r.path)))  # the order given never matters
+    rows: list[tuple[Finding, Estimate | None, list[int], str, list[str]]] = []
     for f in FINDINGS:
-        per = f.per_seed(runs)
+        token = _USED.set(set())
+        try:
+            per = f.per_seed(runs)
+        except _Mixed as err:
+            rows.append((f, Estimate.nan(0, 0, "seeds"), [], f"cannot tell: {err}", []))
+            continue
+        finally:
+            used = _USED.get() or set()
+            _USED.reset(token)
         est = seed_level([Estimate(v, 0.0, v, v, 1) for v in per.values()])
-        rows.append((f, est, sorted(per), verdict(est, f.direction)))
+        names = sorted(n for n in used if any(r.name == n and r.seed in per for r in runs))
+        rows.append((f, est, sorted(per), verdict(est, f.direction), names))
     return rows

@@ -1,0 +1,104 @@
+"""Every seed-level interval of the report, from one place.
+
+Over k seed replicates a number has k - 1 degrees of freedom: intervals use Student's t
+(never the normal quantile). A difference of two settings is *paired* where the seeds pair
+(the same seed in both: a t-interval of the per-seed differences, :func:`t_interval`) and
+*Welch* otherwise (:func:`welch_difference`). Bounded numbers stay in range: a correlation
+in [-1, 1] gets its interval on Fisher's z = atanh(r) scale, a proportion in [0, 1] on the
+logit scale, both mapped back (:data:`BOUNDS`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from lightning_saliency.generalization import Estimate, t_quantile
+
+__all__ = ["BOUNDS", "bounds_of", "t_interval", "welch_difference"]
+
+#: Numbers with a bounded range, by the study column (or metric) name.
+BOUNDS: dict[str, tuple[float, float]] = {
+    **{m: (-1.0, 1.0) for m in ("spearman", "pearson", "ssim", "prediction_kappa", "kappa",
+                                "spearman_chance", "ssim_chance")},
+    **{m: (0.0, 1.0) for m in ("topk", "topk_chance", "prediction_agreement", "iou")},
+}
+_EPS = 1e-6
+
+
+def bounds_of(name: str) -> tuple[float, float] | None:
+    """The range of a column or metric name (None: unbounded).
+
+    >>> bounds_of("spearman"), bounds_of("spearman_above_chance")
+    ((-1.0, 1.0), None)
+    """
+    return BOUNDS.get(name)
+
+
+def _to(x: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    lo, hi = bounds
+    u = np.clip((x - lo) / (hi - lo), _EPS, 1 - _EPS)  # to (0, 1)
+    return np.log(u / (1 - u))  # logit; for [-1, 1] this is 2 * atanh(r): Fisher's z
+
+
+def _back(z: float, bounds: tuple[float, float]) -> float:
+    lo, hi = bounds
+    return lo + (hi - lo) / (1 + math.exp(-z))
+
+
+def t_interval(values: Sequence[float], bounds: tuple[float, float] | None = None) -> Estimate | None:
+    """Mean of k >= 2 seed-level values and its 95% Student-t interval (k - 1 df).
+
+    With ``bounds`` the interval is computed on the logit / Fisher-z scale and mapped back,
+    so it stays inside the range; the value is the plain mean. NaN with a count when a value
+    is not finite; None for fewer than two values.
+
+    >>> e = t_interval([0.1, 0.2, 0.3])
+    >>> round(e.lo, 4), round(e.hi, 4), e.method  # 0.2 -/+ t(0.975, 2) * 0.0577
+    (-0.0484, 0.4484, 'seeds')
+    >>> e = t_interval([0.9, 0.99], bounds=(-1.0, 1.0))
+    >>> -1 <= e.lo <= e.hi <= 1
+    True
+    """
+    x = np.asarray(list(values), dtype=np.float64)
+    if x.size < 2:
+        return None
+    bad = int((~np.isfinite(x)).sum())
+    if bad:
+        return Estimate.nan(int(x.size), bad, "seeds")
+    mean = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(x.size))
+    q = float(t_quantile(x.size - 1.0))
+    if bounds is None:
+        return Estimate(mean, se, mean - q * se, mean + q * se, int(x.size), 0, "seeds")
+    z = _to(x, bounds)
+    zm, zse = float(z.mean()), float(z.std(ddof=1) / math.sqrt(x.size))
+    lo, hi = _back(zm - q * zse, bounds), _back(zm + q * zse, bounds)
+    return Estimate(mean, se, min(lo, mean), max(hi, mean), int(x.size), 0, "seeds")
+
+
+def welch_difference(a: Estimate, b: Estimate) -> Estimate:
+    """``a - b`` of two seed-level estimates of independent runs (Welch's t interval).
+
+    ``se`` and ``n`` (the number of seeds) of each give the Welch-Satterthwaite degrees of
+    freedom; with 3 seeds each and equal spread that is 4, not the normal's infinity.
+
+    >>> a = Estimate(0.5, 0.05, 0.0, 1.0, 3, method="seeds")
+    >>> b = Estimate(0.3, 0.05, 0.0, 1.0, 3, method="seeds")
+    >>> d = welch_difference(a, b)
+    >>> round(d.value, 4), round(d.hi - d.value, 4)  # t(0.975, 4) * sqrt(2) * 0.05
+    (0.2, 0.1963)
+    """
+    n, bad = min(a.n, b.n), a.nonfinite + b.nonfinite
+    value = a.value - b.value
+    va, vb = a.se**2, b.se**2
+    if not math.isfinite(value) or not math.isfinite(va + vb) or min(a.n, b.n) < 2:
+        return Estimate.nan(n, bad, "welch")
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Estimate(value, 0.0, value, value, n, 0, "welch")
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    half = float(t_quantile(df)) * se
+    return Estimate(value, se, value - half, value + half, n, 0, "welch")
