@@ -57,6 +57,13 @@ from .families import (
 )
 from .layout import ProbeLayout
 from .mege import MegeReco, mege_reco_statistics
+from .mprt import (
+    MPRT_VARIANT_METRICS,
+    discrete_entropy,
+    entropy_rise,
+    smooth_randomization_values,
+    smoothed_maps,
+)
 from .randomization import (
     NORM_LAYERS,
     cascade_copies,
@@ -119,6 +126,7 @@ __all__ = [
     "FAMILIES",
     "HPARAMS_PREFIX",
     "METHODS_NAME",
+    "MPRT_VARIANT_METRICS",
     "NORM_LAYERS",
     "NO_METHOD",
     "OPT_IN_FAMILIES",
@@ -150,7 +158,9 @@ __all__ = [
     "csv_row",
     "custom_scalars_layout",
     "default_reinit",
+    "discrete_entropy",
     "drift",
+    "entropy_rise",
     "epoch_rows",
     "estimate",
     "estimate_all",
@@ -180,6 +190,8 @@ __all__ = [
     "randomization_statistics",
     "randomization_values",
     "randomized_copies",
+    "smooth_randomization_values",
+    "smoothed_maps",
     "split_statistics",
     "ssim_window",
     "t_quantile",
