@@ -133,3 +133,21 @@ def test_report_study_from_run_estimates(tmp_path: Path) -> None:
     assert (tmp_path / "sf.png").stat().st_size > 0
     (line,) = STUDY.summary(table)
     assert line.startswith("smooth_grad sigma, n=4: distance between models ~ noise^")
+
+
+def test_sweep_config_instantiates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from lightning_saliency.callbacks import InterpretationGeneralization
+    from lightning_saliency.cli import cli_main
+
+    path = Path(__file__).resolve().parents[1] / "configs/experiments/stability_fidelity.yaml"
+    monkeypatch.setattr(sys, "argv", ["lightning-saliency"])
+    cli = cli_main(["--config", str(path), "--trainer.logger.init_args.save_dir",
+                    str(tmp_path / "runs")], run=False)  # fmt: skip
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, InterpretationGeneralization)]
+    assert cli.trainer.max_epochs % cb.every_n_epochs == 0  # the last epoch is monitored
+    curves = smoothing_curves(cb.specs)
+    assert [n for n, _ in curves["smooth_grad noise_level, n=16"]] == [0, 0.05, 0.1, 0.2, 0.5, 1]
+    assert set(curves) == {"smooth_grad noise_level, n=16", "adapt_grad, n=16",
+                           "adapt_grad+clean, n=16"}  # fmt: skip

@@ -78,7 +78,7 @@ def _draw(fig: Any, points: Sequence[StabilityFidelityPoint], title: str, metric
                            color=color, label=f"between models, slope {a:.2f}")  # fmt: skip
             axes[2].loglog([p.noise for p in pos], [_v(p.fidelity)[0] for p in pos], "s--",
                            color=color, label=f"to plain gradient, slope {b:.2f}")  # fmt: skip
-    dist = "distance to the plain gradient (normalized L2; 0 = plain)"
+    dist = "distance to plain gradient (normalized L2)"
     axes[0].set(xlabel=dist, ylabel=f"test {metric} above chance (higher = more stable)",
                 title=f"stability vs fidelity, {title}")  # fmt: skip
     axes[1].set(xlabel=dist, ylabel="gap: test - train loss (closer to 0 = better)",
