@@ -185,3 +185,18 @@ def test_variants_through_randomization_statistics() -> None:
     assert set(only) == {key("smooth_spearman", "all")}
     with pytest.raises(ValueError, match="unknown randomization metrics"):
         randomization_statistics(models, x, y, spec, maps, layout, metrics=("smooth_l1",))
+
+
+def test_family_statistics_passes_the_variants_on() -> None:
+    from lightning_saliency.generalization import family_statistics
+
+    model = _cnn(0)
+    layout = ProbeLayout.from_sizes([2], 4)
+    x, y = _probes(6)
+    spec = resolve_method("simple_grad")
+    maps = compute_maps([model], x, y, [spec])
+    stats = family_statistics([model], x, y, maps, layout, [spec], families=["randomization"],
+                              randomization_metrics=("entropy_rise",))  # fmt: skip
+    assert {k.metric for k in stats} == {
+        randomization_metric("entropy_rise", lv) for lv in ("top1", "half", "all")
+    }
