@@ -610,3 +610,86 @@ def test_out_of_memory_halves_the_chunk_with_the_same_result(
     )
     with pytest.raises(torch.cuda.OutOfMemoryError):
         simple_grad(net, x[:1], y[:1])
+
+
+# --------------------------------------------------------------------------- AdaptGrad, authors'
+class SqrtModel(nn.Module):
+    """f_c(x) = (c + 1) sum_j sqrt(x_j): grad (c + 1) / (2 sqrt(x)), NaN where x < 0."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        v = x.flatten(1).sqrt().sum(1)
+        return torch.stack([v, 2 * v], dim=1)
+
+
+def _adapt_noise(x: Tensor, rng: tuple[float, float], c: float, n: int, seed: int) -> Tensor:
+    """The noise draws adapt_grad uses (N, n, ...): HalfSquare's gradient is the noisy point."""
+    s = adapt_sigma(x, rng, c)
+    pts = input_gradients(HalfSquare().double(), x, 0, samples=n, noise_std=s, seed=seed,
+                          reduction="none")  # fmt: skip
+    return pts.double() - x[:, None]
+
+
+def test_adapt_grad_include_clean_is_the_n_plus_1_average() -> None:
+    rng, c, n = (-1.0, 2.0), 0.9, 5
+    x = torch.tensor([[[[-0.4, 0.3, 0.5], [1.1, 1.5, 1.9]]]], dtype=torch.float64)
+    z = _adapt_noise(x, rng, c, n, seed=3)
+    # grad of the quadratic sum_j x_j^2 / 2 is the point: (x + sum_i (x + z_i)) / (n + 1)
+    expected = (x + (x[:, None] + z).sum(1)) / (n + 1)
+    got = adapt_grad(HalfSquare().double(), x, 0, input_range=rng, confidence=c, samples=n,
+                     seed=3, include_clean=True)  # fmt: skip
+    close(got, expected.float(), rtol=1e-6, atol=1e-7)
+    # the default (n draws) is unchanged, and differs: the clean term weighs 1 / (n + 1)
+    default = adapt_grad(HalfSquare().double(), x, 0, input_range=rng, confidence=c,
+                         samples=n, seed=3)  # fmt: skip
+    close(default, (x + z.mean(1)).float(), rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(default, got)
+    # squared: the mean of the n + 1 squared values; class 1 doubles every gradient
+    sq = adapt_grad(HalfSquare().double(), x, 1, input_range=rng, confidence=c, samples=n,
+                    seed=3, include_clean=True, squared=True)  # fmt: skip
+    ref = ((2 * x) ** 2 + (2 * (x[:, None] + z)).square().sum(1)) / (n + 1)
+    close(sq, ref.float(), rtol=1e-6, atol=1e-7)
+
+
+def test_adapt_grad_include_clean_drops_nonfinite_draws() -> None:
+    # near 0 a draw often goes negative: sqrt's gradient is NaN there, and that draw is dropped
+    rng, c, n = (-1.0, 3.0), 0.5, 8
+    x = torch.tensor([[[[0.05, 0.6], [1.0, 1.4]]], [[[0.5, 1.0], [1.5, 1.2]]]],
+                     dtype=torch.float64)  # fmt: skip
+    z = _adapt_noise(x, rng, c, n, seed=5)
+    pts = torch.cat([x[:, None], x[:, None] + z], dim=1)  # (N, n + 1, ...): clean first
+    grads = 0.5 / pts.sqrt()
+    ok = torch.isfinite(grads.flatten(2)).all(2)
+    assert 0 < int((~ok).sum()) < ok.numel()  # the case does exercise the drop
+    expected = torch.stack([grads[i][ok[i]].mean(0) for i in range(len(x))])
+    with pytest.warns(RuntimeWarning, match=rf"{int((~ok).sum())} of {ok.numel()} gradient"):
+        got = adapt_grad(SqrtModel().double(), x, 0, input_range=rng, confidence=c,
+                         samples=n, seed=5, include_clean=True)  # fmt: skip
+    close(got, expected.float(), rtol=1e-6, atol=1e-7)
+    # the default marks a sample with any non-finite draw NaN instead
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        default = adapt_grad(SqrtModel().double(), x, 0, input_range=rng, confidence=c,
+                             samples=n, seed=5)  # fmt: skip
+    assert bool(default[0].isnan().all())
+
+
+def test_adapt_grad_include_clean_through_the_registry(cnn: nn.Module, cnn_batch: tuple) -> None:
+    from lightning_saliency.attribution import compute_attribution, resolve_method
+
+    x, t = cnn_batch
+    spec = resolve_method({"method": "adapt_grad", "include_clean": True, "samples": 3})
+    assert spec.label == "adapt_grad_c0.95_clean_n3"
+    assert resolve_method({"method": "adapt_grad", "include_clean": False}).label == (
+        "adapt_grad_c0.95"
+    )
+    rng = (-3.0, 3.0)
+    got = compute_attribution(
+        spec, cnn, x, t, input_range=rng, generator=torch.Generator().manual_seed(4)
+    )
+    ref = adapt_grad(cnn, x, t, input_range=rng, samples=3, seed=4, include_clean=True)
+    close(got, ref, rtol=1e-6, atol=1e-7)
+    # n + 1 average = (clean + n * default) / (n + 1) on the same draws
+    plain = simple_grad(cnn, x, t)
+    default = adapt_grad(cnn, x, t, input_range=rng, samples=3, seed=4)
+    close(ref, (plain + 3 * default) / 4, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="include_clean"):
+        resolve_method({"method": "adapt_grad", "include_clean": 1})

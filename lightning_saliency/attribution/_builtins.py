@@ -8,6 +8,7 @@ Their label grammar (``MethodSpec.label``; characters ``[A-Za-z0-9_.-]`` only)::
                 "c" NUM                 confidence             (adapt_grad; always)
                 "gxi" | "ig"            base = grad_x_input | integrated_gradients
                 "sq"                    squared = True
+                "clean"                 include_clean = True   (adapt_grad)
                 "n" INT                 samples    (when != 16)
                 "st" INT                steps      (when != 16; IG and base "ig" only)
                 "gl"                    rule = "gauss_legendre"
@@ -116,6 +117,7 @@ BUILTIN_NORMALIZERS: dict[str, Callable[[Any], Any]] = {
     "rule": lambda v: check_choice("rule", v, RULES),
     "output": lambda v: check_choice("output", v, OUTPUTS),
     "squared": lambda v: _norm_bool("squared", v),
+    "include_clean": lambda v: _norm_bool("include_clean", v),
     "baseline": _norm_baseline,
     "confidence": _check_confidence,
     "layer": _norm_layer,
@@ -139,6 +141,8 @@ def builtin_label_tokens(p: Mapping[str, Any]) -> list[str]:
         tokens.append({"grad_x_input": "gxi", "integrated_gradients": "ig"}[p["base"]])
     if p.get("squared"):
         tokens.append("sq")
+    if p.get("include_clean"):
+        tokens.append("clean")
     if "samples" in p:
         tokens.append("n" + _fmt(p["samples"]))
     if "steps" in p:

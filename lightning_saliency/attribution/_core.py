@@ -329,8 +329,13 @@ def _expanded_pass(
     memory_budget_mb: float | None,
     generator: torch.Generator | None,
     seed: int | None,
+    keep_nonfinite: bool = False,
 ) -> Tensor:
-    """Body of :func:`input_gradients`; returns values in at least float32 (float64 if x is)."""
+    """Body of :func:`input_gradients`; returns values in at least float32 (float64 if x is).
+
+    ``keep_nonfinite=True`` returns non-finite values as they are (no NaN marking, no warning):
+    the caller drops or reports them itself.
+    """
     check_input(x)
     samples = check_positive_int("samples", samples)
     if steps is not None:
@@ -370,7 +375,8 @@ def _expanded_pass(
             chunk=chunk,
         )
         result = _run_chunks(p, reduction, n)
-        result = _mark_nonfinite(result, n, stacklevel=4)
+        if not keep_nonfinite:
+            result = _mark_nonfinite(result, n, stacklevel=4)
         if reduction == "none" and draws == 1 and samples > 1:
             result = result.expand(-1, samples, *result.shape[2:]).clone()
     return result.detach()

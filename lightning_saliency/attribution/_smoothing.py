@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +65,36 @@ def _check_confidence(confidence: object) -> float:
     return c
 
 
+def _finite_draw_mean(values: Tensor, squared: bool) -> Tensor:
+    """Mean over dim 1 (the draws) of the draws whose values are all finite.
+
+    A draw with any non-finite value is dropped, as the AdaptGrad authors' ``saliency.py``
+    does; a sample with no finite draw gets a NaN map. A ``RuntimeWarning`` counts the drops.
+
+    >>> v = torch.tensor([[[1.0], [3.0], [float("nan")]]])
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     _finite_draw_mean(v, squared=False).tolist()
+    [[2.0]]
+    """
+    ok = torch.isfinite(values.flatten(2)).all(2)  # (N, draws)
+    keep = ok.view(*ok.shape, *([1] * (values.dim() - 2)))
+    v = values.square() if squared else values
+    total = torch.where(keep, v, torch.zeros((), dtype=v.dtype, device=v.device)).sum(1)
+    count = ok.sum(1).to(v.dtype).view(-1, *([1] * (values.dim() - 2)))
+    dropped = int((~ok).sum())
+    if dropped:
+        empty = int((count.flatten() == 0).sum())
+        warnings.warn(
+            f"{dropped} of {ok.numel()} gradient draws were not finite and were dropped from "
+            f"the average; {empty} of {ok.shape[0]} samples had no finite draw (NaN maps)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return total / count
+
+
 def _smoothed(
     model: nn.Module,
     x: Tensor,
@@ -83,29 +115,46 @@ def _smoothed(
     memory_budget_mb: float | None,
     generator: torch.Generator | None,
     seed: int | None,
+    include_clean: bool = False,
 ) -> Tensor:
     check_choice("base", base, BASES)
     _check_bool("squared", squared)
+    _check_bool("include_clean", include_clean)
     is_ig = base == "integrated_gradients"
-    return _expanded_pass(
-        model,
-        x,
-        target,
-        samples=samples,
-        noise_std=noise_std,
+    common: dict[str, Any] = dict(
         steps=steps if is_ig else None,
         baseline=_resolve_baseline(baseline, input_range) if is_ig else None,
         rule=rule,
         multiply_by_inputs=base != "grad",
-        reduction="mean_square" if squared else "mean",
         output=output,
         precision=precision,
         channels_last=channels_last,
         batch_size=batch_size,
         memory_budget_mb=memory_budget_mb,
-        generator=generator,
-        seed=seed,
-    ).float()
+    )
+    if not include_clean:
+        return _expanded_pass(
+            model,
+            x,
+            target,
+            samples=samples,
+            noise_std=noise_std,
+            reduction="mean_square" if squared else "mean",
+            generator=generator,
+            seed=seed,
+            **common,
+        ).float()
+    # the authors' n + 1 average: the clean input's value, then the n noisy draws (the same
+    # draws as the default), each draw kept as it is so that a non-finite one can be dropped
+    clean = _expanded_pass(
+        model, x, target, samples=1, noise_std=None, reduction="none",
+        generator=None, seed=0, keep_nonfinite=True, **common,
+    )  # fmt: skip
+    noisy = _expanded_pass(
+        model, x, target, samples=samples, noise_std=noise_std, reduction="none",
+        generator=generator, seed=seed, keep_nonfinite=True, **common,
+    )  # fmt: skip
+    return _finite_draw_mean(torch.cat([clean, noisy], dim=1), squared).float()
 
 
 # --------------------------------------------------------------------------- methods
@@ -258,12 +307,19 @@ def adapt_grad(
     channels_last: bool = False,
     batch_size: int | None = None,
     memory_budget_mb: float | None = None,
+    include_clean: bool = False,
 ) -> Tensor:
     """AdaptGrad: smooth_grad with per-element noise std :func:`adapt_sigma` (required range).
 
     ``input_range=(x_min, x_max)`` are dataset-level bounds of the (normalized) input
     space; elements at a bound get no noise. ``base``, ``squared``, ``steps``, ``rule``,
     ``baseline``, ``generator`` and ``seed`` as in :func:`smooth_grad`.
+
+    ``include_clean=True`` is the authors' variant (AiShare-WHU/AdaptGrad, ``saliency.py``):
+    the average of n + 1 values, the clean input's ``B(x)`` and the ``samples`` noisy ones
+    (the same draws as the default), and a draw with any non-finite value is dropped from
+    the average (counted in a ``RuntimeWarning``) instead of making the map NaN. It keeps
+    every draw in memory until the average (``samples + 1`` maps per input).
 
     >>> from lightning_saliency.attribution import simple_grad
     >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
@@ -297,4 +353,5 @@ def adapt_grad(
         memory_budget_mb=memory_budget_mb,
         generator=generator,
         seed=seed,
+        include_clean=include_clean,
     )

@@ -58,6 +58,13 @@ from .families import (
 )
 from .layout import ProbeLayout
 from .mege import MegeReco, mege_reco_statistics
+from .mprt import (
+    MPRT_VARIANT_METRICS,
+    discrete_entropy,
+    entropy_rise,
+    smooth_randomization_values,
+    smoothed_maps,
+)
 from .randomization import (
     NORM_LAYERS,
     cascade_copies,
@@ -126,6 +133,7 @@ __all__ = [
     "HPARAMS_PREFIX",
     "LEGACY_CSV_FIELDS",
     "METHODS_NAME",
+    "MPRT_VARIANT_METRICS",
     "NORM_LAYERS",
     "NO_METHOD",
     "OPT_IN_FAMILIES",
@@ -158,7 +166,9 @@ __all__ = [
     "compute_pixel_maps",
     "csv_row",
     "default_reinit",
+    "discrete_entropy",
     "drift",
+    "entropy_rise",
     "epoch_rows",
     "estimate",
     "estimate_all",
@@ -190,6 +200,8 @@ __all__ = [
     "randomized_copies",
     "read_csv",
     "read_methods",
+    "smooth_randomization_values",
+    "smoothed_maps",
     "split_statistics",
     "ssim_window",
     "t_quantile",

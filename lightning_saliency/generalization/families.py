@@ -17,7 +17,10 @@
   Low similarity means the maps depend on the learned weights: the check passes. It costs one
   attribution pass of the test probes per model and distinct cascade depth (3 at the defaults),
   plus one more per model for a stochastic method (its original maps are recomputed so that
-  the copies see the same noise draws).
+  the copies see the same noise draws). The repaired variants of Binder et al. 2023
+  (:mod:`.mprt`) are asked for by name in ``metrics``: ``entropy_rise`` (Efficient MPRT,
+  from the same maps: no extra pass) and ``smooth_spearman``/``smooth_ssim`` (Smooth MPRT,
+  ``samples`` passes per depth and model).
 
 Both return :class:`ProbeStatistic` values keyed by :class:`MetricKey`, so every estimate
 gets its interval from the probe groups (train_k, test) as every other number does.
@@ -59,6 +62,13 @@ from lightning_saliency.metrics import (
 from .core import MapStack, agreement_values, split_statistics
 from .epoch import compute_maps
 from .layout import ProbeLayout
+from .mprt import (
+    MPRT_VARIANT_METRICS,
+    SMOOTH_MPRT_NOISE,
+    SMOOTH_MPRT_SAMPLES,
+    entropy_rise,
+    smooth_randomization_values,
+)
 from .randomization import Reinit, cascade_copies
 from .schema import (
     FAITHFULNESS_METRICS,
@@ -205,16 +215,22 @@ def randomization_values(
     """``{level: {metric: (N,)}}``: similarity of ``original`` (``model``'s maps of ``x``) to
     the maps of ``model``'s copy randomized up to each cascade level, computed with the same
     spec and the same noise seed (``seed``, as :func:`compute_maps`); the new weights come from
-    ``weight_seed``. ``map_options`` go to :func:`compute_maps` (``input_range``, ``precision``,
-    ``channels_last``, ``batch_size``)."""
+    ``weight_seed``. ``metrics``: agreement metrics and ``entropy_rise`` (Efficient MPRT:
+    :func:`~.mprt.entropy_rise` of ``original`` and the copy's maps). ``map_options`` go to
+    :func:`compute_maps` (``input_range``, ``precision``, ``channels_last``, ``batch_size``)."""
     spec = resolve_method(spec)
     seg = None if segments is None else {spec.label: segments}
+    agree = [m for m in metrics if m != "entropy_rise"]
     out: dict[str, dict[str, Tensor]] = {}
     last: tuple[int, dict[str, Tensor]] | None = None
     for level, depth, twin in cascade_copies(model, x, cascade, seed=weight_seed, reinit=reinit):
         if last is None or last[0] != depth:  # one attribution pass per distinct depth
             maps = compute_maps([twin], x, target, [spec], seed=seed, segments=seg, **map_options)
-            last = depth, agreement_values(original, maps[spec.label].maps[0], metrics)
+            new = maps[spec.label].maps[0]
+            values = agreement_values(original, new, agree)
+            if "entropy_rise" in metrics:  # Efficient MPRT, from the same maps
+                values["entropy_rise"] = entropy_rise(original, new).to(new.dtype)
+            last = depth, {m: values[m] for m in metrics}
         out[level] = last[1]
     return {level: out[level] for level in cascade}
 
@@ -233,6 +249,8 @@ def randomization_statistics(
     metrics: Sequence[str] = RANDOMIZATION_METRICS,
     segments: Tensor | None = None,
     reinit: Reinit | None = None,
+    smooth_samples: int = SMOOTH_MPRT_SAMPLES,
+    smooth_noise_level: float = SMOOTH_MPRT_NOISE,
     **map_options: Any,
 ) -> dict[MetricKey, ProbeStatistic]:
     """Test-probe statistics of each randomization similarity at each cascade level.
@@ -243,26 +261,47 @@ def randomization_statistics(
     the spec's segmentation for a super-pixel spec. Each model's copy gets its own weight seed
     derived from ``seed``. Keys: ``MetricKey(label, "mean", "test",
     randomization_metric(metric, level), stage)``, a mean over models per test probe.
+    ``metrics`` may name :data:`~.mprt.MPRT_VARIANT_METRICS` too; Smooth MPRT's average
+    ``smooth_samples`` maps at ``smooth_noise_level``, with noise drawn from a seed derived
+    from ``seed`` (the same draws for every model and copy).
     """
     spec = resolve_method(spec)
     t, k_models = layout.test, layout.num_models
     if len(models) != k_models:
         raise ValueError(f"{len(models)} models for a layout of {k_models} models")
+    known = (*RANDOMIZATION_METRICS, *MPRT_VARIANT_METRICS)
+    unknown = sorted(set(metrics) - set(known))
+    if unknown:
+        raise ValueError(f"unknown randomization metrics {unknown}; known: {list(known)}")
+    plain = [m for m in metrics if not m.startswith("smooth_")]
+    smooth = [m for m in metrics if m.startswith("smooth_")]
     xt, yt = x[t], target[t]
     seg = None if segments is None else segments[t]
-    if maps is None or method_is_stochastic(spec):
+    if not plain:
+        originals = None
+    elif maps is None or method_is_stochastic(spec):
         seg_map = None if seg is None else {spec.label: seg}
         originals = compute_maps(models, xt, yt, [spec], seed=seed, segments=seg_map,
                                  **map_options)[spec.label].maps  # fmt: skip
     else:
         originals = (maps.maps if isinstance(maps, MapStack) else maps)[:k_models, t]
-    per_model = []
+    per_model: list[dict[str, dict[str, Tensor]]] = []
     for k, model in enumerate(models):
-        per_model.append(randomization_values(
-            model, xt, yt, spec, originals[k].to(x.device), cascade=cascade, seed=seed,
-            weight_seed=_derived_seed(seed, "randomization", str(k)), metrics=metrics,
-            segments=seg, reinit=reinit, **map_options,
-        ))  # fmt: skip
+        common: dict[str, Any] = dict(cascade=cascade, seed=seed, segments=seg, reinit=reinit,
+                                      weight_seed=_derived_seed(seed, "randomization", str(k)),
+                                      **map_options)  # fmt: skip
+        values: dict[str, dict[str, Tensor]] = {level: {} for level in cascade}
+        if originals is not None:
+            values = randomization_values(model, xt, yt, spec, originals[k].to(x.device),
+                                          metrics=plain, **common)  # fmt: skip
+        if smooth:
+            extra = smooth_randomization_values(
+                model, xt, yt, spec, metrics=smooth, samples=smooth_samples,
+                noise_level=smooth_noise_level, noise_seed=_derived_seed(seed, "smooth_mprt"),
+                **common,
+            )  # fmt: skip
+            values = {lv: {**values[lv], **extra[lv]} for lv in cascade}
+        per_model.append(values)
     out: dict[MetricKey, ProbeStatistic] = {}
     for level in cascade:
         for m in metrics:
@@ -286,6 +325,7 @@ def family_statistics(
     segments: Mapping[str, Tensor] | None = None,
     cascade: Sequence[str] = RANDOMIZATION_CASCADE,
     randomized: Sequence[nn.Module] | None = None,
+    randomization_metrics: Sequence[str] = RANDOMIZATION_METRICS,
     **map_options: Any,
 ) -> dict[MetricKey, ProbeStatistic]:
     """The opt-in families' statistics (``families`` from :data:`OPT_IN_FAMILIES`) of every
@@ -297,7 +337,8 @@ def family_statistics(
     faithfulness on its BatchNorm-folded copies and randomizes the models as they are, so a
     normalization layer keeps its statistics, ``docs/metrics.md``); ``map_options`` go
     to :func:`compute_maps` for the randomized copies (``input_range``, ``precision``,
-    ``channels_last``, ``batch_size``).
+    ``channels_last``, ``batch_size``); ``randomization_metrics`` may add the repaired MPRT
+    variants (:data:`~.mprt.MPRT_VARIANT_METRICS`) to the cascading similarities.
     """
     unknown = sorted(set(families) - set(OPT_IN_FAMILIES))
     if unknown:
@@ -315,6 +356,7 @@ def family_statistics(
                 seg = None if segments is None else segments.get(spec.label)
                 out.update(randomization_statistics(
                     randomized, x, target, spec, maps[spec.label], layout, seed=seed,
-                    cascade=cascade, stage=stage, segments=seg, **map_options,
+                    cascade=cascade, stage=stage, segments=seg,
+                    metrics=randomization_metrics, **map_options,
                 ))  # fmt: skip
     return out
