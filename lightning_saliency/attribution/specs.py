@@ -43,6 +43,7 @@ from lightning_saliency.attribution._superpixel_spec import canonical_superpixel
 from lightning_saliency.attribution.superpixels import group_by_segments
 
 __all__ = [
+    "DEFAULT_METHODS",
     "FrozenParams",
     "MethodInfo",
     "MethodSpec",
@@ -58,6 +59,21 @@ __all__ = [
     "segmenter_args",
     "unregister_method",
 ]
+
+#: The monitor's default method set (``InterpretationGeneralization(methods=None)``, and what the
+#: report assumes for a run whose config names none): the plain gradient baseline, SmoothGrad at several noise
+#: levels, integrated gradients, AdaptGrad, and super-pixel-grouped simple/smooth grad.
+DEFAULT_METHODS: tuple[str | dict[str, Any], ...] = (
+    "simple_grad",
+    {"method": "smooth_grad", "noise_level": 0.1, "samples": 16},
+    {"method": "smooth_grad", "noise_level": 0.2, "samples": 16},
+    {"method": "smooth_grad", "noise_level": 0.5, "samples": 16},
+    {"method": "integrated_gradients", "steps": 16},
+    {"method": "adapt_grad", "samples": 16},
+    {"method": "simple_grad", "superpixel": "slic"},
+    {"method": "smooth_grad", "noise_level": 0.2, "samples": 16, "superpixel": "slic"},
+)
+
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 

@@ -32,6 +32,7 @@ from lightning_saliency.generalization import (
     model_logits,
     predictions,
 )
+from lightning_saliency.generalization.stability_fidelity import fidelity_statistics
 
 from . import _logging, _setup
 from ._probes import ProbeSet
@@ -162,6 +163,7 @@ def evaluate(
             chance_draws=s.chance_draws,
         )  # fmt: skip
         result.extend(extra_stats)
+        result.extend(fidelity_statistics(maps, s.specs, probes.layout, stage=stage))
         return result
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from lightning_saliency.attribution import MethodSpec, resolve_method
+from lightning_saliency.attribution.specs import DEFAULT_METHODS
 from lightning_saliency.generalization import FAMILIES
 
 from ._checks import check_input_range
@@ -31,19 +32,6 @@ __all__ = [
     "resume_error",
     "settings_changes",
 ]
-
-#: The default method set: the plain gradient baseline, SmoothGrad at several noise
-#: levels, integrated gradients, AdaptGrad, and super-pixel-grouped simple/smooth grad.
-DEFAULT_METHODS: tuple[str | dict[str, Any], ...] = (
-    "simple_grad",
-    {"method": "smooth_grad", "noise_level": 0.1, "samples": 16},
-    {"method": "smooth_grad", "noise_level": 0.2, "samples": 16},
-    {"method": "smooth_grad", "noise_level": 0.5, "samples": 16},
-    {"method": "integrated_gradients", "steps": 16},
-    {"method": "adapt_grad", "samples": 16},
-    {"method": "simple_grad", "superpixel": "slic"},
-    {"method": "smooth_grad", "noise_level": 0.2, "samples": 16, "superpixel": "slic"},
-)
 
 #: The settings that define a run's probes and numbers, in the record's order, each with its
 #: part: ``"key"`` names the callback's state in a checkpoint (``state_key``) and must match on

@@ -27,6 +27,7 @@ from lightning_saliency.generalization import (
 )
 from lightning_saliency.generalization.studies import smoothgrad_curves, superpixel_pairs
 from lightning_saliency.metrics import get_metric, metric_names
+from lightning_saliency.report.stability_fidelity import stability_fidelity_figure
 
 __all__ = [
     "INTERVAL_METRICS",
@@ -223,12 +224,15 @@ def figures(
 ) -> dict[str, Any]:
     """Matplotlib figures of one epoch: gap and agreement against SmoothGrad noise (one curve
     per noise kind and draw count, 95% intervals as error bars, chance levels dashed); pixel
-    vs super-pixel (chance levels as black bars).
+    vs super-pixel (chance levels as black bars); stability (agreement above chance) against
+    fidelity (distance to the plain gradient) per smoothing method.
 
     Returns ``{name: figure}`` (empty when there is nothing to plot).
     """
     out = {}
-    for name, make in (("smoothgrad_sweep", _sweep_figure), ("pixel_vs_superpixel", _superpixel_figure)):
+    makers = (("smoothgrad_sweep", _sweep_figure), ("pixel_vs_superpixel", _superpixel_figure),
+              ("stability_fidelity", stability_fidelity_figure))  # fmt: skip
+    for name, make in makers:
         fig = make(estimates, specs, stage, epoch)
         if fig is not None:
             out[name] = fig

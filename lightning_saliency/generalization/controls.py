@@ -28,7 +28,10 @@ from torch import Tensor
 from .layout import ProbeLayout
 from .statistics import ProbeStatistic
 
-__all__ = ["own_train_excess"]
+__all__ = ["OWN_EXCESS", "own_train_excess"]
+
+#: The metric name of the own-train excess in keys, tags and CSV rows.
+OWN_EXCESS = "own_excess"
 
 
 def own_train_excess(loss: Tensor, layout: ProbeLayout) -> dict[int, ProbeStatistic]:

@@ -45,6 +45,7 @@ from lightning_saliency.metrics import metric_names
 from lightning_saliency.metrics._maps import informative_rows
 
 from .chance import CHANCE_DRAWS, ChancePairing, PredictionChance
+from .controls import OWN_EXCESS, own_train_excess
 from .core import (
     MapStack,
     MetricArg,
@@ -226,6 +227,9 @@ def _gap_stats(label: str, loss: Tensor, layout: ProbeLayout, stage: str) -> Sta
     for split, stat in split_statistics(loss, layout).items():
         metric = "gap" if split == "gap" else "loss"
         out[MetricKey(label, "mean", split, metric, stage)] = stat
+    if layout.num_models >= 2:  # the positive controls' statistic (docs/metrics.md)
+        for k, stat in own_train_excess(loss, layout).items():
+            out[MetricKey(label, f"model_{k}", "train", OWN_EXCESS, stage)] = stat
     return out
 
 

@@ -163,7 +163,7 @@ def _callback_methods(config: Mapping[str, Any]) -> list[Any]:
         if isinstance(cb, Mapping) and str(cb.get("class_path", "")).endswith(_CALLBACK):
             m = _init_args(cb).get("methods")
             if m is None:
-                from lightning_saliency.callbacks import DEFAULT_METHODS
+                from lightning_saliency.attribution.specs import DEFAULT_METHODS
 
                 m = list(DEFAULT_METHODS)
             methods.extend(m if isinstance(m, list) else [m])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import stability_fidelity
 from ..table import Study
 from . import adaptgrad, smoothgrad, spectral_norm, split_factor, superpixel
 
@@ -14,4 +15,5 @@ ALL_STUDIES: tuple[Study, ...] = (
     superpixel.STUDY,
     spectral_norm.STUDY,
     adaptgrad.STUDY,
+    stability_fidelity.STUDY,
 )
