@@ -9,6 +9,8 @@ import re
 import traceback
 from pathlib import Path
 
+import _tiny
+import lightning as L
 import pytest
 import torch
 
@@ -21,6 +23,7 @@ from lightning_saliency.generalization import (
     quality,
     split_statistics,
 )
+from lightning_saliency.models import DisjointEnsemble
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,3 +111,51 @@ def test_methods_are_tried_on_one_probe_before_training() -> None:
     with pytest.raises(ValueError, match=r"fails on one probe of model 0 before training"):
         try_methods([cnn], x, y, [typo])
     try_methods([cnn, cnn], x, y, [resolve_method("simple_grad"), resolve_method("grad_cam")])
+
+
+class _Count(L.Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.batches += 1
+
+
+def _wrong_shape(model: torch.nn.Module, x: torch.Tensor, target: object) -> torch.Tensor:
+    return torch.zeros(x.shape[0], 5)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "method", "message"),
+    [
+        ("mlp", "grad_cam", "method 'grad_cam' fails on one probe of model 0 before training"),
+        ("small_cnn", "early_wrong_shape", "must be shaped like the input"),
+        ("small_cnn", {"method": "grad_cam", "layer": "no.such.layer"}, "fails on one probe"),
+    ],
+)
+def test_a_method_that_cannot_run_fails_at_setup_before_epoch_0_trains(
+    tmp_path: Path, backbone: str, method: object, message: str
+) -> None:
+    """Case 10: a registered method returning the wrong shape, grad_cam on an MLP and a layer
+    typo used to fail only after epoch 0 trained; now the callback tries every method on one
+    probe at setup."""
+    from lightning_saliency.attribution import register_method, unregister_method
+
+    register_method(_wrong_shape, name="early_wrong_shape", overwrite=True)
+    try:
+        count = _Count()
+        model = _tiny.ensemble() if backbone == "small_cnn" else DisjointEnsemble(
+            backbone="mlp", num_classes=10, in_chans=1, image_size=16, num_models=2)  # fmt: skip
+        cb = _tiny.callback(methods=[method])
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _tiny.trainer(tmp_path, callbacks=[cb, count]).fit(model, _tiny.data())
+        assert count.batches == 0
+    finally:
+        unregister_method("early_wrong_shape")
+
+
+def test_a_model_that_returns_probabilities_is_refused_at_setup(tmp_path: Path) -> None:
+    """Case 8: probabilities would be softmaxed twice in faithfulness; refused by name."""
+    cb = _tiny.callback(methods=["simple_grad"], output_transform=lambda out: out.softmax(-1))
+    with pytest.raises(ValueError, match="look like probabilities"):
+        _tiny.trainer(tmp_path, callbacks=[cb]).fit(_tiny.ensemble(), _tiny.data())

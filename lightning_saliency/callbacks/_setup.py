@@ -17,11 +17,14 @@ from lightning_saliency._modes import eval_mode
 from lightning_saliency.attribution import (
     MethodSpec,
     as_logits,
+    logits_outputs,
     method_needs_input_range,
     segment,
     segmenter_args,
 )
+from lightning_saliency.attribution.outputs import check_logits
 from lightning_saliency.generalization import DEFAULT_FAMILIES, REFERENCE_FAMILIES
+from lightning_saliency.generalization.method_trial import try_methods
 from lightning_saliency.generalization.record import RunRecord
 
 from . import _checks
@@ -185,6 +188,7 @@ def check_models(
         if not isinstance(out, Tensor) or out.ndim != 2:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the model must return 2-D logits (N, classes); got {shape}")
+        check_logits(out)  # probabilities would be softmaxed twice in faithfulness
     if reference is not None and outs[-1].shape[1] != outs[0].shape[1]:
         raise ValueError(
             f"the reference model has {outs[-1].shape[1]} output classes, the model {outs[0].shape[1]}"
@@ -254,10 +258,29 @@ def resolve_run(
         )
     families = run_families(settings.metrics, len(models), reference is not None)
     prepared = prepare_probes(settings, trainer, len(models), loaded)
-    check_models(models, reference, prepared.probes, settings.target == "label",
-                 settings.output_transform or as_logits)  # fmt: skip
+    transform = settings.output_transform or as_logits
+    check_models(models, reference, prepared.probes, settings.target == "label", transform)
+    try_on_one_probe(settings, [*models, *([reference] if reference is not None else [])],
+                     prepared, transform)  # fmt: skip
     # Every rank reads the log dir here, outside any rank-0-only branch (it may synchronize).
     return RunSetup(reference, families, prepared, RunRecord(find_log_dir(trainer)))
+
+
+def try_on_one_probe(
+    settings: MonitorSettings, models: Sequence[nn.Module], prepared: PreparedProbes,
+    transform: Callable[[Any], Tensor],
+) -> None:
+    """Every method (a registered or Captum one, a Grad-CAM layer) tried on one probe of each
+    model at setup, so that a typo or a wrong shape fails before epoch 0 trains."""
+    dev = next((p.device for p in models[0].parameters()), torch.device("cpu"))
+    x = prepared.probes.x[:1].to(dev)
+    with isolate_rng(), logits_outputs(models, transform):
+        if settings.target == "label":
+            target = prepared.probes.y[:1].to(dev)
+        else:
+            with torch.no_grad(), eval_mode(*models):
+                target = models[0](x).argmax(-1)
+        try_methods(models, x, target, settings.specs, input_range=prepared.input_range)
 
 
 def run_families(
