@@ -78,6 +78,7 @@ def _register() -> None:
         ("faithfulness", "insertion_auc", True, (0, 1), "area under the insertion curve (softmax probability)"),
         ("randomization", "spearman", False, (-1, 1), "Spearman to a randomized copy's maps"),
         ("randomization", "ssim", False, (-1, 1), "SSIM to a randomized copy's maps"),
+        ("gap", "plain_gradient_l2", False, (0, _INF), "L2 distance to the same model's plain gradient (fidelity)"),
     ]
     for family, name, better, bounds, text in numbers:
         register_metric(name=name, family=family, higher_is_better=better, bounds=bounds,
