@@ -3,6 +3,7 @@ change what the drift at an epoch means."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lightning_saliency.generalization import ProbeLayout
@@ -33,3 +34,28 @@ def test_drift_against_the_first_epoch_does_not_depend_on_the_schedule() -> None
     # against the previous monitored epoch (the old behaviour) the same epoch reads differently
     a, b = _drift_at_last([0, 1, 2, 4], "previous"), _drift_at_last([0, 4], "previous")
     assert (a[1], b[1]) == (2, 0) and a[0] != b[0]
+
+
+@pytest.mark.slow
+def test_the_callbacks_drift_does_not_depend_on_which_epochs_were_monitored(tmp_path) -> None:
+    """Case 9 through the callback: drift at epoch 2 is the same whether epoch 1 was monitored
+    (no budget) or skipped by the time budget (which always monitors the first and the last
+    epoch); it was measured against the previous monitored epoch, so wall-clock timing
+    changed its meaning."""
+    import _tiny
+    import lightning as L
+
+    from lightning_saliency.generalization import MetricKey
+
+    drifts = []
+    for budget in (None, 1e-9):
+        L.seed_everything(0)
+        cb = _tiny.callback(methods=["simple_grad"], max_overhead=budget,
+                            log_images_every_n_epochs=0)  # fmt: skip
+        _tiny.trainer(tmp_path / f"budget{budget}", callbacks=[cb], max_epochs=3).fit(
+            _tiny.ensemble(init_seed=0), _tiny.data()
+        )
+        assert cb.logged_epochs == ([0, 1, 2] if budget is None else [0, 2])
+        drifts.append(cb._last[MetricKey("simple_grad", "mean", "test", "drift")].value)
+    assert drifts[0] == pytest.approx(drifts[1], abs=1e-6)
+    assert drifts[0] > 0

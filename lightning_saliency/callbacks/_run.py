@@ -62,7 +62,7 @@ class MonitorRun:
     unnormalize: Callable[[Tensor], Tensor] | None = None
     reference: nn.Module | None = None
     record: RunRecord = field(default_factory=lambda: RunRecord(None))
-    previous: dict[str, Tensor] | None = None  # last monitored epoch's test-probe maps
+    previous: dict[str, Tensor] | None = None  # first monitored epoch's test-probe maps (drift)
     logged_epochs: list[int] = field(default_factory=list)  # training epochs monitored
     final_values: dict[str, float] = field(default_factory=dict)  # tag -> last fit value
     last: dict[MetricKey, Estimate] | None = None  # the last fit-stage estimates
@@ -142,9 +142,10 @@ class MonitorRun:
         if stage == "fit":
             assert self.probes is not None
             test = self.probes.layout.test
-            self.previous = {
-                k: v[:k_models, test].detach().cpu().clone() for k, v in result.maps.items()
-            }
+            if self.previous is None:  # drift is measured against the fit's first monitored epoch
+                self.previous = {
+                    k: v[:k_models, test].detach().cpu().clone() for k, v in result.maps.items()
+                }
             self.logged_epochs.append(epoch)
             self.final_values = {k.tag: e.value for k, e in result.estimates.items()}
             self.last = result.estimates

@@ -70,7 +70,7 @@ def _register() -> None:
         ("gap", "gap", None, (-_INF, _INF), "test minus train interpretation loss (closer to 0: better)"),
         ("gap", "gap_reduction", True, (-_INF, _INF), "|gap(simple_grad)| - |gap(method)|"),
         ("gap", "own_excess", None, (-_INF, _INF), "a model's train loss minus the other models' (own-train excess)"),
-        ("gap", "drift", False, (0, _INF), "L2 distance to the previous monitored epoch's maps"),
+        ("gap", "drift", False, (0, _INF), "L2 distance to the maps of the fit's first monitored epoch"),
         ("mege_reco", "mege", True, (0, 1), "MeGe: 1 / (1 + mean L2 distance) of correct pairs"),
         ("mege_reco", "reco", True, (-1, 1), "ReCo: best TPR + TNR - 1 telling wrong pairs apart"),
         ("faithfulness", "mu_fidelity", True, (-1, 1), "muFidelity (Pearson correlation)"),
