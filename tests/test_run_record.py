@@ -71,3 +71,42 @@ def test_generalization_knows_neither_lightning_nor_tensorboard() -> None:
                or m.startswith("lightning_saliency.callbacks") or m.startswith("lightning_saliency.report")]  # fmt: skip
         assert not bad, f"{path.name} imports {bad}"
         assert "add_custom_scalars" not in path.read_text() and "Margin" not in path.read_text(), path.name
+
+
+def test_two_fits_into_one_folder_cannot_both_claim_its_record(tmp_path) -> None:
+    """Issue 19 case 10 for a plain Trainer: the second of two fits started into one folder is
+    refused at fit start (the CLI has identity.json; this is the callback's own guard)."""
+    import csv
+
+    import pytest
+
+    from lightning_saliency.generalization.record import CSV_FIELDS, RunRecord
+
+    RunRecord(tmp_path).claim_fit(owner="fit-a")
+    with (tmp_path / "interpretation_metrics.csv").open() as fh:
+        assert next(csv.reader(fh)) == list(CSV_FIELDS)  # the header, written once
+    RunRecord(tmp_path).claim_fit(owner="fit-a")  # a second monitor of the same fit
+    with pytest.raises(ValueError, match="claimed by another fit"):
+        RunRecord(tmp_path).claim_fit(owner="fit-b")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "interpretation_metrics.csv").touch()
+    RunRecord(empty).claim_fit(owner="fit-c")  # an empty file holds nobody's record
+
+
+def test_a_plain_trainer_fit_into_a_folder_another_fit_holds_is_refused(tmp_path) -> None:
+    import _tiny
+    import pytest
+
+    from lightning_saliency.generalization.record import RunRecord
+
+    folder = tmp_path / "tb" / "version_0"
+    RunRecord(folder).claim_fit(owner="another process")  # a fit running there right now
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    cb = _tiny.callback(methods=["simple_grad"])
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)  # a fixed version
+    trainer = _tiny.trainer(tmp_path, callbacks=[cb], logger=logger, max_epochs=1)
+    with pytest.raises(ValueError, match="claimed by another fit"):
+        trainer.fit(_tiny.ensemble(), _tiny.data())
+    assert cb.logged_epochs == []

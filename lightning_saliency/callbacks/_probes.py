@@ -7,7 +7,7 @@ resumed run rebuilds exactly the same tensors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_saliency.data.probe_items import item_image, split_item
 from lightning_saliency.generalization import ProbeLayout
 
-__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "ProbeSet", "as_dataset", "draw_indices", "gather"]
+__all__ = ["ProbeSet", "as_dataset", "draw_indices", "gather"]
 
 
 class _TensorPairs(Dataset):
@@ -85,50 +86,20 @@ def draw_indices(n_available: int, n: int, generator: torch.Generator, what: str
     return torch.randperm(n_available, generator=generator)[:n]
 
 
-#: Keys a probe dataset's dict items may hold their image and label under (first found).
-IMAGE_KEYS = ("image", "pixel_values", "img", "x", "input", "inputs")
-LABEL_KEYS = ("label", "labels", "target", "y", "class")
-
-
-def _split_item(item: Any, index: int) -> tuple[Any, Any]:
-    """(image, label) of one dataset item: a pair, a dict, or the image alone (label -1)."""
-    if isinstance(item, Mapping):
-        image = next((item[k] for k in IMAGE_KEYS if k in item), None)
-        if image is None:
-            raise ValueError(
-                f"probe dataset item {index} is a dict with keys {sorted(item)}; its image must "
-                f"be under one of {list(IMAGE_KEYS)}"
-            )
-        return image, next((item[k] for k in LABEL_KEYS if k in item), -1)
-    if isinstance(item, (tuple, list)):
-        return item[0], item[1] if len(item) > 1 else -1
-    return item, -1
-
-
-def _as_image(x: Any, transform: Callable[[Any], Any] | None, index: int) -> Tensor:
-    if transform is not None:
-        x = transform(x)
-    if not isinstance(x, Tensor) and hasattr(x, "convert") and hasattr(x, "size"):  # a PIL image
-        from torchvision.transforms.functional import pil_to_tensor
-
-        x = pil_to_tensor(x).float() / 255.0
-    try:
-        return torch.as_tensor(x)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(
-            f"probe dataset item {index}: cannot make a tensor image of a "
-            f"{type(x).__name__}; pass probe_transform= to convert it"
-        ) from err
-
-
 def gather(
-    dataset: Dataset, indices: Tensor, transform: Callable[[Any], Any] | None = None
+    dataset: Dataset,
+    indices: Tensor,
+    transform: Callable[[Any], Any] | None = None,
+    input_key: str | None = None,
+    label_key: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Stack ``dataset[i]`` for the given indices into ``(images, labels)`` tensors.
 
-    An item is an ``(image, label)`` pair, a dict (image under one of :data:`IMAGE_KEYS`,
-    label under one of :data:`LABEL_KEYS`; HuggingFace datasets), or an image alone; an
-    image is a tensor, an array or a PIL image (scaled to [0, 1]), after ``transform``.
+    An item is an ``(image, label)`` pair, a dict (image under ``input_key`` or the one of
+    :data:`~lightning_saliency.data.probe_items.IMAGE_KEYS` it holds, label likewise;
+    HuggingFace datasets), or an image alone; an image is a tensor or an array after
+    ``transform`` (a PIL image needs ``transform``: its scale is not the model's). Ambiguous
+    items are refused (:mod:`lightning_saliency.data.probe_items`).
 
     Example:
         >>> x, y = gather(as_dataset(torch.ones(5, 1, 2, 2)), torch.tensor([0, 3]))
@@ -140,8 +111,8 @@ def gather(
     """
     xs, ys = [], []
     for i in indices.tolist():
-        image, label = _split_item(dataset[i], i)
-        xs.append(_as_image(image, transform, i))
+        image, label = split_item(dataset[i], i, input_key, label_key)
+        xs.append(item_image(image, transform, i))
         ys.append(int(torch.as_tensor(label)))
     x = torch.stack(xs).float()
     if x.ndim != 4:

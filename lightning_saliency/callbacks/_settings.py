@@ -91,6 +91,8 @@ class MonitorSettings:
     fold_batchnorm: bool
     output_transform: Callable[[Any], Tensor] | None
     families_every_n_epochs: int
+    input_key: str | None
+    label_key: str | None
 
     @classmethod
     def from_arguments(
@@ -217,6 +219,9 @@ def _check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> No
                  "chance_draws", "families_every_n_epochs"):  # fmt: skip
         _int_at_least(name, args[name], 1)
     _int_at_least("log_images_every_n_epochs", args["log_images_every_n_epochs"], 0)
+    for name in ("input_key", "label_key"):
+        if args[name] is not None and not isinstance(args[name], str):
+            raise ValueError(f"{name} must be a dict key (a str) or None; got {args[name]!r}")
     if isinstance(args["seed"], bool) or not isinstance(args["seed"], int):
         raise ValueError(f"seed must be an int; got {args['seed']!r}")
     if args["batch_size"] is not None:

@@ -132,8 +132,10 @@ def draw_probes(
     loaded: dict[str, list[int]] | None = None,
     need_labels: bool = True,
     transform: Callable[[Any], Any] | None = None,
+    keys: tuple[str | None, str | None] = (None, None),
 ) -> ProbeSet:
-    """The fixed probes of a run: drawn with a dedicated generator, or the checkpoint's."""
+    """The fixed probes of a run: drawn with a dedicated generator, or the checkpoint's
+    (``keys``: a dict item's image and label keys, :func:`~._probes.gather`)."""
     train_sets, test_set = _probe_sources(trainer, k_models, train_probes, test_probes)
     gen = torch.Generator().manual_seed(seed)
     indices: dict[str, list[int]] = {}
@@ -144,12 +146,12 @@ def draw_probes(
         if loaded is not None and key in loaded:
             idx = torch.tensor(loaded[key], dtype=torch.long)
         indices[key] = idx.tolist()
-        parts.append(gather(ds, idx, transform))
+        parts.append(gather(ds, idx, transform, *keys))
     idx = draw_indices(len(test_set), num_test, gen, "test")
     if loaded is not None and "test" in loaded:
         idx = torch.tensor(loaded["test"], dtype=torch.long)
     indices["test"] = idx.tolist()
-    probes = ProbeSet.build(parts, gather(test_set, idx, transform), indices)
+    probes = ProbeSet.build(parts, gather(test_set, idx, transform, *keys), indices)
     if need_labels and bool((probes.y < 0).any()):
         raise ValueError("the probes have no labels: pass (images, labels) or use target='pred'")
     return probes
@@ -332,6 +334,7 @@ def prepare_probes(
         trainer, k_models, num_train=s.num_train_probes, num_test=s.num_test_probes,
         seed=s.seed, train_probes=s.train_probes, test_probes=s.test_probes,
         loaded=loaded, need_labels=s.target == "label", transform=s.probe_transform,
+        keys=(s.input_key, s.label_key),
     )  # fmt: skip
     dm = getattr(trainer, "datamodule", None)
     rng, unnormalize = s.input_range, s.unnormalize

@@ -91,7 +91,10 @@ class InterpretationGeneralization(Callback):
         is_ensemble: None detects an ensemble (a ``models`` ModuleList, as in
             DisjointEnsemble); False monitors the module as one model whatever it holds.
         probe_transform: applied to each probe image of a dataset (e.g. a torchvision
-            transform for PIL images); dict items give their image and label by key.
+            transform; a PIL image without one is refused: its scale is not the model's).
+        input_key / label_key: the keys of a dict item's image and label (default: the one
+            known key the item holds; an item holding two, e.g. ``image`` and
+            ``pixel_values``, is refused until one is named).
         fold_batchnorm: explain a frozen eval-mode copy of each model with BatchNorm folded
             into its convolutions (channels-last weights on CPU), built once per monitored
             epoch: faster, the same maps up to float32 rounding (a ReLU decision within
@@ -142,6 +145,8 @@ class InterpretationGeneralization(Callback):
         fold_batchnorm: bool = True,
         output_transform: Callable[[Any], Tensor] | None = None,
         families_every_n_epochs: int = 1,
+        input_key: str | None = None,
+        label_key: str | None = None,
     ) -> None:
         super().__init__()
         # the settings: validated and frozen; the run: everything a run resolves and does
@@ -248,8 +253,10 @@ class InterpretationGeneralization(Callback):
         if loaded is not None and run.probes is not None and loaded != run.probes.indices:
             k_models = len(_setup.models_of(pl_module, self.config.is_ensemble))
             run.use_probes(_setup.prepare_probes(self.config, trainer, k_models, loaded))
-        if loaded is None:  # a fresh fit, not a resume: a fresh record
+        if loaded is None:  # a fresh fit, not a resume: a fresh record, claimed by this fit
             run.record.check_fresh("fit")
+            if trainer.is_global_zero:
+                run.record.claim_fit(owner=f"trainer-{id(trainer)}")
         run.to(pl_module.device)
         for logger in trainer.loggers:  # the callback's HParams record is the run's first
             _compat.disable_default_hp_metric(logger)

@@ -134,6 +134,10 @@ def parse_csv_row(row: Mapping[str, str]) -> tuple[int, MetricKey, Estimate]:
 
 
 # --------------------------------------------------------------------------- writer
+#: CSV path -> the fit of this process that claimed it (:meth:`RunRecord.claim_fit`).
+_CLAIMS: dict[str, str] = {}
+
+
 class RunRecord:
     """The callback's files in ``folder``: appends epochs, keeps a resume's epochs, checks
     a folder is fresh, merges ``methods.json`` (nothing at all when ``folder`` is None)."""
@@ -220,6 +224,41 @@ class RunRecord:
             "--trainer.logger.init_args.version) or remove the old folder"
             + ("; to continue that run, resume it with --ckpt_path." if stage == "fit" else ".")
         )
+
+    def claim_fit(self, owner: str = "") -> None:
+        """Create the CSV (its header) exclusively for a new fit, after :meth:`check_fresh`:
+        of two fits started into one folder at once, the second is refused here instead of
+        both appending to one file; ``owner`` names the fit in this process (several monitors
+        of one trainer share its record). An empty file is taken over; a header left by a fit
+        that stopped before its first monitored epoch is not (it cannot be told from a fit
+        running now): the message says to remove it.
+
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> RunRecord(folder).claim_fit()
+        >>> RunRecord(folder).claim_fit()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: InterpretationGeneralization: ... was claimed by another fit that started ...
+        """
+        path = self.csv_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if path.stat().st_size == 0 or (owner and _CLAIMS.get(str(path)) == owner):
+                return
+            raise ValueError(
+                f"{_CALLBACK}: {str(path)!r} was claimed by another fit that started into the "
+                "same folder: two fits cannot write one record; give each its own folder (if "
+                "that fit stopped before its first monitored epoch, remove the file)"
+            ) from None
+        with os.fdopen(fd, "w", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=CSV_FIELDS).writeheader()
+        if owner:
+            _CLAIMS[str(path)] = owner
 
     def write_methods(self, payload: Mapping[str, Any]) -> None:
         """Write ``methods.json`` (atomically: a reader never sees half a file).
