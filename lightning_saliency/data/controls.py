@@ -44,6 +44,7 @@ __all__ = [
     "ShiftedSplit",
     "check_memorize",
     "check_shift",
+    "check_split_option",
 ]
 
 #: ``memorize`` option keys and defaults.
@@ -54,7 +55,9 @@ SHIFT_KEYS: dict[str, Any] = {"split": 0, "kind": "rotate", "fraction": 0.5, "se
 SHIFT_KINDS = ("invert", "rotate")
 
 
-def _check_keys(name: str, spec: Any, keys: Mapping[str, Any], num_models: int) -> dict:
+def check_split_option(name: str, spec: Any, keys: Mapping[str, Any], num_models: int) -> dict:
+    """A control option planted into one split: a mapping of known ``keys`` (their defaults
+    filled in) whose ``split`` is an int in [0, num_models); else a ``ValueError`` naming it."""
     if not isinstance(spec, Mapping):
         raise ValueError(f"{name} must be a mapping such as {{'split': 0}}; got {spec!r}")
     unknown = sorted(set(spec) - set(keys))
@@ -94,7 +97,7 @@ def check_memorize(spec: Mapping[str, Any] | None, num_models: int) -> dict[str,
     """
     if spec is None:
         return None
-    out = _check_keys("memorize", spec, MEMORIZE_KEYS, num_models)
+    out = check_split_option("memorize", spec, MEMORIZE_KEYS, num_models)
     out["fraction"] = _check_fraction("memorize", out["fraction"])
     _check_seed("memorize", out["seed"])
     return out
@@ -108,7 +111,7 @@ def check_shift(spec: Mapping[str, Any] | None, num_models: int) -> dict[str, An
     """
     if spec is None:
         return None
-    out = _check_keys("shift", spec, SHIFT_KEYS, num_models)
+    out = check_split_option("shift", spec, SHIFT_KEYS, num_models)
     if out["kind"] not in SHIFT_KINDS:
         raise ValueError(f"shift kind must be one of {list(SHIFT_KINDS)}; got {out['kind']!r}")
     out["fraction"] = _check_fraction("shift", out["fraction"])

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .controls import check_split_option
+
 __all__ = ["PlantedShortcut", "check_shortcut", "shortcut_box"]
 
 _KEYS = {"split": 0, "classes": None, "size": 3}
@@ -42,15 +44,8 @@ def check_shortcut(spec: Mapping[str, Any] | None, num_models: int) -> dict[str,
     early ``ValueError`` that names the bad key."""
     if spec is None:
         return None
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"shortcut must be a mapping such as {{'split': 0}}; got {spec!r}")
-    unknown = sorted(set(spec) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"unknown shortcut keys {unknown}; known: {sorted(_KEYS)}")
-    out = {**_KEYS, **spec}
-    split, size, classes = out["split"], out["size"], out["classes"]
-    if isinstance(split, bool) or not isinstance(split, int) or not 0 <= split < num_models:
-        raise ValueError(f"shortcut split must be an int in [0, {num_models}); got {split!r}")
+    out = check_split_option("shortcut", spec, _KEYS, num_models)
+    size, classes = out["size"], out["classes"]
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"shortcut size must be a positive int; got {size!r}")
     if classes is not None:
