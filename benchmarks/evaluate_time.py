@@ -5,14 +5,14 @@ monitor on a tiny model (host overhead) or the default small CNN.
     OMP_NUM_THREADS=1 python benchmarks/evaluate_time.py mlp        # or small_cnn
 """
 
+from __future__ import annotations
+
 import logging
 import sys
 import tempfile
 import time
 import warnings
 
-warnings.filterwarnings("ignore")
-logging.disable(logging.WARNING)
 import lightning as L
 import torch
 
@@ -20,30 +20,29 @@ from lightning_saliency.callbacks import InterpretationGeneralization
 from lightning_saliency.data import DigitsDataModule
 from lightning_saliency.models import DisjointEnsemble
 
-torch.set_num_threads(1)
-L.seed_everything(0)
-cb = InterpretationGeneralization(
-    num_train_probes=32, num_test_probes=32, max_overhead=None, log_images_every_n_epochs=0
-)
-model = DisjointEnsemble(
-    backbone=sys.argv[1], num_classes=10, in_chans=1, optimizer="adamw", lr=3e-3
-)
-tr = L.Trainer(
-    max_epochs=1,
-    limit_train_batches=2,
-    limit_val_batches=0,
-    logger=False,
-    default_root_dir=tempfile.mkdtemp(),
-    callbacks=[cb],
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    enable_checkpointing=False,
-)
-tr.fit(model, DigitsDataModule())
-ts = []
-for _ in range(5):
-    c0 = time.process_time()
-    cb.evaluate(model)
-    ts.append(time.process_time() - c0)
-ts.sort()
-print(sys.argv[1], "cpu s per evaluate: min %.3f median %.3f" % (ts[0], ts[2]))
+
+def main(backbone: str) -> None:
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(1)
+    L.seed_everything(0)
+    cb = InterpretationGeneralization(num_train_probes=32, num_test_probes=32,
+                                      max_overhead=None, log_images_every_n_epochs=0)  # fmt: skip
+    model = DisjointEnsemble(backbone=backbone, num_classes=10, in_chans=1, optimizer="adamw",
+                             lr=3e-3)  # fmt: skip
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                        default_root_dir=tempfile.mkdtemp(), callbacks=[cb],
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False)  # fmt: skip
+    trainer.fit(model, DigitsDataModule())
+    times = []
+    for _ in range(5):
+        c0 = time.process_time()
+        cb.evaluate(model)
+        times.append(time.process_time() - c0)
+    times.sort()
+    print(f"{backbone} cpu s per evaluate: min {times[0]:.3f} median {times[2]:.3f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "mlp")
