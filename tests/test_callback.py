@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from lightning_saliency.attribution import attribution_model
 from lightning_saliency.data import DigitsDataModule
 from lightning_saliency.models import Classifier
 
@@ -115,8 +116,12 @@ def test_leave_one_out_loss_matches_hand_computation(tmp_path: Path) -> None:
     trainer.fit(model, DigitsDataModule(image_size=16, split_factor=3, num_models=3))
     probes = cb.probes
     grads = []
-    for m in model.models:
-        m.eval()
+    # The callback explains a BatchNorm-folded copy of each model (attribution_model). On
+    # digits' constant background, max-pooling meets exact ties, and the folded copy's float32
+    # rounding may route the gradient to another of the tied inputs (both are valid
+    # subgradients; 1 probe in 24 moved by 1-7% on an AMD EPYC): explain the same copy here,
+    # so that this test checks the leave-one-out statistic, not the tie-breaking.
+    for m in (attribution_model(m) for m in model.models):
         x = probes.x.clone().requires_grad_(True)
         out = m(x).gather(1, probes.y[:, None]).sum()
         (g,) = torch.autograd.grad(out, x)
