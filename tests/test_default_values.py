@@ -26,7 +26,14 @@ sys.path.insert(0, str(HERE / "fixtures"))
 from record_default_values import cli_args, tensorboard_scalars  # noqa: E402
 
 FIXTURE = json.loads((HERE / "fixtures" / "default_run_values.json").read_text())
-TOL = 1e-6
+# Float32 rounding differs between CPUs (oneDNN and BLAS pick other kernels): a pixel at a
+# near-tie enters or leaves a top-k set, a ReLU near 0 flips inside a noisy SmoothGrad pass.
+# Measured between the recording machine and a 2-core AMD EPYC (2026-12-05): at most 2.4e-4
+# (top-k above chance of 32 probes), 1.3e-4 for the continuous numbers, 849 of 3,122 beyond
+# 1e-6. A behaviour change (other probes, draws, seeds, a metric's definition) moves these
+# numbers by 1e-2 or more; a refactor that must be bit-exact is checked on one machine
+# against its parent commit (docs/benchmarks.md, "numbers unchanged").
+TOL = 1e-3
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,9 @@ def test_maps_equal_the_unfolded_model(backbone: str) -> None:
     """Folding is exact in real arithmetic: in float64 the maps (returned in float32) agree
     to float32 rounding. In float32 a ReLU or max-pool decision that sits within rounding
     of its threshold can flip for an occasional map, which then moves locally (up to ~1e-2
-    of its max, measured): the typical map agrees to ~1e-6 and every ranking to 0.999."""
+    of its max on one CPU, 3e-2 on another: a flip inside one noisy SmoothGrad sample moves
+    the whole map, and 3 of these 4 maps flipped on a 2-core AMD EPYC): every ranking agrees
+    to 0.999, and the maps of the first pass (no noise) agree to ~1e-5 at the median."""
     torch.manual_seed(0)
     model = _randomize_bn(build_backbone(backbone, num_classes=10)).eval()
     g = torch.Generator().manual_seed(1)
@@ -99,7 +101,9 @@ def test_maps_equal_the_unfolded_model(backbone: str) -> None:
         want, got = method(model64, x.double(), y), method(copy64, x.double(), y)
         assert float(_rel(got, want).max()) < 1e-6
         want, got = method(model, x, y), method(copy, x, y)
-        assert float(_rel(got, want).median()) < 1e-5
+        if method is simple_grad:
+            assert float(_rel(got, want).median()) < 1e-5
+        assert float(_rel(got, want).max()) < 5e-2
         assert min(_spearman(got, want)) > 0.999
 
 
