@@ -105,3 +105,22 @@ def test_wandb_gets_its_url_or_its_offline_folder(tmp_path: Path) -> None:
     folder = tmp_path / "wandb" / "offline-run-1"
     assert where_to_look([WandbLogger(None)]) == [
         f"W&B offline run: {folder} (upload it with: wandb sync {folder})"]  # fmt: skip
+
+
+@pytest.mark.slow  # starts an offline W&B run
+def test_a_real_offline_wandb_run_gets_its_folder_and_the_sync_command(tmp_path: Path,
+                                                                     monkeypatch) -> None:  # fmt: skip
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(project="ls", save_dir=str(tmp_path), offline=True)
+    try:
+        (line,) = where_to_look([logger])
+        folder = Path(logger.experiment.dir).parent
+    finally:
+        logger.experiment.finish()
+    assert line == f"W&B offline run: {folder} (upload it with: wandb sync {folder})"
+    assert folder.is_dir() and folder.name.startswith("offline-run-")
