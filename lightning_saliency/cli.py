@@ -18,7 +18,10 @@ them; ``config.yaml`` and ``identity.json`` record the effective seeds. The call
 monitored on the same probes. Before ``fit`` writes anything, the run folder is checked: a
 fresh fit needs a folder without another run's record, a resume (``--ckpt_path``) its own
 folder (or a new one) and unchanged seeds, model and data settings
-(:mod:`lightning_saliency._run_guard`).
+(:mod:`lightning_saliency._run_guard`). Before that, a user's module passed with ``--model``
+is checked against what the data module and the callback give it (training batches as a list
+of K ``(x, y)`` pairs, the K models in ``models`` or a ``reference``), and a config's model
+arguments that the class does not take are named (:mod:`lightning_saliency._module_contract`).
 
 Examples:
     Train two small CNNs on disjoint halves of scikit-learn's digits::
@@ -50,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -57,6 +61,7 @@ from typing import Any
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lightning_saliency import _compat
+from lightning_saliency._module_contract import check_module_contract, unaccepted_model_options
 from lightning_saliency._run_guard import RunConfigCallback, check_before_fit
 from lightning_saliency.data import DisjointSplitDataModule
 
@@ -130,7 +135,15 @@ class SaliencyCLI(LightningCLI):
         ``lr: float = 0.01`` would silently become the ensemble's 0.1. A first, silent
         parse finds the chosen class; the real parse then starts from it.
         """
-        cfg = self._silent_parse(parser, args)
+        errors: list[str] = []
+        cfg = self._silent_parse(parser, args, errors)
+        if cfg is None:  # a config's DisjointEnsemble arguments under a user's --model class
+            found = re.search(r"class_path '([\w.]+)'", "".join(errors))
+            message = unaccepted_model_options(
+                "".join(errors), _init_params(found.group(1)) if found else set()
+            )
+            if message is not None:
+                raise ValueError(message)
         chosen = self._class_path(cfg, "model")
         subs = getattr(self, "_subcommand_parsers", None)  # none when run=False
         parsers = list(subs.values()) if subs else [parser]
@@ -193,8 +206,11 @@ class SaliencyCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        """Check the run folder before anything is written (a refused run leaves it as it is)."""
+        """Check a user's module against what the data module and the callback give it
+        (:func:`~lightning_saliency._module_contract.check_module_contract`), then the run
+        folder, before anything is written (a refused run leaves it as it is)."""
         trainer: Any = self.trainer
+        check_module_contract(self.model, self.datamodule, trainer.callbacks)
         guard = next((c for c in trainer.callbacks if isinstance(c, RunConfigCallback)), None)
         if guard is not None:
             config = self.config.get(str(self.subcommand), self.config)
@@ -244,8 +260,11 @@ class SaliencyCLI(LightningCLI):
                     del store[name]
 
     @staticmethod
-    def _silent_parse(parser: LightningArgumentParser, args: ArgsType) -> Any:
-        """Parse without output or exit (None on any error: the real parse reports it)."""
+    def _silent_parse(
+        parser: LightningArgumentParser, args: ArgsType, errors: list[str] | None = None
+    ) -> Any:
+        """Parse without output or exit (None on any error: the real parse reports it; its
+        text goes to ``errors``)."""
         if args is not None and not isinstance(args, (list, tuple)):
             return None  # a dict or Namespace: parse_object, no class change to probe
         words = list(sys.argv[1:] if args is None else args)
@@ -254,7 +273,9 @@ class SaliencyCLI(LightningCLI):
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             try:
                 return parser.parse_args(words)
-            except (SystemExit, Exception):
+            except (SystemExit, Exception) as err:
+                if errors is not None:
+                    errors.append(f"{sink.getvalue()}\n{err}")
                 return None
 
     @staticmethod

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_saliency.attribution.outputs import require_tensor
+
 __all__ = [
     "OUTPUTS",
     "PRECISIONS",
@@ -133,12 +135,7 @@ def check_output(out: object, rows: int, target_max: int | Tensor) -> Tensor:
     ``target_max`` is the largest target class, as an int (computed once per pass, so this
     check costs no device-to-host synchronization) or a tensor of targets.
     """
-    if not isinstance(out, Tensor):
-        raise TypeError(
-            f"the model must return a logits Tensor (N, num_classes), got {type(out).__name__}; "
-            "wrap it with lightning_saliency.attribution.logits_outputs (or give the "
-            "callback output_transform=) for tuples, dicts and objects with .logits"
-        )
+    out = require_tensor(out)  # the message every method path gives
     if out.ndim != 2 or out.shape[0] != rows:
         raise ValueError(
             "the model must return 2-D logits (N, num_classes) with one row per input, "

@@ -16,13 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from lightning_saliency.attribution._context import attribution_mode
+from lightning_saliency.attribution.outputs import tensor_output_errors
 
 __all__ = ["attribution_state", "check_maps", "guarded"]
 
 
 @contextlib.contextmanager
 def attribution_state(model: nn.Module) -> Iterator[None]:
-    """Eval mode and gradients on; ``training`` flags and parameter ``.grad`` restored after.
+    """Eval mode and gradients on; ``training`` flags and parameter ``.grad`` restored after;
+    a failure on a model whose output is not a tensor gets the built-ins' message
+    (:func:`~lightning_saliency.attribution.outputs.tensor_output_errors`).
 
     >>> net = nn.Linear(2, 1)
     >>> net.weight.grad = torch.ones(1, 2)
@@ -38,7 +41,7 @@ def attribution_state(model: nn.Module) -> Iterator[None]:
     for p in params:
         p.grad = None
     try:
-        with attribution_mode(model):
+        with attribution_mode(model), tensor_output_errors(model):
             yield
     finally:
         for p, grad in zip(params, saved, strict=True):

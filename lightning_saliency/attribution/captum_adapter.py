@@ -21,7 +21,8 @@ defaults are dropped, so specs are canonical; the label is ``captum_<Class>`` th
 init arguments (the generic grammar of :mod:`~lightning_saliency.attribution._method_registry`).
 
 Guarantees as for the built-ins: eval mode with every ``training`` flag restored,
-parameter ``.grad`` untouched, float32 maps shaped like ``x``, computed in chunks of
+parameter ``.grad`` untouched, the built-ins' message for a model whose output is not a
+logits tensor (not torch's from inside Captum), float32 maps shaped like ``x``, computed in chunks of
 ``batch_size`` expanded rows (default 256; a probe counts ``n_steps``, ``nt_samples``,
 GradientShap's ``n_samples`` rows). Captum draws noise from the global RNGs, so the call
 runs inside a fork of them (and, under ``torch.use_deterministic_algorithms(True)``, in its

@@ -8,6 +8,11 @@ mapping its ``"logits"`` entry; any other object its ``.logits`` attribute
 is refused with a message naming ``output_transform``, the argument that maps a model's
 output to its logits. Outputs that are probabilities (rows >= 0 summing to 1) are refused
 by :func:`check_logits` (the methods and faithfulness take a softmax of logits).
+
+Every attribution method, built-in, Captum or registered, explains a model that returns a
+logits tensor: :func:`require_tensor` owns the message for one that does not (the built-ins
+check each forward; :func:`tensor_output_errors` gives a Captum or registered method's failure
+on such a model the same message).
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["OutputTransform", "as_logits", "check_logits", "logits_outputs"]
+__all__ = [
+    "OutputTransform",
+    "as_logits",
+    "check_logits",
+    "logits_outputs",
+    "require_tensor",
+    "tensor_output_errors",
+]
 
 OutputTransform = Callable[[Any], Tensor]
 
@@ -108,3 +120,58 @@ def logits_outputs(
     finally:
         for h in handles:
             h.remove()
+
+
+def require_tensor(out: object) -> Tensor:
+    """``out`` if it is a tensor, else the one message every attribution method gives for a
+    model whose output is not its logits tensor (a dict, a tuple, an output object).
+
+    >>> require_tensor({"scores": torch.zeros(1, 2)})
+    Traceback (most recent call last):
+    ...
+    TypeError: the model must return a logits Tensor (N, num_classes), got dict; wrap it with lightning_saliency.attribution.logits_outputs (or give the callback output_transform=) for tuples, dicts and objects with .logits
+    """
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"the model must return a logits Tensor (N, num_classes), got {type(out).__name__}; "
+            "wrap it with lightning_saliency.attribution.logits_outputs (or give the "
+            "callback output_transform=) for tuples, dicts and objects with .logits"
+        )
+    return out
+
+
+@contextlib.contextmanager
+def tensor_output_errors(model: nn.Module) -> Iterator[None]:
+    """Inside, an error raised after ``model`` returned something other than a tensor becomes
+    :func:`require_tensor`'s message (the original error chained as its cause): a Captum or
+    registered method then fails on a dict-output model as the built-ins do, not with
+    whatever torch says three calls later. A method that succeeds is left alone.
+
+    >>> class Dict(nn.Module):
+    ...     def forward(self, x): return {"scores": x}
+    >>> net = Dict()
+    >>> with tensor_output_errors(net):
+    ...     net(torch.ones(1, 2)).chunk(2)  # torch alone: 'dict' object has no attribute 'chunk'
+    Traceback (most recent call last):
+    ...
+    TypeError: the model must return a logits Tensor (N, num_classes), got dict; wrap it with lightning_saliency.attribution.logits_outputs (or give the callback output_transform=) for tuples, dicts and objects with .logits
+    """
+    seen: list[object] = []
+
+    def hook(_module: nn.Module, _inputs: Any, out: Any) -> None:
+        if not seen and not isinstance(out, Tensor):
+            seen.append(out)
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield
+    except Exception as err:
+        if not seen:
+            raise
+        try:
+            require_tensor(seen[0])
+        except TypeError as clear:
+            raise clear from err
+        raise
+    finally:
+        handle.remove()

@@ -55,8 +55,10 @@ __all__ = [
     "log_scalars",
     "print_summary",
     "purge_tensorboard_after",
+    "schedule_note",
     "summary_text",
     "warn_nonfinite",
+    "where_to_look",
     "write_hparams",
 ]
 
@@ -130,19 +132,80 @@ def write_hparams(
 
 
 def summary_text(
-    estimates: Mapping[MetricKey, Estimate], methods: list[str], folder: str | Path | None
+    estimates: Mapping[MetricKey, Estimate],
+    methods: list[str],
+    folder: str | Path | None,
+    loggers: Sequence[Any] = (),
 ) -> str:
     """The end-of-fit summary: per method the gap and test Spearman above chance (with
-    95% intervals), the run folder and the commands that open it."""
+    95% intervals), the run folder with its CSV, where each of ``loggers`` shows the run
+    (:func:`where_to_look`) and the report command."""
     lines = ["", "InterpretationGeneralization: last monitored epoch"]
     lines.append(format_headline(headline(estimates, methods)))
     if folder is not None:
-        lines += [
-            f"run folder: {folder}",
-            f"  tensorboard --logdir {folder}",
-            f"  lightning-saliency report {folder} --out {Path(folder) / 'report'}",
-        ]
+        lines += [f"run folder: {folder}", f"  values: {Path(folder) / CSV_NAME}"]
+        lines += [f"  {line}" for line in where_to_look(loggers)]
+        lines.append(f"  lightning-saliency report {folder} --out {Path(folder) / 'report'}")
     return "\n".join(lines)
+
+
+def where_to_look(loggers: Sequence[Any]) -> list[str]:
+    """Per logger, where it shows the run: ``tensorboard --logdir`` only for a TensorBoard
+    logger (the only one that writes event files), a W&B run's URL (offline: its folder and
+    ``wandb sync``), an MLflow run's tracking URI and run id, a CSV logger's ``metrics.csv``.
+
+    >>> from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    >>> where_to_look([TensorBoardLogger("runs", name="a", version=0), CSVLogger("logs", version=1)])
+    ['tensorboard --logdir runs/a/version_0', "CSVLogger's metrics: logs/lightning_logs/version_1/metrics.csv"]
+    """
+    lines = []
+    for logger in loggers:
+        kind = _logger_kind(logger)
+        if kind == "tensorboard":
+            lines.append(f"tensorboard --logdir {logger.log_dir}")
+        elif kind == "wandb":
+            lines.append(_wandb_place(logger))
+        elif kind == "mlflow":
+            # Lightning keeps the URI it was given (or derived from save_dir) only here
+            uri = getattr(logger, "_tracking_uri", None) or "MLflow's default tracking URI"
+            lines.append(f"MLflow run {logger.run_id} (experiment {logger.experiment_id}) at "
+                         f"{uri}: mlflow ui --backend-store-uri {uri}")  # fmt: skip
+        elif type(logger).__name__ == "CSVLogger":
+            lines.append(f"CSVLogger's metrics: {Path(logger.log_dir) / 'metrics.csv'}")
+    return lines
+
+
+def _wandb_place(logger: Any) -> str:
+    run = logger.experiment
+    url = getattr(run, "url", None)
+    if url:
+        return f"W&B run: {url}"
+    folder = Path(run.dir).parent if getattr(run, "dir", None) else None
+    return f"W&B offline run: {folder} (upload it with: wandb sync {folder})"
+
+
+def schedule_note(logged: Sequence[int], skipped: Sequence[Sequence[Any]],
+                  max_overhead: float | None) -> str:  # fmt: skip
+    """The closing line on the schedule: the monitored epochs, and for the ones the time
+    budget skipped, why and what to change (``skipped``: the schedule's ``[epoch, reason]``).
+
+    >>> print(schedule_note([0, 3], [[1, "over budget: ..."], [2, "over budget: ..."]], 0.1))
+    monitored epochs: 0, 3
+    epochs 1, 2 skipped: monitoring them would exceed max_overhead=0.1 of the training time (epoch 1: over budget: ...); to monitor every epoch set the callback's max_overhead: null (or a larger fraction), or choose the epochs with every_n_epochs
+    """
+    text = f"monitored epochs: {', '.join(str(e) for e in logged) or 'none'}"
+    missed = [(int(e), str(why)) for e, why in skipped if int(e) not in logged]
+    if not missed:
+        return text
+    epochs = [e for e, _ in missed]
+    word = "epoch" if len(epochs) == 1 else "epochs"
+    them = "it" if len(epochs) == 1 else "them"
+    return (
+        f"{text}\n{word} {', '.join(map(str, epochs))} skipped: monitoring {them} would exceed "
+        f"max_overhead={max_overhead} of the training time (epoch {missed[0][0]}: "
+        f"{missed[0][1]}); to monitor every epoch set the callback's max_overhead: null (or "
+        "a larger fraction), or choose the epochs with every_n_epochs"
+    )
 
 
 def print_summary(trainer: pl.Trainer, text: str) -> None:
@@ -271,11 +334,8 @@ def fit_summary(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer)
         return
     tags = [k.tag for k in run.last if in_tensorboard(k, run.sources) and is_headline(k)]
     write_hparams(trainer, settings.record(), tags)
-    text = summary_text(run.last, settings.labels, run.record.folder)
-    text += f"\nmonitored epochs: {run.logged_epochs}"
-    if run.schedule.skipped:
-        budget = run.schedule.max_overhead
-        text += f" (the others skipped to keep monitoring within {budget:.0%} of training time)"
+    text = summary_text(run.last, settings.labels, run.record.folder, trainer.loggers)
+    text += "\n" + schedule_note(run.logged_epochs, run.schedule.skipped, run.schedule.max_overhead)
     print_summary(trainer, text)
 
 

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from .schema import MetricKey, above_chance
 from .statistics import Estimate
 
-__all__ = ["Headline", "format_headline", "headline"]
+__all__ = ["FOOTNOTE", "Headline", "format_headline", "headline"]
+
+#: The line under a headline table that has a ``*``.
+FOOTNOTE = "* the interval excludes 0 (a finding at this run's probe noise; not across seeds)"
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def _cell(e: Estimate | None) -> str:
 
 
 def format_headline(rows: Sequence[Headline]) -> str:
-    """A plain-text table of :func:`headline` rows; ``*`` marks intervals that exclude 0."""
+    """A plain-text table of :func:`headline` rows; ``*`` marks intervals that exclude 0,
+    explained by :data:`FOOTNOTE` under the table when a row has one."""
     if not rows:
         return ""
     metric = rows[0].metric
@@ -74,5 +78,6 @@ def format_headline(rows: Sequence[Headline]) -> str:
     table = [head] + [(r.method, _cell(r.gap), _cell(r.above_chance)) for r in rows]
     widths = [max(len(t[i]) for t in table) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip() for t in table]
-    lines.append("* the interval excludes 0 (a finding at this run's probe noise; not across seeds)")
+    if any(r.gap_excludes_zero or r.above_chance_excludes_zero for r in rows):
+        lines.append(FOOTNOTE)
     return "\n".join(lines)
