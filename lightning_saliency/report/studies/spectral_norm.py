@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..order import run_method_key
 from ..plotting import errorbar, new_figure
 from ..runs import Run
 from ..table import Column, Row, Study, Table
@@ -28,7 +29,8 @@ def build(runs: Sequence[Run]) -> Table:
                 }  # fmt: skip
                 rows.append(Row(run.name, cells))
     inf = math.inf
-    rows.sort(key=lambda r: (r["method"], inf if r["spectral_norm_factor"] is None
+    order = run_method_key(runs)
+    rows.sort(key=lambda r: (order(r["method"]), inf if r["spectral_norm_factor"] is None
                              else r["spectral_norm_factor"], r.run))  # fmt: skip
     columns = (
         Column("spectral_norm_factor", "spectral-norm factor"),
