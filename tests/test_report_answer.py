@@ -224,3 +224,22 @@ def test_share_at_input_bounds_by_hand() -> None:
         share_at_input_bounds(x, (1.0, 0.0))
     with pytest.raises(ValueError, match="atol"):
         share_at_input_bounds(x, (0.0, 1.0), atol=-1.0)
+
+
+def test_a_one_run_setting_beside_seed_replicates_stays_in_the_seed_table_and_plot(tmp_path: Path) -> None:
+    """Three seeds without spectral norm and one run with it: the seed-level table of study
+    (d) keeps the one run's row (it used to vanish, and the plot then failed on a log axis
+    with no point)."""
+    for seed, loss in enumerate((1.0, 1.1, 0.9)):
+        folder = make_run(tmp_path / "runs" / f"plain{seed}", [
+            (0, SIMPLE, "mean", "test", "loss", loss, 0.01)], methods=[SIMPLE])  # fmt: skip
+        _set_seed(folder, seed)
+    make_run(tmp_path / "runs" / "sn1", [(0, SIMPLE, "mean", "test", "loss", 0.7, 0.01)],
+             methods=[SIMPLE], spectral_norm_factor=1.0)  # fmt: skip
+    out = tmp_path / "out"
+    main([str(tmp_path / "runs"), "--out", str(out)])
+    d = _md(out).split("## (d)")[1].split("Per run")[0]
+    lo, hi = stats.t.interval(0.95, 2, loc=1.0, scale=stats.sem([1.0, 1.1, 0.9]))
+    assert f"| none | 3 seeds: plain0, plain1, plain2 | simple_grad | 1.0000 [{lo:.4f}, {hi:.4f}] |" in d
+    assert "| 1 | sn1 | simple_grad | 0.7000 [0.6804, 0.7196] |" in d
+    assert_png(out / "spectral_norm.png")

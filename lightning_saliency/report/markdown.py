@@ -6,6 +6,7 @@ import csv
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,9 @@ def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
         main = table if seeds is None else seeds
         if seeds is not None:
             md += ["Seed level: every number is the mean over the seed replicates of a setting "
-                   "with its 95% interval over the seeds (training noise); verdicts use these.",
+                   "with its 95% interval over the seeds (training noise); verdicts use these. "
+                   "A setting with one run keeps that run's row (named by the run; its interval "
+                   "is over probes only).",
                    "", *markdown_lines(seeds), ""]  # fmt: skip
         summary = study.summary(main)
         if summary:
@@ -150,7 +153,10 @@ def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
         if seeds is not None:
             md += ["Per run (intervals over probes):", ""]
         md += [*markdown_lines(table), ""]
-        tidy += _tidy(table) + ([] if seeds is None else _tidy(seeds))
+        tidy += _tidy(table)
+        if seeds is not None:  # the seed-level rows (a one-run setting's row is already there)
+            own = {id(r) for r in table.rows}
+            tidy += _tidy(replace(seeds, rows=[r for r in seeds.rows if id(r) not in own]))
     report = out / "report.md"
     report.write_text("\n".join(md))
     with (out / "report.csv").open("w", newline="") as fh:

@@ -51,11 +51,19 @@ def plot(table: Table, path: Path) -> None:
         ax.errorbar([i], [ys[i]], yerr=e, fmt="o", capsize=3, color=colors[row["variant"]],
                     label=row["variant"])  # fmt: skip
     idx = list(range(len(table.rows)))
-    multi = len({r.run for r in table.rows}) > 1
-    ticks = [f"{r['method']}" + (f"\n{r.run}" if multi else "") for r in table.rows]
-    ax.set_xticks(idx, ticks, rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(idx, [str(r["method"]) for r in table.rows], rotation=30, ha="right", fontsize=7)
+    groups = list(dict.fromkeys(r.run for r in table.rows))
+    if len(groups) > 1:  # one block per run (or seed group), named above it
+        for g in groups:
+            at = [i for i, r in enumerate(table.rows) if r.run == g]
+            ax.axvline(at[0] - 0.5, color="k", lw=0.5, ls=":")
+            name = g if len(g) <= 28 else g[:26] + "..."
+            ax.annotate(name, ((at[0] + at[-1]) / 2, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=6)  # fmt: skip
     ax.set(ylabel="test Gini sparseness (higher: sparser)")
-    ax.set_title("sparseness: AdaptGrad, SmoothGrad, plain; 95% intervals", fontsize=10)
+    ax.set_title("sparseness: AdaptGrad, SmoothGrad, plain; 95% intervals", fontsize=10,
+                 pad=14 if len(groups) > 1 else 6)  # fmt: skip
     ax.grid(alpha=0.3, axis="y")
     handles, labels = ax.get_legend_handles_labels()
     by_label = dict(zip(labels, handles, strict=True))

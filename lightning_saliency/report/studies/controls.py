@@ -151,7 +151,7 @@ def plot(table: Table, path: Path) -> None:
             ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=m)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(len(arms)), [f"{k}\n{a}" for k, a in arms], fontsize=8)
-        ax.set(ylabel=f"planted model's {title.split(' (')[0]}", title=f"{title}, 95% intervals")
+        ax.set(ylabel=f"{title.split(' (')[0]}, model of the planted split", title=f"{title}, 95% intervals")
         ax.title.set_fontsize(10)
         ax.grid(alpha=0.3, axis="y")
     handles, labels = axes[0].get_legend_handles_labels()

@@ -57,7 +57,8 @@ def plot(table: Table, path: Path) -> None:
         if plain:
             ax.axhline(plain[0].value, color=line.get_color(), ls="--", lw=1,
                        label=f"{m} (no spectral norm)")  # fmt: skip
-    ax.set_xscale("log")
+    if any(r["spectral_norm_factor"] for r in table.rows):  # a log axis needs a point on it
+        ax.set_xscale("log")
     ax.set(xlabel="spectral-norm factor c (smaller = stricter Lipschitz bound)",
            ylabel="test interpretation loss (lower: nearer ref.)",
            title="test interpretation loss, 95% intervals")  # fmt: skip

@@ -52,15 +52,19 @@ def build(runs: Sequence[Run]) -> Table:
 
 def plot(table: Table, path: Path) -> None:
     methods = list(dict.fromkeys(r["method"] for r in table.rows))
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"]
     entries = 2 * len(methods) + 1  # each method and its chance level, prediction agreement
     fig = new_figure(2, height=4.2 + 0.22 * math.ceil(entries / 4))
     axes = fig.subplots(1, 2)
     for ax, metric, title in zip(axes, _METRICS, ("Spearman", "top-k"), strict=True):
-        for m in methods:
+        for i, m in enumerate(methods):
             pts = sorted(((r["split_factor"], r[metric]) for r in table.rows
                           if r["method"] == m and r[metric] is not None),
                          key=lambda p: p[0])  # seed replicates share an x: never compare cells
-            line = errorbar(ax, [x for x, _ in pts], [c for _, c in pts], marker="o", label=m)
+            line = errorbar(ax, [x for x, _ in pts], [c for _, c in pts], marker="o", label=m,
+                            color=palette(i % palette.N))  # one color per method, up to 20
             chance = [r[f"{metric}_chance"] for r in table.rows if r["method"] == m]
             if any(c is not None for c in chance):
                 xs = [r["split_factor"] for r in table.rows if r["method"] == m]
