@@ -175,14 +175,15 @@ def test_split_factor_study_tables_csv_and_plot(split_factor_runs: Path, tmp_pat
     assert "`simple_grad` test spearman: 0.4000 -> 0.1000 (change -0.3000)" in a
     assert "![split_factor](split_factor.png)" in a
     assert_png(out / "split_factor.png")
-    # studies without data say so and draw nothing
+    # studies without data print nothing and draw nothing (issue 23: no empty sections)
     for key, name in (
         ("b", "smoothgrad"),
         ("c", "superpixel"),
         ("d", "spectral_norm"),
         ("e", "adaptgrad"),
+        ("f", "controls"),
     ):
-        assert "no runs for this study" in section(md, key)
+        assert f"## ({key})" not in md
         assert not (out / f"{name}.png").exists()
     # the runs table: last epoch of 0-1 read from each run
     assert "| sf16 | 1 | 0-1 (2) | resnet18 | 2 | 16 | none | 0 | 1 |" in md  # seed_everything 0
@@ -267,15 +268,15 @@ def test_smoothgrad_study(tmp_path: Path) -> None:
     main([str(tmp_path / "sg"), "--out", str(out)])
     b = section((out / "report.md").read_text(), "b")
     # simple_grad is sigma 0 of both curves
-    assert "| version_0 | sigma | 0 | 1 | simple_grad | 0.9000 | n/a | 0.0900 | 0.9100 |" in b
-    assert "| version_0 | sigma | 0 | 16 | simple_grad | 0.9000 | n/a | 0.0900 | 0.9100 |" in b
-    assert "| version_0 | sigma | 0.1 | 1 | smooth_grad_s0.1_n1 | 0.8000 | n/a | 0.0800 | 0.8100 |" in b
-    assert "| version_0 | sigma | 0.5 | 1 | smooth_grad_s0.5_n1 | 0.6000 | n/a | 0.0600 | 0.6100 |" in b
-    assert "| version_0 | sigma | 0.1 | 16 | smooth_grad_s0.1 | 0.7000 | n/a | 0.0700 | 0.7100 |" in b
-    assert "| version_0 | sigma | 0.5 | 16 | smooth_grad_s0.5 | 0.5000 | n/a | 0.0500 | 0.5100 |" in b
+    assert "| version_0 | sigma | 0 | 1 | simple_grad | 0.9000 | n/a | n/a | 0.0900 |" in b
+    assert "| version_0 | sigma | 0 | 16 | simple_grad | 0.9000 | n/a | n/a | 0.0900 |" in b
+    assert "| version_0 | sigma | 0.1 | 1 | smooth_grad_s0.1_n1 | 0.8000 | n/a | n/a | 0.0800 |" in b
+    assert "| version_0 | sigma | 0.5 | 1 | smooth_grad_s0.5_n1 | 0.6000 | n/a | n/a | 0.0600 |" in b
+    assert "| version_0 | sigma | 0.1 | 16 | smooth_grad_s0.1 | 0.7000 | n/a | n/a | 0.0700 |" in b
+    assert "| version_0 | sigma | 0.5 | 16 | smooth_grad_s0.5 | 0.5000 | n/a | n/a | 0.0500 |" in b
     assert_png(out / "smoothgrad.png")
     rows_out = [r for r in read_report_csv(out) if r["study"] == "smoothgrad"]
-    assert len(rows_out) == 6 * 3
+    assert len(rows_out) == 6 * 2  # l2 and gap (at K = 2 the test loss is the test L2)
     got = {(r["method"], r["group"], r["metric"]): float(r["value"]) for r in rows_out}
     assert got[("smooth_grad_s0.5", "samples=16", "l2_test")] == 0.5
     assert got[("simple_grad", "samples=1", "gap")] == pytest.approx(0.09, abs=1e-15)
@@ -612,7 +613,8 @@ def test_stage_reads_validate_rows_of_a_checkpoint_run(
 def test_write_report_with_no_runs_and_output_file(tmp_path: Path) -> None:
     report = write_report([], tmp_path / "out")
     md = report.read_text()
-    assert md.count("no runs for this study") == len(ALL_STUDIES) == 6
+    assert len(ALL_STUDIES) == 7
+    assert "## (" not in md and "no runs for this study" not in md  # an empty study prints nothing
     assert read_report_csv(tmp_path / "out") == []
     with pytest.raises(ValueError, match="is a file"):
         write_report([], report)

@@ -1,18 +1,24 @@
-"""Read finished runs back into the five studies' tables and plots.
+"""Read finished runs back into an answer, then the studies' tables and plots.
 
 ``lightning-saliency report RUN_DIR [RUN_DIR ...] --out OUT_DIR [--epoch N] [--stage S]``
 reads each run's ``interpretation_metrics.csv``, ``methods.json`` (the callback's method
-specs) and ``config.yaml``, and writes ``report.md`` (tables with 95% intervals),
-``report.csv`` (one tidy row per number) and one PNG per study into ``OUT_DIR``:
+specs) and ``config.yaml``, and writes ``report.md``, ``report.csv`` (one tidy row per
+number) and one PNG per study with data into ``OUT_DIR``. ``report.md`` opens with the
+answer (:mod:`.answer`): per setting and method, do its maps generalize (the gap and the
+agreement above chance, with the rule that decides), then the studies, methods in order of
+meaning (:mod:`.order`); a study without data prints nothing:
 
 (a) ``split_factor``: test-map Spearman and top-k against the split factor, beside
     prediction agreement and the chance levels (paper 000, Table 1, Fig. 1b);
-(b) ``smoothgrad``: test L2 distance and gap against SmoothGrad noise, one curve per
-    noise kind and draw count (paper 000, sec. 6.4);
+(b) ``smoothgrad``: test L2 distance, Spearman above chance and gap against SmoothGrad
+    noise, one curve per noise kind and draw count (paper 000, sec. 6.4);
 (c) ``superpixel``: SSIM and MeGe with and without super-pixel grouping (paper 003);
 (d) ``spectral_norm``: test interpretation loss against the spectral-norm factor
     (paper 000, Fig. 1a);
-(e) ``adaptgrad``: sparseness (Gini) of AdaptGrad against SmoothGrad (paper 002, Table 2).
+(e) ``adaptgrad``: sparseness (Gini) of AdaptGrad against SmoothGrad (paper 002, Table 2);
+    ``stability_fidelity``: agreement and gap against the distance to the plain gradient;
+(f) ``controls``: the positive controls (a planted shortcut, memorization or shift against
+    its clean twin): the planted model's own-train excess and gap.
 
 A ``RUN_DIR`` is a run's log folder (``runs/<name>/version_<n>``) or a folder above several.
 Adding a study: a module in :mod:`lightning_saliency.report.studies` and one entry in its
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     parser = argparse.ArgumentParser(
         prog="lightning-saliency report",
-        description="Tables (report.md, report.csv) and plots (PNG) of the five studies from "
+        description="A verdict per method, then tables (report.md, report.csv) and plots (PNG) of the studies from "
         "run folders written by the InterpretationGeneralization callback.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",

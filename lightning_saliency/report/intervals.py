@@ -52,7 +52,9 @@ def t_interval(values: Sequence[float], bounds: tuple[float, float] | None = Non
     """Mean of k >= 2 seed-level values and its 95% Student-t interval (k - 1 df).
 
     With ``bounds`` the interval is computed on the logit / Fisher-z scale and mapped back,
-    so it stays inside the range; the value is the plain mean. NaN with a count when a value
+    so it stays inside the range; where a value lies at a bound (a prediction agreement of
+    1.0, which has no logit) the plain t-interval is clipped to the range instead. The value
+    is the plain mean. NaN with a count when a value
     is not finite; None for fewer than two values.
 
     >>> e = t_interval([0.1, 0.2, 0.3])
@@ -61,6 +63,9 @@ def t_interval(values: Sequence[float], bounds: tuple[float, float] | None = Non
     >>> e = t_interval([0.9, 0.99], bounds=(-1.0, 1.0))
     >>> -1 <= e.lo <= e.hi <= 1
     True
+    >>> e = t_interval([1.0, 1.0, 0.9688], bounds=(0.0, 1.0))  # not [0.01, 1.0]
+    >>> round(e.lo, 4), e.hi
+    (0.9449, 1.0)
     """
     x = np.asarray(list(values), dtype=np.float64)
     if x.size < 2:
@@ -73,6 +78,9 @@ def t_interval(values: Sequence[float], bounds: tuple[float, float] | None = Non
     q = float(t_quantile(x.size - 1.0))
     if bounds is None:
         return Estimate(mean, se, mean - q * se, mean + q * se, int(x.size), 0, "seeds")
+    if np.any(x <= bounds[0]) or np.any(x >= bounds[1]):  # a value at a bound has no logit:
+        lo, hi = max(mean - q * se, bounds[0]), min(mean + q * se, bounds[1])  # clip instead
+        return Estimate(mean, se, lo, hi, int(x.size), 0, "seeds")
     z = _to(x, bounds)
     zm, zse = float(z.mean()), float(z.std(ddof=1) / math.sqrt(x.size))
     lo, hi = _back(zm - q * zse, bounds), _back(zm + q * zse, bounds)

@@ -6,16 +6,18 @@ import csv
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lightning_saliency.generalization import Estimate
 
+from .answer import answer_lines
 from .replicates import SetApart, select_replicates
 from .runs import Run
 from .seeds import seed_table
 from .studies import ALL_STUDIES
-from .table import Column, Row, Table, cell_text, fmt_x, md_escape
+from .table import Column, Row, Table, cell_text, fmt_x, markdown_lines, md_escape
 from .verdicts import verdict_rows
 
 __all__ = ["REPORT_FIELDS", "build_studies", "write_report"]
@@ -24,23 +26,6 @@ __all__ = ["REPORT_FIELDS", "build_studies", "write_report"]
 REPORT_FIELDS: tuple[str, ...] = (
     "study", "run", "method", "x_name", "x", "group", "metric", "value", "se", "lo", "hi", "n",
 )  # fmt: skip
-_NO_DATA = "no runs for this study"
-_X_COLUMNS = ("spectral_norm_factor", "value")
-
-
-def _markdown(table: Table) -> list[str]:
-    cols = table.columns
-    lines = ["| " + " | ".join(c.header for c in cols) + " |", "|" + "---|" * len(cols)]
-    for row in table.rows:
-        cells = []
-        for c in cols:
-            v = row.run if c.name == "run" else row[c.name]
-            if c.name in _X_COLUMNS and (v is None or isinstance(v, float)):
-                cells.append(fmt_x(v))
-            else:
-                cells.append(cell_text(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
 
 
 def _group(col: Column, row: Row) -> str:
@@ -124,7 +109,8 @@ def _set_apart(apart: Sequence[SetApart]) -> list[str]:
 def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
     """Write ``report.md``, ``report.csv`` and one PNG per study with data into ``out_dir``.
 
-    A study without data says "no runs for this study". Returns the path of ``report.md``.
+    ``report.md`` opens with the answer (:mod:`~lightning_saliency.report.answer`); a study
+    without data prints nothing. Returns the path of ``report.md``.
 
     >>> write_report(load_runs("runs/smoothgrad"), "reports/smoothgrad")  # doctest: +SKIP
     PosixPath('reports/smoothgrad/report.md')
@@ -134,7 +120,8 @@ def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
         raise ValueError(f"output path {str(out)!r} is a file; expected a folder")
     out.mkdir(parents=True, exist_ok=True)
     runs, apart = select_replicates(runs)
-    md = ["# lightning-saliency report", "", *_set_apart(apart), "## Runs", ""]
+    md = ["# lightning-saliency report", "", *answer_lines(runs), *_set_apart(apart),
+          "## Runs", ""]
     stages = sorted({r.stage for r in runs} - {"fit"})
     if stages:
         md += [f"Rows of the {', '.join(stages)} stage (a trained checkpoint evaluated).", ""]
@@ -147,16 +134,17 @@ def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
     md += _verdicts(runs)
     for study in ALL_STUDIES:
         table = study.build(runs)
-        md += [f"## {study.title}", ""]
         if not table.rows:
-            md += [f"{_NO_DATA} (needs {study.needs}).", ""]
             continue
+        md += [f"## {study.title}", ""]
         seeds = seed_table(table, runs)
         main = table if seeds is None else seeds
         if seeds is not None:
             md += ["Seed level: every number is the mean over the seed replicates of a setting "
-                   "with its 95% interval over the seeds (training noise); verdicts use these.",
-                   "", *_markdown(seeds), ""]  # fmt: skip
+                   "with its 95% interval over the seeds (training noise); verdicts use these. "
+                   "A setting with one run keeps that run's row (named by the run; its interval "
+                   "is over probes only).",
+                   "", *markdown_lines(seeds), ""]  # fmt: skip
         summary = study.summary(main)
         if summary:
             md += [*summary, ""]
@@ -164,8 +152,11 @@ def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
         md += [f"![{study.key}]({study.key}.png)", ""]
         if seeds is not None:
             md += ["Per run (intervals over probes):", ""]
-        md += [*_markdown(table), ""]
-        tidy += _tidy(table) + ([] if seeds is None else _tidy(seeds))
+        md += [*markdown_lines(table), ""]
+        tidy += _tidy(table)
+        if seeds is not None:  # the seed-level rows (a one-run setting's row is already there)
+            own = {id(r) for r in table.rows}
+            tidy += _tidy(replace(seeds, rows=[r for r in seeds.rows if id(r) not in own]))
     report = out / "report.md"
     report.write_text("\n".join(md))
     with (out / "report.csv").open("w", newline="") as fh:

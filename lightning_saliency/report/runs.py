@@ -32,7 +32,8 @@ from lightning_saliency.generalization.record import (
     read_methods,
 )
 
-__all__ = ["LEGACY_CSV_FIELDS", "SEED_KEYS", "Run", "find_runs", "load_run", "load_runs"]
+__all__ = ["CONTROL_OPTIONS", "LEGACY_CSV_FIELDS", "SEED_KEYS", "Run", "find_runs", "load_run",
+           "load_runs"]  # fmt: skip
 
 _CALLBACK = "InterpretationGeneralization"
 
@@ -56,6 +57,12 @@ class Run:
     #: the run's config without its seeds, logger and paths: runs with equal signatures are
     #: seed replicates of one setting (None without a config.yaml)
     signature: str | None = None
+    #: the positive control planted into one split (a data option of :data:`CONTROL_OPTIONS`,
+    #: e.g. ``"shortcut"``; None: clean) and the split it was planted into
+    control: str | None = None
+    control_split: int | None = None
+    #: the signature without the control options: a planted run and its clean twin share it
+    twin_signature: str | None = None
 
     def get(self, method: str, aggregate: str, split: str, metric: str) -> Estimate | None:
         """The estimate of a key at this run's stage (None when the run did not log it)."""
@@ -206,6 +213,25 @@ SEED_KEYS: tuple[tuple[str, ...], ...] = (
 )  # fmt: skip
 
 
+#: The data modules' positive-control options (``lightning_saliency.data``: ``shortcut=``,
+#: ``memorize=``, ``shift=``), each a mapping with the ``split`` it is planted into.
+CONTROL_OPTIONS: tuple[str, ...] = ("shortcut", "memorize", "shift")
+_CONTROL_KEYS = tuple(p for name in CONTROL_OPTIONS
+                      for p in (("data", "init_args", name), ("data", name)))  # fmt: skip
+
+
+def _control(data: Mapping[str, Any], hparams: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """``(kind, split)`` of the planted control(s) the config's data section (else Lightning's
+    ``hparams.yaml``) records; ``(None, None)`` for a clean run."""
+    source = data if any(n in data for n in CONTROL_OPTIONS) else hparams
+    planted = [(n, source[n]) for n in CONTROL_OPTIONS if isinstance(source.get(n), Mapping)]
+    if not planted:
+        return None, None
+    split = planted[0][1].get("split", 0)
+    split = split if isinstance(split, int) and not isinstance(split, bool) else None
+    return "+".join(n for n, _ in planted), split
+
+
 def _without_nulls(node: Any) -> Any:
     """``node`` without the ``None`` values of its mappings: an option a later version added
     (written ``null``, its default) must not split a setting's seed replicates."""
@@ -216,13 +242,13 @@ def _without_nulls(node: Any) -> Any:
     return node
 
 
-def _signature(config: Mapping[str, Any]) -> str | None:
-    """The config with its seeds, logger and paths removed, and its ``null`` options, as
-    canonical JSON."""
+def _signature(config: Mapping[str, Any], drop: tuple[tuple[str, ...], ...] = ()) -> str | None:
+    """The config with its seeds, logger and paths (and the ``drop`` paths) removed, and its
+    ``null`` options, as canonical JSON."""
     if not config:
         return None
     cfg = _without_nulls(json.loads(json.dumps(config, default=str)))
-    for path in SEED_KEYS:
+    for path in SEED_KEYS + drop:
         node = cfg
         for part in path[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
@@ -238,6 +264,7 @@ def _facts(config: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, A
         return next((src[name] for src in sources if name in src), None)
 
     seed = pick("seed_everything", config)
+    control, control_split = _control(data, hparams)
     return {
         "split_factor": pick("split_factor", data, hparams),
         "num_models": pick("num_models", data, model, hparams),
@@ -245,6 +272,9 @@ def _facts(config: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, A
         "backbone": pick("backbone", model, hparams),
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         "signature": _signature(config),
+        "control": control,
+        "control_split": control_split,
+        "twin_signature": _signature(config, _CONTROL_KEYS),
     }
 
 

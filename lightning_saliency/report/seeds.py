@@ -37,20 +37,21 @@ def seed_level(
 
 
 def seed_table(table: Table, runs: Sequence[Run]) -> Table | None:
-    """The study table aggregated over seed replicates (None when no setting has two)."""
+    """The study table aggregated over seed replicates (None when no setting has two); a row
+    of a setting with one run, or of a run without a config, stays as it is (its intervals
+    over probes, its run's name), so that the plot and summary drawn from this table show it."""
     signature = {r.name: r.signature for r in runs}
     groups: dict[tuple, list[Row]] = {}
     for row in table.rows:
-        sig = signature.get(row.run)
-        if sig is None:
-            continue
+        sig = signature.get(row.run) or f"run:{row.run}"  # no config: a setting of its own
         ident = tuple((k, v) for k, v in row.cells.items() if not isinstance(v, Estimate))
         groups.setdefault((sig, ident), []).append(row)
     if not any(len(g) >= 2 for g in groups.values()):
         return None
     rows = []
     for (_, ident), members in groups.items():
-        if len(members) < 2:
+        if len(members) < 2:  # a setting of one run keeps its row (intervals over probes)
+            rows.append(members[0])
             continue
         cells: dict[str, Cell] = dict(ident)
         names = {c for r in members for c, v in r.cells.items() if isinstance(v, Estimate)}

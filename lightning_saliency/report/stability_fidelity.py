@@ -78,7 +78,7 @@ def _draw(fig: Any, points: Sequence[StabilityFidelityPoint], title: str, metric
                            color=color, label=f"between models, slope {a:.2f}")  # fmt: skip
             axes[2].loglog([p.noise for p in pos], [_v(p.fidelity)[0] for p in pos], "s--",
                            color=color, label=f"to plain gradient, slope {b:.2f}")  # fmt: skip
-    dist = "distance to plain gradient (normalized L2)"
+    dist = "distance to plain gradient (L2)"
     axes[0].set(xlabel=dist, ylabel=f"test {metric} above chance (higher = more stable)",
                 title=f"stability vs fidelity, {title}")  # fmt: skip
     axes[1].set(xlabel=dist, ylabel="gap: test - train loss (closer to 0 = better)",
@@ -89,8 +89,13 @@ def _draw(fig: Any, points: Sequence[StabilityFidelityPoint], title: str, metric
     for ax in axes:
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-    axes[2].legend(fontsize=6)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
+    from matplotlib.lines import Line2D
+
+    styles = [Line2D([], [], color="k", marker="o", ls="-", label="between models"),
+              Line2D([], [], color="k", marker="s", ls="--", label="to plain gradient")]  # fmt: skip
+    axes[2].legend(handles=styles, fontsize=7)  # the slopes are in the report's summary
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=7)
 
 
 def stability_fidelity_figure(
@@ -153,7 +158,8 @@ def _points(table: Table) -> list[StabilityFidelityPoint]:
 
 
 def plot(table: Table, path: Path) -> None:
-    fig = new_figure(3, height=4.0, width=4.6)
+    curves = len({p.curve for p in _points(table)})
+    fig = new_figure(3, height=4.2 + 0.18 * math.ceil(curves / 2), width=4.6)
     _draw(fig, _points(table), "95% intervals", "spearman")
     fig.savefig(path, dpi=100)
 

@@ -19,7 +19,8 @@ from lightning_saliency.generalization import Estimate
 
 from .runs import Run
 
-__all__ = ["Cell", "Column", "Row", "Study", "Table", "cell_text", "difference", "fmt_x"]
+__all__ = ["Cell", "Column", "Row", "Study", "Table", "cell_text", "difference", "fmt_x",
+           "markdown_lines"]  # fmt: skip
 
 Cell = Estimate | str | int | float | None
 
@@ -152,3 +153,28 @@ def md_escape(text: str) -> str:
     a\|b &lt;script&gt;
     """
     return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+#: Columns whose values are a study's x (printed by :func:`fmt_x`: ``none``, ``2``, ``0.5``).
+_X_COLUMNS = ("spectral_norm_factor", "value")
+
+
+def markdown_lines(table: Table) -> list[str]:
+    """The table as Markdown lines: a header, then one line per row (cells by :func:`cell_text`).
+
+    >>> t = Table("s", (Column("run", "run"), Column("v", "value")), [Row("a", {"v": 0.5})], "v", "v")
+    >>> markdown_lines(t)
+    ['| run | value |', '|---|---|', '| a | 0.5000 |']
+    """
+    cols = table.columns
+    lines = ["| " + " | ".join(c.header for c in cols) + " |", "|" + "---|" * len(cols)]
+    for row in table.rows:
+        cells = []
+        for c in cols:
+            v = row.run if c.name == "run" else row[c.name]
+            if c.name in _X_COLUMNS and (v is None or isinstance(v, float)):
+                cells.append(fmt_x(v))
+            else:
+                cells.append(cell_text(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

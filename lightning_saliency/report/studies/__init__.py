@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import stability_fidelity
 from ..table import Study
-from . import adaptgrad, smoothgrad, spectral_norm, split_factor, superpixel
+from . import adaptgrad, controls, smoothgrad, spectral_norm, split_factor, superpixel
 
 __all__ = ["ALL_STUDIES"]
 
@@ -16,4 +16,5 @@ ALL_STUDIES: tuple[Study, ...] = (
     spectral_norm.STUDY,
     adaptgrad.STUDY,
     stability_fidelity.STUDY,
+    controls.STUDY,
 )

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_saliency.generalization.studies import adaptgrad_groups, gradient_base
 
+from ..order import run_method_key
 from ..plotting import new_figure, value_and_error
 from ..runs import Run
 from ..table import Column, Row, Study, Table, cell_text
-
-_ORDER = {"plain": 0, "smooth": 1, "adapt": 2}
 
 
 def build(runs: Sequence[Run]) -> Table:
@@ -26,7 +24,8 @@ def build(runs: Sequence[Run]) -> Table:
                 "gap": run.get(label, "mean", "gap", "gap"),
             }  # fmt: skip
             rows.append(Row(run.name, cells))
-    rows.sort(key=lambda r: (r.run, r["base"], _ORDER[r["variant"]], r["method"]))
+    order = run_method_key(runs)
+    rows.sort(key=lambda r: (r.run, order(r["method"])))
     group = lambda r: str(r["variant"])  # noqa: E731
     columns = (
         Column("run", "run"),
@@ -41,24 +40,34 @@ def build(runs: Sequence[Run]) -> Table:
 
 
 def plot(table: Table, path: Path) -> None:
+    """Points with their 95% intervals (Gini values sit close together: bars would need an
+    axis that does not start at 0, which misstates their ratios)."""
     colors = {"plain": "tab:gray", "smooth": "tab:blue", "adapt": "tab:orange"}
-    fig = new_figure(1, width=7.0)
+    fig = new_figure(1, width=max(6.0, 0.45 * len(table.rows) + 2.5), height=4.6)
     ax = fig.subplots(1, 1)
     ys, err = value_and_error([r["sparseness"] for r in table.rows])
+    for i, row in enumerate(table.rows):
+        e = None if err is None else [[err[0][i]], [err[1][i]]]
+        ax.errorbar([i], [ys[i]], yerr=e, fmt="o", capsize=3, color=colors[row["variant"]],
+                    label=row["variant"])  # fmt: skip
     idx = list(range(len(table.rows)))
-    ax.bar(idx, ys, yerr=err, capsize=3, color=[colors[r["variant"]] for r in table.rows])
-    ax.set_xticks(idx, [r["method"] for r in table.rows], rotation=30, ha="right", fontsize=7)
-    finite = [y - e for y, e in zip(ys, err[0] if err else [0.0] * len(ys), strict=True)
-              if math.isfinite(y)]  # fmt: skip
-    tops = [y + e for y, e in zip(ys, err[1] if err else [0.0] * len(ys), strict=True)
-            if math.isfinite(y)]  # fmt: skip
-    if finite:  # Gini values sit close together: a zero-based axis would hide the differences
-        pad = 0.1 * (max(tops) - min(finite)) or 0.01
-        ax.set_ylim(min(finite) - pad, max(tops) + pad)
-    ax.set(ylabel="test Gini sparseness (higher: sparser)",
-           title="sparseness: AdaptGrad (orange), SmoothGrad (blue), plain (gray); 95% intervals")  # fmt: skip
-    ax.title.set_fontsize(9)
+    ax.set_xticks(idx, [str(r["method"]) for r in table.rows], rotation=30, ha="right", fontsize=7)
+    groups = list(dict.fromkeys(r.run for r in table.rows))
+    if len(groups) > 1:  # one block per run (or seed group), named above it
+        for g in groups:
+            at = [i for i, r in enumerate(table.rows) if r.run == g]
+            ax.axvline(at[0] - 0.5, color="k", lw=0.5, ls=":")
+            name = g if len(g) <= 28 else g[:26] + "..."
+            ax.annotate(name, ((at[0] + at[-1]) / 2, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=6)  # fmt: skip
+    ax.set(ylabel="test Gini sparseness (higher: sparser)")
+    ax.set_title("sparseness: AdaptGrad, SmoothGrad, plain; 95% intervals", fontsize=10,
+                 pad=14 if len(groups) > 1 else 6)  # fmt: skip
     ax.grid(alpha=0.3, axis="y")
+    handles, labels = ax.get_legend_handles_labels()
+    by_label = dict(zip(labels, handles, strict=True))
+    fig.legend(list(by_label.values()), list(by_label), loc="outside right upper", fontsize=8)
     fig.savefig(path, dpi=100)
 
 

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..order import run_method_key
 from ..plotting import errorbar, new_figure
 from ..runs import Run
 from ..table import Column, Row, Study, Table
@@ -28,7 +29,8 @@ def build(runs: Sequence[Run]) -> Table:
                 }  # fmt: skip
                 rows.append(Row(run.name, cells))
     inf = math.inf
-    rows.sort(key=lambda r: (r["method"], inf if r["spectral_norm_factor"] is None
+    order = run_method_key(runs)
+    rows.sort(key=lambda r: (order(r["method"]), inf if r["spectral_norm_factor"] is None
                              else r["spectral_norm_factor"], r.run))  # fmt: skip
     columns = (
         Column("spectral_norm_factor", "spectral-norm factor"),
@@ -55,7 +57,8 @@ def plot(table: Table, path: Path) -> None:
         if plain:
             ax.axhline(plain[0].value, color=line.get_color(), ls="--", lw=1,
                        label=f"{m} (no spectral norm)")  # fmt: skip
-    ax.set_xscale("log")
+    if any(r["spectral_norm_factor"] for r in table.rows):  # a log axis needs a point on it
+        ax.set_xscale("log")
     ax.set(xlabel="spectral-norm factor c (smaller = stricter Lipschitz bound)",
            ylabel="test interpretation loss (lower: nearer ref.)",
            title="test interpretation loss, 95% intervals")  # fmt: skip

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from lightning_saliency.generalization import Estimate
 
-from ..plotting import errorbar, legend_outside, new_figure
+from ..order import run_method_key
+from ..plotting import errorbar, new_figure
 from ..runs import Run
 from ..table import Cell, Column, Row, Study, Table, cell_text, difference
 
@@ -30,7 +31,8 @@ def build(runs: Sequence[Run]) -> Table:
                     cells[m + suffix] = run.get(label, "pairs", "test", m + suffix)
             rows.append(Row(run.name, {"split_factor": int(run.split_factor), "method": label,
                                        "prediction_agreement": pa, **cells}))  # fmt: skip
-    rows.sort(key=lambda r: (r["method"], r["split_factor"], r.run))
+    order = run_method_key(runs)
+    rows.sort(key=lambda r: (order(r["method"]), r["split_factor"], r.run))
     pa_col = Column("prediction_agreement", "test prediction agreement",
                     "prediction_agreement_test", method="-")  # fmt: skip
     columns = (
@@ -50,14 +52,19 @@ def build(runs: Sequence[Run]) -> Table:
 
 def plot(table: Table, path: Path) -> None:
     methods = list(dict.fromkeys(r["method"] for r in table.rows))
-    fig = new_figure(2, height=max(4.0, 0.16 * (len(methods) + 2)))
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    entries = 2 * len(methods) + 1  # each method and its chance level, prediction agreement
+    fig = new_figure(2, height=4.2 + 0.22 * math.ceil(entries / 4))
     axes = fig.subplots(1, 2)
     for ax, metric, title in zip(axes, _METRICS, ("Spearman", "top-k"), strict=True):
-        for m in methods:
+        for i, m in enumerate(methods):
             pts = sorted(((r["split_factor"], r[metric]) for r in table.rows
                           if r["method"] == m and r[metric] is not None),
                          key=lambda p: p[0])  # seed replicates share an x: never compare cells
-            line = errorbar(ax, [x for x, _ in pts], [c for _, c in pts], marker="o", label=m)
+            line = errorbar(ax, [x for x, _ in pts], [c for _, c in pts], marker="o", label=m,
+                            color=palette(i % palette.N))  # one color per method, up to 20
             chance = [r[f"{metric}_chance"] for r in table.rows if r["method"] == m]
             if any(c is not None for c in chance):
                 xs = [r["split_factor"] for r in table.rows if r["method"] == m]
@@ -71,10 +78,11 @@ def plot(table: Table, path: Path) -> None:
             ax.set_xscale("log", base=2)
             ax.set_xticks(xs, [str(x) for x in xs])
         ax.set(xlabel="split factor (smaller splits to the right)",
-               ylabel=f"test {title} / agreement (higher = more)",
-               title=f"test {title} and prediction agreement, 95% intervals")  # fmt: skip
+               ylabel=f"test {title} / agreement (higher = more)")  # fmt: skip
+        ax.set_title(f"test {title} and prediction agreement\n(95% intervals)", fontsize=10)
         ax.grid(alpha=0.3)
-    legend_outside(fig, axes[0])
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
     fig.savefig(path, dpi=100)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from lightning_saliency.generalization import Estimate
 from lightning_saliency.generalization.studies import superpixel_pairs
 
+from ..order import run_method_key
 from ..plotting import new_figure, value_and_error
 from ..runs import Run
 from ..table import Column, Row, Study, Table, difference
@@ -46,7 +47,8 @@ def build(runs: Sequence[Run]) -> Table:
             assert spec.superpixel is not None  # a super-pixel pair's second spec is grouped
             segmenter = label.split("_sp-", 1)[1] if "_sp-" in label else spec.superpixel["algorithm"]
             rows.append(_row(run, pixel, label, segmenter))
-    rows.sort(key=lambda r: (r.run, r["method"], r["segmenter"]))
+    order = run_method_key(runs)
+    rows.sort(key=lambda r: (r.run, order(r["method"]), r["segmenter"]))
     sp = {"method": "superpixel_method", "group": "superpixel"}
     px = {"group": "pixel"}
     columns = (
