@@ -276,6 +276,8 @@ def fit_summary(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer)
     if run.schedule.skipped:
         budget = run.schedule.max_overhead
         text += f" (the others skipped to keep monitoring within {budget:.0%} of training time)"
+    if settings.profile:  # where the monitor's time went (issue 21)
+        text += "\n" + "\n".join(run.times.lines(len(run.logged_epochs)))
     print_summary(trainer, text)
 
 
