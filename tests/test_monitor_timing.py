@@ -154,3 +154,11 @@ def test_evaluate_epoch_spearman_chance_is_a_mean_over_derangements() -> None:
                for r, p in zip(rows.tolist(), perm.tolist(), strict=True)) / (3 * 4)  # fmt: skip
     got = res.estimates[MetricKey(spec.label, "pairs", "test", "spearman_chance")].value
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_features_of_other_maps_are_refused() -> None:
+    maps = torch.rand(2, 12, 1, 6, 6)
+    other = PairFeatures(MapStack(maps.clone()), agreement_specs(["l2"]))
+    with pytest.raises(ValueError, match="other maps"):
+        pairwise_agreement(MapStack(maps), ProbeLayout.from_sizes([4, 4], 4), "test",
+                           metrics=["l2"], features=other)  # fmt: skip

@@ -50,15 +50,15 @@ class PairFeatures:
 
     def __init__(self, stack: MapStack, specs: Sequence[MetricSpec]) -> None:
         self.stack, self.specs = stack, list(specs)
-        dtype = _compute_dtype(stack.maps)
-        self._prepared = {s: prepared_metric(s, dtype) for s in self.specs}
+        self._dtype = _compute_dtype(stack.maps)
+        self._prepared = {s: prepared_metric(s, self._dtype) for s in self.specs}
         self._features: dict[tuple[MetricSpec, int], RowFeatures] = {}  # of all N rows
 
     def _of(self, spec: MetricSpec, source: int) -> RowFeatures:
         key = (spec, source)
         if key not in self._features:
             prepared = self._prepared[spec]
-            assert prepared is not None
+            assert prepared is not None  # asked only for prepared metrics
             self._features[key] = prepared.features(self.stack.maps[source])
         return self._features[key]
 
@@ -79,6 +79,8 @@ class PairFeatures:
         regroup = chance and st.pixel is not None and st.segments is not None
         other = st.partner_maps(j, rows, partners) if regroup else None
         for spec in self.specs if only is None else only:
+            if spec not in self._prepared:  # a metric the features were not built for
+                self._prepared[spec] = prepared_metric(spec, self._dtype)
             prepared = self._prepared[spec]
             if prepared is None:
                 b = st.maps[j, partners] if other is None else other

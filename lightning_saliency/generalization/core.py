@@ -263,6 +263,8 @@ def pairwise_agreement(
     with_chance = [s for s in specs if s.info.chance is not None] if chance else []
     # each map's ranks, masks... once for every pair, draw and split (issue 21)
     feats = PairFeatures(stack, specs) if features is None else features
+    if feats.stack.maps is not stack.maps:
+        raise ValueError("pairwise_agreement: `features` were built for other maps than `stack`")
 
     def per_pair(i: int, j: int, rows: Tensor) -> dict[str, Tensor]:
         out = feats.values(i, j, rows, rows, only=specs)
