@@ -117,8 +117,7 @@ class MonitorRun:
         :attr:`times` (CUDA synchronized at each stage's ends on a CUDA ``device``)."""
         if not enabled:
             return contextlib.nullcontext()
-        self.times.device = device
-        return self.times.active()
+        return self.times.active(device)
 
     @property
     def last_logged_epoch(self) -> int:

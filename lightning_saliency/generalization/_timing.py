@@ -63,8 +63,10 @@ class StageTimes:
     _stack: list[list[float]] = field(default_factory=list, repr=False)
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[StageTimes]:
-        """Time the block as a whole (``total_*``) and let :func:`stage` charge to this."""
+    def active(self, device: torch.device | None = None) -> Iterator[StageTimes]:
+        """Time the block as a whole (``total_*``) and let :func:`stage` charge to this
+        (CUDA synchronized at each stage's ends when ``device`` is a CUDA device)."""
+        self.device = device if device is not None else self.device
         token = _ACTIVE.set(self)
         cpu0, wall0 = _clocks(self.device)
         try:
