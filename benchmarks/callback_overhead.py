@@ -147,6 +147,7 @@ def _fit(args: argparse.Namespace, monitor: bool) -> dict[str, Any]:
             precision=args.attr_precision,
             channels_last=args.channels_last,
             max_overhead=args.max_overhead,
+            profile=args.profile,
         )
         log = time_hooks(cb, args.device)
         callbacks.append(cb)
@@ -170,7 +171,12 @@ def _fit(args: argparse.Namespace, monitor: bool) -> dict[str, Any]:
     epochs = [b - a for a, b in timer.spans]
     inside = [sum(e - s for _, s, e in log if a <= s and e <= b) for a, b in timer.spans]
     monitored = list(callbacks[0].logged_epochs) if monitor else []  # type: ignore[attr-defined]
+    stages = {}
+    if monitor and args.profile:  # per monitored epoch, CPU and wall seconds per stage
+        times, n = callbacks[0].run.times, max(len(monitored), 1)  # type: ignore[attr-defined]
+        stages = {k: [times.cpu[k] / n, times.wall[k] / n] for k in times.cpu}
     return {
+        "stages": stages,
         "monitored_epochs": monitored,
         "fit_share": sum(inside) / sum(epochs),
         "epoch_s": epochs,
@@ -229,6 +235,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the callback's budget (default none: every epoch; 0.1 is the callback's default)",
     )
     p.add_argument("--baseline", action="store_true", help="also a fit without the monitor")
+    p.add_argument("--profile", action="store_true", help="the callback's per-stage timers")
     p.add_argument("--save-checkpoint", default=None, help="save the monitored fit's models")
     p.add_argument("--quick", action="store_true", help="digits + small CNN smoke run")
     p.add_argument("--log-dir", default="runs/benchmarks")

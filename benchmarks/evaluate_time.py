@@ -1,6 +1,7 @@
 """CPU seconds of one InterpretationGeneralization.evaluate at the callback defaults (8 methods,
 K = 2, 32 + 32 probes, digits), min and median of 5, one thread: the per-epoch cost of the
-monitor on a tiny model (host overhead) or the default small CNN.
+monitor on a tiny model (host overhead) or the default small CNN, and where it goes per
+stage (``generalization/_timing.py``; the attribution stage is the floor).
 
     OMP_NUM_THREADS=1 python benchmarks/evaluate_time.py mlp        # or small_cnn
 """
@@ -18,6 +19,7 @@ import torch
 
 from lightning_saliency.callbacks import InterpretationGeneralization
 from lightning_saliency.data import DigitsDataModule
+from lightning_saliency.generalization._timing import StageTimes
 from lightning_saliency.models import DisjointEnsemble
 
 
@@ -35,13 +37,15 @@ def main(backbone: str) -> None:
                         enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False)  # fmt: skip
     trainer.fit(model, DigitsDataModule())
-    times = []
+    times, stages = [], StageTimes()
     for _ in range(5):
         c0 = time.process_time()
-        cb.evaluate(model)
+        with stages.active():  # where the time goes (issue 21), per stage
+            cb.evaluate(model)
         times.append(time.process_time() - c0)
     times.sort()
     print(f"{backbone} cpu s per evaluate: min {times[0]:.3f} median {times[2]:.3f}")
+    print("\n".join(stages.lines(5)).replace("monitored epoch (5 epochs)", "evaluate (5 calls)"))
 
 
 if __name__ == "__main__":

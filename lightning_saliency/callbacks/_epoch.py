@@ -24,6 +24,7 @@ from lightning_saliency.attribution import (
 from lightning_saliency.generalization import (
     OPT_IN_FAMILIES,
     EpochEvaluation,
+    _timing,
     compute_pixel_maps,
     epoch_rows,
     evaluate_epoch,
@@ -132,38 +133,44 @@ def evaluate(
     sources = models + ([run.reference] if run.reference is not None else [])
     transform = s.output_transform or as_logits
     with isolate_rng(), torch.inference_mode(False), torch.enable_grad():
-        probes = materialize(run.probes)
-        logits = model_logits(sources, probes.x, s.batch_size or 256, transform)
-        target = probes.y if s.target == "label" else logits[: len(models)].mean(0).argmax(-1)
-        explained = (attribution_sources(sources, s.specs, probes.x, s.channels_last)
-                     if s.fold_batchnorm else sources)  # fmt: skip
+        with _timing.stage("models"):  # predictions and this epoch's frozen (folded) copies
+            probes = materialize(run.probes)
+            logits = model_logits(sources, probes.x, s.batch_size or 256, transform)
+            target = probes.y if s.target == "label" else logits[: len(models)].mean(0).argmax(-1)
+            explained = (attribution_sources(sources, s.specs, probes.x, s.channels_last)
+                         if s.fold_batchnorm else sources)  # fmt: skip
         extra = [f for f in OPT_IN_FAMILIES if opt_in and f in run.families]
         # the randomization cascade re-initializes the models as they are, not folded copies
         folded = explained is not sources
         unfolded = models if folded and "randomization" in extra else []
         with logits_outputs([*explained, *unfolded], transform):
-            pixel = sharded_pixel_maps(
-                trainer, explained, probes.x, target, s.specs, seed=s.seed,
-                input_range=run.input_range, precision=s.precision,
-                channels_last=s.channels_last, batch_size=s.batch_size,
-                progress=progress,
+            with _timing.stage("attribution"):
+                pixel = sharded_pixel_maps(
+                    trainer, explained, probes.x, target, s.specs, seed=s.seed,
+                    input_range=run.input_range, precision=s.precision,
+                    channels_last=s.channels_last, batch_size=s.batch_size,
+                    progress=progress,
+                )  # fmt: skip
+            with _timing.stage("segmentation"):  # grouping by the run's cached segmentations
+                maps = group_maps(s.specs, pixel, run.segments)
+            with _timing.stage("families"):
+                extra_stats = family_statistics(
+                    explained[: len(models)], probes.x, target, maps, probes.layout, s.specs,
+                    families=extra, seed=s.seed, stage=stage, segments=run.segments,
+                    randomized=unfolded or None,
+                    input_range=run.input_range, precision=s.precision,
+                    channels_last=s.channels_last, batch_size=s.batch_size,
+                ) if extra else {}  # fmt: skip
+        with _timing.stage("statistics"):
+            result = evaluate_epoch(
+                maps, probes.layout, s.specs, labels=probes.y, preds=predictions(logits),
+                families=run.families, normalize=s.normalize, topk=s.topk,
+                previous=run.previous if stage == "fit" else None, stage=stage,
+                seed=s.seed, chance_draws=s.chance_draws,
             )  # fmt: skip
-            maps = group_maps(s.specs, pixel, run.segments)
-            extra_stats = family_statistics(
-                explained[: len(models)], probes.x, target, maps, probes.layout, s.specs,
-                families=extra, seed=s.seed, stage=stage, segments=run.segments,
-                randomized=unfolded or None,
-                input_range=run.input_range, precision=s.precision,
-                channels_last=s.channels_last, batch_size=s.batch_size,
-            ) if extra else {}  # fmt: skip
-        result = evaluate_epoch(
-            maps, probes.layout, s.specs, labels=probes.y, preds=predictions(logits),
-            families=run.families, normalize=s.normalize, topk=s.topk,
-            previous=run.previous if stage == "fit" else None, stage=stage, seed=s.seed,
-            chance_draws=s.chance_draws,
-        )  # fmt: skip
-        result.extend(extra_stats)
-        result.extend(fidelity_statistics(maps, s.specs, probes.layout, stage=stage))
+            result.extend(extra_stats)
+        with _timing.stage("families"):
+            result.extend(fidelity_statistics(maps, s.specs, probes.layout, stage=stage))
         return result
 
 
@@ -184,23 +191,42 @@ def monitor(
     due) media."""
     bar = _logging.MonitorProgress(trainer, len({s.pixel_twin for s in settings.specs}), epoch)
     start = time.perf_counter()
-    try:
-        every = settings.families_every_n_epochs
-        opt_in = stage != "fit" or len(run.logged_epochs) % every == 0 or (
-            is_last_epoch(trainer, epoch))  # fmt: skip
-        result = evaluate(pl_module, stage, progress=bar.step, trainer=trainer, opt_in=opt_in)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
-    k_models = len(_setup.models_of(pl_module, settings.is_ensemble))
-    run.record_result(result, epoch, stage, k_models, seconds)
+    with run.profiling(settings.profile, pl_module.device):
+        try:
+            every = settings.families_every_n_epochs
+            opt_in = stage != "fit" or len(run.logged_epochs) % every == 0 or (
+                is_last_epoch(trainer, epoch))  # fmt: skip
+            result = evaluate(pl_module, stage, progress=bar.step, trainer=trainer, opt_in=opt_in)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        k_models = len(_setup.models_of(pl_module, settings.is_ensemble))
+        run.record_result(result, epoch, stage, k_models, seconds)
+        _log_epoch(settings, run, trainer, pl_module, result, epoch, stage, k_models)
+
+
+def _log_epoch(
+    settings: MonitorSettings,
+    run: MonitorRun,
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    result: EpochEvaluation,
+    epoch: int,
+    stage: str,
+    k_models: int,
+) -> None:
+    """A monitored epoch's scalars, CSV rows and (when due) media."""
     step = _compat.epoch_log_step(trainer, stage)  # where Lightning puts the scalars
-    _logging.warn_nonfinite(result, epoch, stage)
-    _logging.log_scalars(trainer, pl_module, result, stage, run)
-    if trainer.is_global_zero:
-        run.record.append(epoch_rows(result.estimates, epoch, step, stage))
-        every = settings.log_images_every_n_epochs
-        images_due = stage != "fit" or (every > 0 and (
-            (len(run.logged_epochs) - 1) % every == 0 or is_last_epoch(trainer, epoch)))  # fmt: skip
-        if images_due:
+    with _timing.stage("logging"):
+        _logging.warn_nonfinite(result, epoch, stage)
+        _logging.log_scalars(trainer, pl_module, result, stage, run)
+        if trainer.is_global_zero:
+            run.record.append(epoch_rows(result.estimates, epoch, step, stage))
+    if not trainer.is_global_zero:
+        return
+    every = settings.log_images_every_n_epochs
+    images_due = stage != "fit" or (every > 0 and (
+        (len(run.logged_epochs) - 1) % every == 0 or is_last_epoch(trainer, epoch)))  # fmt: skip
+    if images_due:
+        with _timing.stage("images"):
             _logging.log_run_media(settings, run, trainer, result, step, k_models, epoch)

@@ -336,6 +336,8 @@ def fit_summary(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer)
     write_hparams(trainer, settings.record(), tags)
     text = summary_text(run.last, settings.labels, run.record.folder, trainer.loggers)
     text += "\n" + schedule_note(run.logged_epochs, run.schedule.skipped, run.schedule.max_overhead)
+    if settings.profile:  # where the monitor's time went (issue 21)
+        text += "\n" + "\n".join(run.times.lines(len(run.logged_epochs)))
     print_summary(trainer, text)
 
 

@@ -8,6 +8,7 @@ logged epochs, final values, previous maps and schedule travel in checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_saliency.generalization import EpochEvaluation, Estimate, MetricKey
+from lightning_saliency.generalization._timing import StageTimes
 from lightning_saliency.generalization.record import RunRecord
 
 from ._probes import ProbeSet
@@ -72,6 +74,7 @@ class MonitorRun:
     epoch_start: float | None = None
     epoch_monitor: float = 0.0  # seconds the monitor took in the current epoch
     done: set[str] = field(default_factory=set)  # one-time actions done (warnings, layout)
+    times: StageTimes = field(default_factory=StageTimes)  # per-stage seconds (``profile``)
 
     @classmethod
     def fresh(cls, settings: MonitorSettings) -> MonitorRun:
@@ -83,6 +86,7 @@ class MonitorRun:
         self.logged_epochs, self.final_values, self.previous = [], {}, None
         self.loaded_indices, self.last, self.decided = None, None, None
         self.schedule = Schedule(settings.every_n_epochs, settings.max_overhead)
+        self.times = StageTimes()
 
     def begin(self, setup: RunSetup) -> None:
         """Take what ``setup`` resolved."""
@@ -108,6 +112,13 @@ class MonitorRun:
         return first
 
     # ------------------------------------------------------------------ epochs
+    def profiling(self, enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
+        """With ``enabled`` (the ``profile`` option), the block's stages are charged to
+        :attr:`times` (CUDA synchronized at each stage's ends on a CUDA ``device``)."""
+        if not enabled:
+            return contextlib.nullcontext()
+        return self.times.active(device)
+
     @property
     def last_logged_epoch(self) -> int:
         return max(self.logged_epochs, default=-1)

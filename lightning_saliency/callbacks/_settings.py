@@ -93,6 +93,7 @@ class MonitorSettings:
     families_every_n_epochs: int
     input_key: str | None
     label_key: str | None
+    profile: bool
 
     @classmethod
     def from_arguments(
@@ -237,7 +238,7 @@ def _check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> No
         raise ValueError("output_transform must be callable: the model's output -> its logits")
     if args["probe_transform"] is not None and not callable(args["probe_transform"]):
         raise ValueError("probe_transform must be callable (e.g. a torchvision transform)")
-    for name in ("normalize", "channels_last", "fold_batchnorm"):
+    for name in ("normalize", "channels_last", "fold_batchnorm", "profile"):
         if not isinstance(args[name], bool):
             raise ValueError(f"{name} must be True or False; got {args[name]!r}")
     if args["target"] not in ("label", "pred"):

@@ -103,6 +103,9 @@ class InterpretationGeneralization(Callback):
         output_transform: maps a model's output to its ``(N, classes)`` logits; default: a
             tensor as it is, a tuple's first element, a dict's ``"logits"``, an object's
             ``.logits`` (:func:`~lightning_saliency.attribution.as_logits`).
+        profile: time every stage of a monitored epoch (attribution, statistics, agreement,
+            logging, images...) and print where the time went, per monitored epoch, in the
+            fit's closing summary (``run.times``; CUDA synchronized at each stage's ends).
 
     Example:
         >>> import lightning as L
@@ -147,6 +150,7 @@ class InterpretationGeneralization(Callback):
         families_every_n_epochs: int = 1,
         input_key: str | None = None,
         label_key: str | None = None,
+        profile: bool = False,
     ) -> None:
         super().__init__()
         # the settings: validated and frozen; the run: everything a run resolves and does

@@ -42,6 +42,7 @@ from lightning_saliency.metrics import (
     ssim_window,
 )
 
+from ._pair_features import PairFeatures
 from ._shapes import check_against_layout
 from .chance import ChancePairing
 from .layout import ProbeLayout
@@ -238,13 +239,16 @@ def pairwise_agreement(
     pairing: ChancePairing | None = None,
     normalize: bool = True,
     topk: float | None = None,
+    features: PairFeatures | None = None,
 ) -> dict[str, ProbeStatistic]:
     """Agreement of every pair of sources on ``split`` probes, per metric (as
     :func:`agreement_values`); with ``chance`` also the chance levels (:mod:`.chance`) of
     the metrics that have one: ``<metric>_chance`` (class-blind, averaged over random
     derangements of the probes), ``<metric>_chance_same_class``, and
     ``<metric>_above_chance``, the paired excess over the class-blind level, oriented by
-    the metric's direction (positive: more agreement than chance).
+    the metric's direction (positive: more agreement than chance). ``features`` (a
+    :class:`~._pair_features.PairFeatures` of ``stack`` and the same metrics) shares each
+    map's features between calls (the splits of an epoch).
 
     >>> maps = torch.randn(2, 6, 1, 4, 4)
     >>> s = pairwise_agreement(maps, ProbeLayout.from_sizes([2, 2], 2), "test", metrics=["l2"])
@@ -255,43 +259,43 @@ def pairwise_agreement(
         stack = MapStack(stack)
     check_against_layout("pairwise_agreement", "maps", stack.maps, layout)
     pairing = ChancePairing() if pairing is None else pairing
-    maps = stack.maps
     specs = agreement_specs(metrics, normalize=normalize, topk=topk)
     with_chance = [s for s in specs if s.info.chance is not None] if chance else []
+    # each map's ranks, masks... once for every pair, draw and split (issue 21)
+    feats = PairFeatures(stack, specs) if features is None else features
+    if feats.stack.maps is not stack.maps:
+        raise ValueError("pairwise_agreement: `features` were built for other maps than `stack`")
 
     def per_pair(i: int, j: int, rows: Tensor) -> dict[str, Tensor]:
-        out = _values(specs, maps[i, rows], maps[j, rows])
+        out = feats.values(i, j, rows, rows, only=specs)
         if with_chance:
-            out.update(_chance_values(stack, i, j, rows, pairing, with_chance, out))
+            out.update(_chance_values(feats, i, j, rows, pairing, with_chance, out))
         return out
 
-    return _pairwise(layout, stack.num_sources, split, maps.device, per_pair)
+    return _pairwise(layout, stack.num_sources, split, stack.maps.device, per_pair)
 
 
 def _chance_values(
-    stack: MapStack, i: int, j: int, rows: Tensor, pairing: ChancePairing,
+    feats: PairFeatures, i: int, j: int, rows: Tensor, pairing: ChancePairing,
     specs: Sequence[MetricSpec], agree: dict[str, Tensor],
 ) -> dict[str, Tensor]:  # fmt: skip
     """Per-probe chance levels of source i against source j's maps of other probes (the
     registry's ``"other_probes"`` rule)."""
-    n, maps = rows.numel(), stack.maps
+    n = rows.numel()
     metrics = [s.name for s in specs]
-    nan = torch.full((n,), float("nan"), device=maps.device)
+    nan = torch.full((n,), float("nan"), device=rows.device)
     if n < 2:  # no other probe to pair with: undefined, not a self-pairing
         blind = same = dict.fromkeys(metrics, nan)
     else:
-        perms = pairing.derangements(rows)
-        a = maps[i, rows].repeat(perms.shape[0], *([1] * (maps.dim() - 2)))
-        b = torch.cat([stack.partner_maps(j, rows, p) for p in perms])
-        blind = {m: v.view(perms.shape[0], n).mean(0)
-                 for m, v in _values(specs, a, b).items()}  # fmt: skip
+        perms = pairing.derangements(rows)  # (draws, n): all draws in one call per metric
+        blind = {m: v.view(perms.shape[0], n).mean(0) for m, v in feats.values(
+            i, j, rows.repeat(perms.shape[0]), perms.reshape(-1), chance=True, only=specs).items()}  # fmt: skip
         partner = pairing.same_class(rows)
         valid = partner >= 0
         same = dict.fromkeys(metrics, nan)
         if bool(valid.any()):
-            other = stack.partner_maps(j, rows, partner.clamp_min(0))
-            same = {m: torch.where(valid, v, torch.nan) for m, v in
-                    _values(specs, maps[i, rows], other).items()}  # fmt: skip
+            same = {m: torch.where(valid, v, torch.nan) for m, v in feats.values(
+                i, j, rows, partner.clamp_min(0), chance=True, only=specs).items()}  # fmt: skip
     out = {}
     for spec in specs:
         m = spec.name

@@ -41,9 +41,11 @@ from lightning_saliency.attribution import (
     compute_attribution,
     group_by_segments,
 )
-from lightning_saliency.metrics import metric_names
+from lightning_saliency.metrics import agreement_specs, metric_names
 from lightning_saliency.metrics._maps import informative_rows
 
+from ._pair_features import PairFeatures
+from ._timing import stage as _stage
 from .chance import CHANCE_DRAWS, ChancePairing, PredictionChance
 from .controls import OWN_EXCESS, own_train_excess
 from .core import (
@@ -245,16 +247,36 @@ def _method_stats(
     maps, has_ref = stack.maps, stack.num_sources >= 2
     out: Stats = {}
     if "gap" in families and has_ref:
-        ref = leave_one_out_reference(maps[:k], normalize=ctx["normalize"]) if k >= 2 else maps[k:]
-        loss = interpretation_loss(maps[:k], ref, normalize=ctx["normalize"])
-        out.update(_gap_stats(label, loss, layout, stage))
+        with _stage("reference"):
+            ref = leave_one_out_reference(maps[:k], normalize=ctx["normalize"]) if k >= 2 else maps[k:]
+            loss = interpretation_loss(maps[:k], ref, normalize=ctx["normalize"])
+            out.update(_gap_stats(label, loss, layout, stage))
     if "agreement" in families and has_ref:
+        out.update(_agreement_stats(stack, layout, ctx, label))
+    return out | _other_stats(spec, stack, layout, families, ctx)
+
+
+def _agreement_stats(stack: MapStack, layout: ProbeLayout, ctx: dict, label: str) -> Stats:
+    """Pairwise agreement and its chance levels on both splits; each map's features (ranks,
+    top-k masks, scaled maps) are computed once for both splits and every draw."""
+    out: Stats = {}
+    with _stage("agreement"):
+        specs = agreement_specs(ctx["metrics"], normalize=ctx["normalize"], topk=ctx["topk"])
+        features = PairFeatures(stack, specs)
         for split in ("train", "test"):
             for metric, stat in pairwise_agreement(
                 stack, layout, split, metrics=ctx["metrics"], pairing=ctx["pairing"],
-                normalize=ctx["normalize"], topk=ctx["topk"],
+                normalize=ctx["normalize"], topk=ctx["topk"], features=features,
             ).items():  # fmt: skip
-                out[MetricKey(label, "pairs", split, metric, stage)] = stat
+                out[MetricKey(label, "pairs", split, metric, ctx["stage"])] = stat
+    return out
+
+
+def _other_stats(spec: MethodSpec, stack: MapStack, layout: ProbeLayout, families: set[str],
+                 ctx: dict) -> Stats:  # fmt: skip
+    """MeGe/ReCo, quality and drift of one method."""
+    label, stage, k, maps = spec.label, ctx["stage"], layout.num_models, stack.maps
+    out: Stats = {}
     if "mege_reco" in families and k >= 2:
         for metric, mege_stat in mege_reco_statistics(
             maps, ctx["preds"], ctx["labels"], layout

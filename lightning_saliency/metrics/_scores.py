@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +26,18 @@ from lightning_saliency.metrics._maps import (
 
 
 # ---------------------------------------------------------------- single-map scores
+def _sorted_rows(x: Tensor) -> Tensor:
+    """Each row of ``(N, D)`` sorted ascending (NaN last); on CPU by numpy, an order of
+    magnitude faster than ``torch.sort`` there (the same values).
+
+    >>> _sorted_rows(torch.tensor([[3.0, 1.0, 2.0]])).tolist()
+    [[1.0, 2.0, 3.0]]
+    """
+    if x.device.type != "cpu":
+        return torch.sort(x, dim=1).values
+    return torch.from_numpy(np.sort(x.detach().numpy(), axis=1))
+
+
 def sparseness(maps: Tensor, *, channel_reduction: ChannelReduction | None = "abs_sum") -> Tensor:
     """Per-sample Gini index of ``|map|`` (Quantus' Sparseness, paper 002).
 
@@ -39,7 +52,7 @@ def sparseness(maps: Tensor, *, channel_reduction: ChannelReduction | None = "ab
     maps = _check_maps(maps, "maps")
     x = _flat(maps, channel_reduction, _compute_dtype(maps)).abs()
     n = x.shape[1]
-    xs = torch.sort(x, dim=1).values
+    xs = _sorted_rows(x)
     i = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
     num = ((2 * i - n - 1) * xs).sum(dim=1)
     total = xs.sum(dim=1)
