@@ -196,7 +196,7 @@ def monitor(
     run.record_result(result, epoch, stage, k_models, seconds)
     step = _compat.epoch_log_step(trainer, stage)  # where Lightning puts the scalars
     _logging.warn_nonfinite(result, epoch, stage)
-    _logging.log_scalars(trainer, pl_module, result, stage, run)
+    _logging.log_scalars(trainer, pl_module, result, stage, run, settings.tensorboard_scalars)
     if trainer.is_global_zero:
         run.record.append(epoch_rows(result.estimates, epoch, step, stage))
         every = settings.log_images_every_n_epochs

@@ -103,6 +103,10 @@ class InterpretationGeneralization(Callback):
         output_transform: maps a model's output to its ``(N, classes)`` logits; default: a
             tensor as it is, a tuple's first element, a dict's ``"logits"``, an object's
             ``.logits`` (:func:`~lightning_saliency.attribution.as_logits`).
+        tensorboard_scalars: the numbers the loggers get (``pl_module.log``): ``"headline"``,
+            per method the gap and the test Spearman above chance with their 95% intervals
+            (the end-of-fit summary's numbers) and the test prediction agreement, or
+            ``"all"``. The CSV (``interpretation_metrics.csv``) gets every number either way.
 
     Example:
         >>> import lightning as L
@@ -147,6 +151,7 @@ class InterpretationGeneralization(Callback):
         families_every_n_epochs: int = 1,
         input_key: str | None = None,
         label_key: str | None = None,
+        tensorboard_scalars: Literal["headline", "all"] = "headline",
     ) -> None:
         super().__init__()
         # the settings: validated and frozen; the run: everything a run resolves and does
