@@ -131,7 +131,7 @@ def test_the_constructor_signature_is_what_configs_and_the_cli_read() -> None:
         "channels_last": False, "topk": 0.1, "chance_draws": 4, "max_overhead": 0.1,
         "is_ensemble": None, "probe_transform": None, "fold_batchnorm": True,
         "output_transform": None, "families_every_n_epochs": 1, "input_key": None,
-        "label_key": None, "profile": False,
+        "label_key": None, "profile": False, "tensorboard_scalars": "headline",
     }  # fmt: skip
     hints = {n: p.annotation for n, p in sig.parameters.items() if n != "self"}
     assert hints == {
@@ -147,6 +147,7 @@ def test_the_constructor_signature_is_what_configs_and_the_cli_read() -> None:
         "probe_transform": "Callable[[Any], Any] | None", "fold_batchnorm": "bool",
         "output_transform": "Callable[[Any], Tensor] | None", "families_every_n_epochs": "int",
         "input_key": "str | None", "label_key": "str | None", "profile": "bool",
+        "tensorboard_scalars": "Literal['headline', 'all']",
     }  # fmt: skip
 
 

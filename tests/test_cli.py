@@ -73,6 +73,9 @@ def test_default_run_leaves_every_tag_family(
             "2",
             "--trainer.enable_progress_bar",
             "false",
+            # every number to TensorBoard (the default is the headline: tests/test_default_run.py)
+            "--trainer.callbacks.init_args.tensorboard_scalars",
+            "all",
         ]
     )
     run = Path(cli.trainer.logger.log_dir).resolve()
@@ -100,7 +103,6 @@ def test_default_run_leaves_every_tag_family(
             "train_loss",
             "test_loss",
             "gap",
-            "gap_lo",
             "mege",
             "reco",
             "test/sparseness",
@@ -109,9 +111,9 @@ def test_default_run_leaves_every_tag_family(
             "model_0/gap",
             "test/ssim",
             "test/topk",
-            "test/spearman_above_chance_hi",
         ):
             assert f"interp/{lb}/{suffix}" in tags, f"interp/{lb}/{suffix}"
+        assert {f"interval/{lb}/gap_lo", f"interval/{lb}/test/spearman_above_chance_hi"} <= tags
         assert (f"interp/{lb}/gap_reduction" in tags) == (lb != "simple_grad"), lb
         # train-probe agreement is left to the CSV (schema.MetricKey.in_tensorboard)
         assert f"interp/{lb}/train/spearman" not in tags

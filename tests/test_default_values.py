@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow  # trains the default run once per module
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "fixtures"))
-from record_default_values import cli_args, tensorboard_scalars  # noqa: E402
+from record_default_values import cli_args, is_callback_tag, tensorboard_scalars  # noqa: E402
 
 FIXTURE = json.loads((HERE / "fixtures" / "default_run_values.json").read_text())
 # Float32 rounding differs between CPUs (oneDNN and BLAS pick other kernels): a pixel at a
@@ -48,7 +48,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tensorboard_values_equal_the_recorded_ones(run: Path) -> None:
-    now = {t: v for t, v in tensorboard_scalars(run).items() if "interp/" in t}
+    now = {t: v for t, v in tensorboard_scalars(run).items() if is_callback_tag(t)}
     assert sorted(now) == sorted(FIXTURE["tensorboard"])  # no tag lost, none added
     for tag, old in FIXTURE["tensorboard"].items():
         assert [s for s, _ in now[tag]] == [s for s, _ in old], tag
@@ -70,15 +70,15 @@ def test_csv_values_equal_the_recorded_ones(run: Path) -> None:
 
 
 def test_gap_reduction_is_the_difference_of_absolute_gaps(run: Path) -> None:
-    now = tensorboard_scalars(run)
-    base = now["interp/simple_grad/gap"]
-    assert "interp/simple_grad/gap_reduction" not in now  # the baseline's own: always 0
-    reductions = [t for t in now if t.endswith("/gap_reduction")]
-    assert len(reductions) == 7
-    for tag in reductions:
-        gap = now[tag.replace("/gap_reduction", "/gap")]
-        want = [abs(b) - abs(g) for (_, b), (_, g) in zip(base, gap, strict=True)]
-        assert [v for _, v in now[tag]] == pytest.approx(want, abs=1e-6), tag
+    with (run / "interpretation_metrics.csv").open(newline="") as fh:
+        now = {(e, k): est.value for e, k, est in map(parse_csv_row, csv.DictReader(fh))}
+    gaps = {(e, k.method): v for (e, k), v in now.items() if (k.aggregate, k.metric) == ("mean", "gap")}
+    reductions = {(e, k.method): v for (e, k), v in now.items() if k.metric == "gap_reduction"}
+    assert not [m for _, m in reductions if m == "simple_grad"]  # the baseline's own: always 0
+    assert len(reductions) == 7 * 2  # 7 methods, 2 epochs
+    for (epoch, method), value in reductions.items():
+        want = abs(gaps[(epoch, "simple_grad")]) - abs(gaps[(epoch, method)])
+        assert value == pytest.approx(want, abs=1e-6), (epoch, method)
 
 
 def test_agreement_above_chance_is_agreement_minus_chance(run: Path) -> None:

@@ -116,12 +116,19 @@ def test_randomization_tells_a_weight_blind_model_from_one_that_uses_its_weights
 def test_the_layout_charts_only_the_families_that_run() -> None:
     from lightning_saliency.callbacks._tensorboard_layout import custom_scalars_layout
 
-    default = custom_scalars_layout(["m"])["m"]
+    default = custom_scalars_layout(["m"], scalars="all")["m"]
     assert "MeGe and ReCo (train probes)" in default
     assert not any("mu_fidelity" in t or "randomized" in t for t in default)
-    chosen = custom_scalars_layout(["m"], families=["gap", "faithfulness", "randomization"])["m"]
+    layout = custom_scalars_layout(["m"], families=["gap", "faithfulness", "randomization"], scalars="all")
+    chosen = layout["m"]
     assert "MeGe and ReCo (train probes)" not in chosen
     assert "test sparseness and its gap" not in chosen
     assert "test spearman and its chance level" not in chosen
-    assert {"gap (test - train loss), 95% interval", "test mu_fidelity and its gap",
+    assert {"gap of each model", "test mu_fidelity and its gap",
             "spearman to randomized copies, by cascade level"} <= set(chosen)  # fmt: skip
+    # the gap's interval chart is a headline chart; no agreement family: no agreement category
+    assert list(layout)[:1] == ["gap (test - train loss), 95% interval"]
+    assert not any("above chance" in c or "prediction" in c for c in layout)
+    # the headline set keeps the opt-in families' charts (the run named them)
+    assert set(custom_scalars_layout(["m"], families=["gap", "faithfulness"], scalars="headline")["m"]) == {
+        f"test {m} and its gap" for m in ("mu_fidelity", "deletion_auc", "insertion_auc")}  # fmt: skip

@@ -96,7 +96,7 @@ def test_registered_metric_appears_in_the_evaluation_with_its_direction(cosine: 
 
 
 def test_registered_metric_gets_its_tensorboard_charts_and_docs_row(cosine: None) -> None:
-    charts = custom_scalars_layout(["m"])["m"]
+    charts = custom_scalars_layout(["m"], scalars="all")["m"]
     assert charts["test cosine and its chance level"] == [
         "Multiline", ["^(interp/m/test/cosine|interp/m/test/cosine_chance)$"]]  # fmt: skip
     assert "test cosine above chance, 95% interval" not in charts  # not a headline metric

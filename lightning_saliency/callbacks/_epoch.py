@@ -219,7 +219,7 @@ def _log_epoch(
     step = _compat.epoch_log_step(trainer, stage)  # where Lightning puts the scalars
     with _timing.stage("logging"):
         _logging.warn_nonfinite(result, epoch, stage)
-        _logging.log_scalars(trainer, pl_module, result, stage, run)
+        _logging.log_scalars(trainer, pl_module, result, stage, run, settings.tensorboard_scalars)
         if trainer.is_global_zero:
             run.record.append(epoch_rows(result.estimates, epoch, step, stage))
     if not trainer.is_global_zero:

@@ -39,7 +39,7 @@ from lightning_saliency.generalization.studies import is_plain_baseline
 from . import _setup, _tensorboard
 from ._run import MonitorRun
 from ._settings import MonitorSettings
-from ._tensorboard import in_tensorboard, tensorboard_scalars
+from ._tensorboard import TENSORBOARD_PAGE, in_tensorboard, tensorboard_scalars
 from ._tensorboard_layout import custom_scalars_layout
 
 __all__ = [
@@ -145,6 +145,8 @@ def summary_text(
     if folder is not None:
         lines += [f"run folder: {folder}", f"  values: {Path(folder) / CSV_NAME}"]
         lines += [f"  {line}" for line in where_to_look(loggers)]
+        if any("tensorboard --logdir" in line for line in lines):
+            lines.append(f"    then open {TENSORBOARD_PAGE} (the headline with 95% intervals, unsmoothed)")
         lines.append(f"  lightning-saliency report {folder} --out {Path(folder) / 'report'}")
     return "\n".join(lines)
 
@@ -275,11 +277,12 @@ def warn_nonfinite(result: EpochEvaluation, epoch: int, stage: str) -> None:
 
 
 def log_scalars(trainer: pl.Trainer, pl_module: pl.LightningModule, result: EpochEvaluation,
-                stage: str, run: MonitorRun) -> None:  # fmt: skip
-    """Every TensorBoard-bound number through ``pl_module.log`` (so every logger gets it);
-    without a media logger, a warning once in the ``run``."""
+                stage: str, run: MonitorRun, scalars: str) -> None:  # fmt: skip
+    """Every TensorBoard-bound number (the ``scalars`` set, ``_tensorboard.SCALAR_SETS``)
+    through ``pl_module.log`` (so every logger gets it); without a media logger, a warning
+    once in the ``run``."""
     sources = result.maps[result.methods[0]].shape[0] if result.methods else 2
-    metrics = tensorboard_scalars(result.estimates, sources)
+    metrics = tensorboard_scalars(result.estimates, sources, scalars)
     if not has_media_logger(trainer) and run.once("no-media-logger warning"):
         rank_zero_warn(
             "InterpretationGeneralization: no TensorBoard, W&B or MLflow logger, so no image "
@@ -294,11 +297,11 @@ def log_scalars(trainer: pl.Trainer, pl_module: pl.LightningModule, result: Epoc
 
 
 def add_layout(trainer: pl.Trainer, specs: Sequence[MethodSpec], k_models: int, reference: bool,
-               families: Sequence[str] | None = None) -> None:  # fmt: skip
-    """The custom-scalars layout, once, into every TensorBoard logger."""
+               families: Sequence[str] | None, scalars: str) -> None:  # fmt: skip
+    """The custom-scalars layout of the ``scalars`` set, once, into every TensorBoard logger."""
     baseline = next((s.label for s in specs if is_plain_baseline(s)), None)
     layout = custom_scalars_layout([s.label for s in specs], k_models, reference=reference,
-                                   baseline=baseline, families=families)  # fmt: skip
+                                   baseline=baseline, families=families, scalars=scalars)  # fmt: skip
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_custom_scalars(layout)
@@ -332,7 +335,8 @@ def fit_summary(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer)
     """End of fit: the HParams record and the printed summary (rank 0)."""
     if not trainer.is_global_zero or run.last is None:
         return
-    tags = [k.tag for k in run.last if in_tensorboard(k, run.sources) and is_headline(k)]
+    tags = [k.tag for k in run.last
+            if in_tensorboard(k, run.sources, settings.tensorboard_scalars) and is_headline(k)]  # fmt: skip
     write_hparams(trainer, settings.record(), tags)
     text = summary_text(run.last, settings.labels, run.record.folder, trainer.loggers)
     text += "\n" + schedule_note(run.logged_epochs, run.schedule.skipped, run.schedule.max_overhead)
@@ -345,7 +349,8 @@ def add_run_layout(settings: MonitorSettings, run: MonitorRun, trainer: pl.Train
     """The run's custom-scalars layout, once in the run's life."""
     if run.once("layout"):
         k = len(_setup.models_of(trainer.lightning_module, settings.is_ensemble))
-        add_layout(trainer, settings.specs, k, run.reference is not None, run.families)
+        add_layout(trainer, settings.specs, k, run.reference is not None, run.families,
+                   settings.tensorboard_scalars)  # fmt: skip
 
 
 def log_run_media(

@@ -22,6 +22,7 @@ from lightning_saliency.attribution.specs import DEFAULT_METHODS
 from lightning_saliency.generalization import FAMILIES
 
 from ._checks import check_input_range
+from ._tensorboard import SCALAR_SETS
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -94,6 +95,7 @@ class MonitorSettings:
     input_key: str | None
     label_key: str | None
     profile: bool
+    tensorboard_scalars: Literal["headline", "all"]
 
     @classmethod
     def from_arguments(
@@ -254,3 +256,8 @@ def _check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> No
                 f"known: {list(FAMILIES)}"
             )
     check_input_range(args["input_range"], "input_range")
+    if args["tensorboard_scalars"] not in SCALAR_SETS:
+        raise ValueError(
+            f"tensorboard_scalars must be one of {list(SCALAR_SETS)} (the CSV gets every "
+            f"number either way); got {args['tensorboard_scalars']!r}"
+        )

@@ -19,19 +19,25 @@ from torch import Tensor
 
 from lightning_saliency.attribution import MethodSpec
 from lightning_saliency.generalization import (
+    FAITHFULNESS_METRICS,
     NO_METHOD,
     Estimate,
     MetricKey,
     above_chance,
     chance,
+    randomization_metric,
 )
 from lightning_saliency.generalization.studies import smoothgrad_curves, superpixel_pairs
+from lightning_saliency.generalization.summary import HEADLINE_METRIC
 from lightning_saliency.metrics import get_metric, metric_names
 from lightning_saliency.report.stability_fidelity import stability_fidelity_figure
 
 __all__ = [
     "INTERVAL_METRICS",
+    "INTERVAL_PREFIX",
     "LOSS_METRIC",
+    "SCALAR_SETS",
+    "TENSORBOARD_PAGE",
     "close",
     "display_maps",
     "figure_array",
@@ -39,6 +45,8 @@ __all__ = [
     "has_interval_tags",
     "headline_metrics",
     "in_tensorboard",
+    "interval_tags",
+    "is_headline_scalar",
     "key_scalars",
     "map_grid",
     "tensorboard_scalars",
@@ -257,9 +265,19 @@ def close(fig: Any) -> None:
 #: The agreement metric that *is* the interpretation loss between two map sources: with
 #: K = 2 (or one model and its reference) its test value is the test loss, so it is not drawn.
 LOSS_METRIC = "l2"
-#: Metrics whose interval TensorBoard gets as ``<tag>_lo`` and ``<tag>_hi`` (the CSV has
-#: every interval): the gap, the gap reduction, and the headline agreements above chance.
+#: What the callback's ``tensorboard_scalars`` may be: ``"headline"``, the numbers of the
+#: end-of-fit summary (:func:`is_headline_scalar`), or ``"all"`` (:func:`in_tensorboard`).
+#: The CSV gets every number either way.
+SCALAR_SETS: tuple[str, ...] = ("headline", "all")
+#: Metrics whose interval TensorBoard gets (the CSV has every interval): the gap, the gap
+#: reduction, and the headline agreements above chance.
 INTERVAL_METRICS: frozenset[str] = frozenset({"gap", "gap_reduction"})
+#: The prefix of the interval tags: apart from ``interp/``, so Time Series groups them in
+#: their own section (or hides them: filter tags by ``^interp/``).
+INTERVAL_PREFIX = "interval/"
+#: TensorBoard's Custom Scalars page with smoothing 0 (its default, 0.6, bends curves of a
+#: few points: one per monitored epoch); at its default address.
+TENSORBOARD_PAGE = "http://localhost:6006/#custom_scalars&_smoothingWeight=0"
 
 
 def headline_metrics() -> list[str]:
@@ -276,24 +294,66 @@ _TB_QUALITY_SPLITS = ("test", "gap")
 
 
 def has_interval_tags(key: MetricKey) -> bool:
-    """Whether TensorBoard also gets ``<tag>_lo`` and ``<tag>_hi`` for this key (siblings,
-    not children: MLflow's file store cannot hold a tag that is also a folder)."""
+    """Whether TensorBoard also gets this key's interval (:func:`interval_tags`)."""
     return _interval_metric(key.metric) and key.aggregate in ("mean", "pairs")
 
 
-def in_tensorboard(key: MetricKey, num_sources: int) -> bool:
-    """Whether TensorBoard gets this number (the CSV gets all of them).
+def interval_tags(key: MetricKey) -> tuple[str, str]:
+    """The tags of a key's 95% interval: ``interp/`` becomes :data:`INTERVAL_PREFIX`
+    (siblings ``_lo``, ``_hi``, not children: MLflow's file store cannot hold a tag that is
+    also a folder).
 
-    Left to the CSV: per-model losses (the per-model gap stays), train-probe agreement,
-    quality and faithfulness, and, with two map sources (K = 2, or one model and its
-    reference), the test L2 distance, which then *is* the test loss.
+    >>> interval_tags(MetricKey("m", "mean", "gap", "gap", "validate"))
+    ('validate/interval/m/gap_lo', 'validate/interval/m/gap_hi')
+    """
+    head, _, rest = key.tag.partition("interp/")
+    base = f"{head}{INTERVAL_PREFIX}{rest}"
+    return f"{base}_lo", f"{base}_hi"
 
-    >>> in_tensorboard(MetricKey("m", "pairs", "train", "spearman"), 2)
+
+def is_headline_scalar(key: MetricKey) -> bool:
+    """The headline: per method the gap and the test :data:`HEADLINE_METRIC` above chance
+    (what the end-of-fit summary prints), and the test prediction agreement with its chance.
+
+    >>> is_headline_scalar(MetricKey("m", "pairs", "test", "spearman_above_chance"))
+    True
+    >>> is_headline_scalar(MetricKey("m", "model_0", "gap", "gap"))
     False
     """
-    m, split = key.metric, key.split
+    if key.method == NO_METHOD:
+        return key.split == "test" and key.metric in ("prediction_agreement", chance("prediction_agreement"))
+    if key.aggregate not in ("mean", "pairs"):
+        return False
+    return (key.split, key.metric) in (("gap", "gap"), ("test", above_chance(HEADLINE_METRIC)))
+
+
+def _opt_in(metric: str) -> bool:
+    """Whether ``metric`` belongs to an opt-in family (a run computes it only when named)."""
+    # every randomization similarity (MPRT variants too) is named by randomization_metric
+    return metric in FAITHFULNESS_METRICS or metric.startswith(randomization_metric("", "")[:-1])
+
+
+def in_tensorboard(key: MetricKey, num_sources: int, scalars: str) -> bool:
+    """Whether TensorBoard (every logger: the callback logs through ``pl_module.log``) gets
+    this number; the CSV gets all of them.
+
+    ``scalars="headline"``: :func:`is_headline_scalar`, the opt-in families a run named
+    (faithfulness, randomization), and, with one map source (one model, no reference:
+    nothing to compare), every reference-free number. ``"all"`` leaves to the CSV per-model
+    losses (the per-model gap stays), train-probe agreement, quality and faithfulness, and,
+    with two map sources (K = 2, or one model and its reference), the test L2 distance,
+    which then *is* the test loss.
+
+    >>> in_tensorboard(MetricKey("m", "pairs", "test", "spearman"), 2, "all")
+    True
+    >>> in_tensorboard(MetricKey("m", "pairs", "test", "spearman"), 2, "headline")
+    False
+    """
     if key.is_epoch_marker:
         return False
+    if scalars == "headline" and num_sources >= 2 and not _opt_in(key.metric):
+        return is_headline_scalar(key)
+    m, split = key.metric, key.split
     if key.aggregate.startswith("model_"):
         return m == "gap"
     if m.endswith("_chance_same_class"):
@@ -311,27 +371,30 @@ def key_scalars(key: MetricKey, est: Estimate) -> dict[str, float]:
     """``{tag: value}`` for TensorBoard: the value and, where drawn, its interval.
 
     >>> key_scalars(MetricKey("m", "mean", "gap", "gap"), Estimate(0.1, 0.01, 0.08, 0.12, 8))
-    {'interp/m/gap': 0.1, 'interp/m/gap_lo': 0.08, 'interp/m/gap_hi': 0.12}
+    {'interp/m/gap': 0.1, 'interval/m/gap_lo': 0.08, 'interval/m/gap_hi': 0.12}
     """
     out = {key.tag: est.value}
     if has_interval_tags(key):
-        out[f"{key.tag}_lo"] = est.lo
-        out[f"{key.tag}_hi"] = est.hi
+        lo, hi = interval_tags(key)
+        out[lo], out[hi] = est.lo, est.hi
     return out
 
 
 def tensorboard_scalars(
-    estimates: Mapping[MetricKey, Estimate], num_sources: int
+    estimates: Mapping[MetricKey, Estimate], num_sources: int, scalars: str
 ) -> dict[str, float]:
     """Every ``{tag: value}`` the callback gives TensorBoard for one epoch.
 
     >>> e = Estimate(0.1, 0.01, 0.08, 0.12, 8)
-    >>> sorted(tensorboard_scalars({MetricKey("m", "pairs", "test", "l2"): e,
-    ...                             MetricKey("m", "mean", "test", "loss"): e}, num_sources=2))
-    ['interp/m/test_loss']
+    >>> est = {MetricKey("m", "pairs", "test", "l2"): e, MetricKey("m", "mean", "test", "loss"): e,
+    ...        MetricKey("m", "mean", "gap", "gap"): e}
+    >>> sorted(tensorboard_scalars(est, 2, "all"))
+    ['interp/m/gap', 'interp/m/test_loss', 'interval/m/gap_hi', 'interval/m/gap_lo']
+    >>> sorted(tensorboard_scalars(est, 2, "headline"))
+    ['interp/m/gap', 'interval/m/gap_hi', 'interval/m/gap_lo']
     """
     out: dict[str, float] = {}
     for key, est in estimates.items():
-        if in_tensorboard(key, num_sources):
+        if in_tensorboard(key, num_sources, scalars):
             out.update(key_scalars(key, est))
     return out

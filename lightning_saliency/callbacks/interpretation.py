@@ -106,6 +106,10 @@ class InterpretationGeneralization(Callback):
         profile: time every stage of a monitored epoch (attribution, statistics, agreement,
             logging, images...) and print where the time went, per monitored epoch, in the
             fit's closing summary (``run.times``; CUDA synchronized at each stage's ends).
+        tensorboard_scalars: the numbers the loggers get (``pl_module.log``): ``"headline"``,
+            per method the gap and the test Spearman above chance with their 95% intervals
+            (the end-of-fit summary's numbers) and the test prediction agreement, or
+            ``"all"``. The CSV (``interpretation_metrics.csv``) gets every number either way.
 
     Example:
         >>> import lightning as L
@@ -151,6 +155,7 @@ class InterpretationGeneralization(Callback):
         input_key: str | None = None,
         label_key: str | None = None,
         profile: bool = False,
+        tensorboard_scalars: Literal["headline", "all"] = "headline",
     ) -> None:
         super().__init__()
         # the settings: validated and frozen; the run: everything a run resolves and does

@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from .schema import MetricKey, above_chance
 from .statistics import Estimate
 
-__all__ = ["FOOTNOTE", "Headline", "format_headline", "headline"]
+__all__ = ["FOOTNOTE", "HEADLINE_METRIC", "Headline", "format_headline", "headline"]
 
 #: The line under a headline table that has a ``*``.
 FOOTNOTE = "* the interval excludes 0 (a finding at this run's probe noise; not across seeds)"
+#: The agreement metric of the headline (its test excess over chance): the end-of-fit
+#: summary prints it and TensorBoard draws it by default.
+HEADLINE_METRIC = "spearman"
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Headline:
     method: str
     gap: Estimate | None
     above_chance: Estimate | None
-    metric: str = "spearman"
+    metric: str = HEADLINE_METRIC
 
     @property
     def gap_excludes_zero(self) -> bool:
@@ -50,7 +53,7 @@ def headline(
     estimates: Mapping[MetricKey, Estimate],
     methods: Sequence[str],
     *,
-    metric: str = "spearman",
+    metric: str = HEADLINE_METRIC,
     stage: str = "fit",
 ) -> list[Headline]:
     """Per method: the gap (test - train loss) and the test ``metric`` above chance."""
