@@ -64,6 +64,13 @@ def _fmt(mean: float, hw: float) -> str:
     return f"{mean:+.4f} [{mean - hw:+.4f}, {mean + hw:+.4f}]"
 
 
+def _half_width(means: dict[int, float], seeds: Sequence[int]) -> str:
+    """The seed-level half-width over exactly these seeds, or "n/a" while one is missing."""
+    if not all(s in means for s in seeds):
+        return "n/a"
+    return f"{t_interval([means[s] for s in seeds])[2]:.4f}"
+
+
 def power_rows(recs: dict[int, dict]) -> list[str]:
     """One row per deciding number and probe count: seed-level half-widths (3 and 5 seeds),
     the probe-level half-width, and the 5-seed interval."""
@@ -73,12 +80,32 @@ def power_rows(recs: dict[int, dict]) -> list[str]:
             per = {s: fn(r["values"])[:n_used] for s, r in recs.items()}
             means = {s: t_interval(v)[0] for s, v in per.items()}
             probe_hw = sum(t_interval(v)[2] for v in per.values()) / len(per)
-            s3 = [means[s] for s in (0, 1, 2) if s in means]
             m5, _, hw5 = t_interval(list(means.values()))
-            hw3 = t_interval(s3)[2]
-            rows.append(f"| {name} | {n_used} | {hw3:.4f} | {hw5:.4f} | {probe_hw:.4f} "
+            hw3 = _half_width(means, (0, 1, 2))
+            rows.append(f"| {name} | {n_used} | {hw3} | {_half_width(means, range(5))} "
+                        f"| {probe_hw:.4f} "
                         f"| {_fmt(m5, hw5)} (seeds {len(means)}) |")  # fmt: skip
     return rows
+
+
+def choice_lines(recs: dict[int, dict]) -> list[str]:
+    """The protocol's rules: the smallest probe count whose 5-seed half-width is within 10% of
+    the largest count's for every deciding number; 5 seeds if their half-width is at most 0.75
+    of the 3-seed one for a majority of the numbers."""
+    if not all(s in recs for s in range(5)):
+        return ["- rules: need seeds 0-4"]
+    most = min(int(r["num_probes"]) for r in recs.values())
+    counts = sorted({min(n, most) for n in COUNTS})
+    hw: dict[str, dict[int, float]] = {}
+    shrink = 0
+    for name, fn in DECIDING.items():
+        means = {n: [t_interval(fn(r["values"])[:n])[0] for r in recs.values()] for n in counts}
+        hw[name] = {n: t_interval(m)[2] for n, m in means.items()}
+        shrink += t_interval(means[most])[2] <= 0.75 * t_interval(means[most][:3])[2]
+    chosen = next(n for n in counts if all(h[n] <= 1.1 * h[most] for h in hw.values()))
+    seeds = 5 if shrink > len(DECIDING) / 2 else 3
+    return [f"- rules: probe count {chosen}; seeds {seeds} ({shrink} of {len(DECIDING)} numbers "
+            "narrow to <= 0.75 with 5 seeds)"]  # fmt: skip
 
 
 def curve_rows(recs: dict[int, dict]) -> list[str]:
@@ -118,13 +145,17 @@ def main_table(root: Path) -> None:
         if not recs:
             continue
         print(f"\n### {dataset} (seeds {sorted(recs)})\n")
-        print("\n".join(setting_lines(recs)))
-        print("\n| number | probes | seed-level half-width, seeds 0-2 | seeds 0-4 "
-              "| probe-level half-width | mean [95% CI], all seeds |")
+        print("\n".join(setting_lines(recs) + choice_lines(recs)))
+        print(
+            "\n| number | probes | seed-level half-width, seeds 0-2 | seeds 0-4 "
+            "| probe-level half-width | mean [95% CI], all seeds |"
+        )
         print("|---|---:|---:|---:|---:|---|")
         print("\n".join(power_rows(recs)))
-        print("\n| noise level | test L2, SmoothGrad - simple_grad | "
-              "test Spearman above chance, SmoothGrad - simple_grad |")
+        print(
+            "\n| noise level | test L2, SmoothGrad - simple_grad | "
+            "test Spearman above chance, SmoothGrad - simple_grad |"
+        )
         print("|---|---|---|")
         print("\n".join(curve_rows(recs)))
 
