@@ -4,7 +4,7 @@
 # configs/experiments/cpu/fast_cifar10.yaml (K = 2 airbench CNNs) trained for $EPOCHS epochs
 # with the monitor configs/experiments/cpu/cifar_studies.yaml (the last epoch, the test-probe
 # count chosen by benchmarks/power_study.py), study (d) included (sn1, sn4). One CLI call per
-# fit; seed s sets seed_everything, the models' init_seed and the data's split_seed. Runs go to
+# fit; seed s (0-4) sets seed_everything, the models' init_seed and the data's split_seed. Runs go to
 # runs/cifar-v2 (version 1's runs/cifar stay apart). NOT RUN yet (about 12 h of CPU here).
 #
 #   mkdir -p data && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C data   # once
@@ -21,8 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 CLI=${CLI:-lightning-saliency}
-SEEDS=${SEEDS:-"0 1 2"}  # version 2: 3 seeds unless the power study's seed rule says 5
-EPOCHS=${EPOCHS:-20}      # the monitor's every_n_epochs (cifar_studies.yaml) must equal it
+SEEDS=${SEEDS:-"0 1 2 3 4"}  # version 2: the power study's seed rule chose 5
+EPOCHS=${EPOCHS:-20}  # the monitor's every_n_epochs (cifar_studies.yaml) must equal it
 ROOT=runs/cifar-v2
 CFG=configs/experiments/cpu
 mkdir -p "$ROOT"
