@@ -70,7 +70,7 @@ def train(dataset: str, seed: int, dm: L.LightningDataModule) -> DisjointEnsembl
                              in_chans=dm.in_chans, init_seed=seed, **cfg["model"])  # fmt: skip
     weights = ROOT / dataset / f"seed{seed}.pt"
     if weights.exists():
-        model.load_state_dict(torch.load(weights))
+        model.load_state_dict(torch.load(weights, weights_only=True))
         return model.eval()
     # default_root_dir: the data module records its splits there (splits.json)
     trainer = L.Trainer(max_epochs=cfg["epochs"], accelerator="cpu", devices=1, logger=False,
