@@ -47,11 +47,11 @@ def _opt(argv: list[str], name: str) -> str:
     return argv[len(argv) - 1 - argv[::-1].index(name) + 1]
 
 
-def test_every_setting_gets_three_seeds_that_set_split_init_and_order(tmp_path: Path) -> None:
+def test_every_setting_gets_five_seeds_that_set_split_init_and_order(tmp_path: Path) -> None:
     rc, err, calls = _drive(tmp_path, "sf2", "sf16", "sn1")
     assert rc == 0, err
-    assert len(calls) == 9
-    for argv, (name, seed) in zip(calls, [(n, s) for n in ("sf2", "sf16", "sn1") for s in "012"],
+    assert len(calls) == 15  # protocol version 2: seeds 0-4
+    for argv, (name, seed) in zip(calls, [(n, s) for n in ("sf2", "sf16", "sn1") for s in "01234"],
                                   strict=True):  # fmt: skip
         assert argv[0] == "fit"
         configs = [argv[i + 1] for i, a in enumerate(argv) if a == "--config"]
@@ -61,18 +61,20 @@ def test_every_setting_gets_three_seeds_that_set_split_init_and_order(tmp_path: 
             assert _opt(argv, opt) == seed
         assert _opt(argv, "--trainer.logger.init_args.name") == name
         assert _opt(argv, "--trainer.logger.init_args.version") == f"seed{seed}"
+        assert _opt(argv, "--trainer.logger.init_args.save_dir") == "runs/cifar-v2"
+        assert _opt(argv, "--trainer.max_epochs") == "20"  # the monitor's every_n_epochs
         factor = "16" if name == "sf16" else "2"
         assert _opt(argv, "--data.init_args.split_factor") == factor
         if name == "sn1":
             assert _opt(argv, "--model.spectral_norm_factor") == "1"
         else:
             assert "--model.spectral_norm_factor" not in argv
-    timings = (tmp_path / "runs" / "cifar" / "timings.txt").read_text().splitlines()
-    assert len(timings) == 9 and timings[0].startswith("sf2 seed0 wall_s=")
+    timings = (tmp_path / "runs" / "cifar-v2" / "timings.txt").read_text().splitlines()
+    assert len(timings) == 15 and timings[0].startswith("sf2 seed0 wall_s=")
 
 
 def test_a_finished_run_is_skipped_and_seeds_can_be_chosen(tmp_path: Path) -> None:
-    done = tmp_path / "runs" / "cifar" / "sf2" / "seed1"
+    done = tmp_path / "runs" / "cifar-v2" / "sf2" / "seed1"
     done.mkdir(parents=True)
     (done / "interpretation_metrics.csv").write_text("epoch\n")
     rc, err, calls = _drive(tmp_path, "sf2", SEEDS="0 1")
@@ -85,13 +87,14 @@ def test_report_and_unknown_steps(tmp_path: Path) -> None:
     assert rc == 0, err
     assert calls == []  # nothing was run yet
     for name in ("sf2", "sf16", "sn4"):
-        (tmp_path / "runs" / "cifar" / name).mkdir(parents=True)
+        (tmp_path / "runs" / "cifar-v2" / name).mkdir(parents=True)
     rc, err, calls = _drive(tmp_path, "report")
     assert rc == 0, err
     assert calls == [
-        ["report", "runs/cifar/sf2", "runs/cifar/sf16", "--out", "reports/cifar/split_factor"],
-        ["report", "runs/cifar/sf2", "--out", "reports/cifar/methods"],
-        ["report", "runs/cifar/sn4", "--out", "reports/cifar/spectral_norm"],
+        ["report", "runs/cifar-v2/sf2", "runs/cifar-v2/sf16", "--out",
+         "reports/cifar-v2/split_factor"],
+        ["report", "runs/cifar-v2/sf2", "--out", "reports/cifar-v2/methods"],
+        ["report", "runs/cifar-v2/sn4", "--out", "reports/cifar-v2/spectral_norm"],
     ]
     rc, err, _ = _drive(tmp_path, "sf3")
     assert rc == 2 and "unknown step sf3" in err
