@@ -141,9 +141,14 @@ def test_the_option_is_checked_and_defaults_to_the_headline() -> None:
 
 
 def test_the_summary_names_the_unsmoothed_page_and_the_csv(tmp_path: Path) -> None:
-    text = summary_text(_last_epoch(), LABELS, tmp_path)
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    text = summary_text(_last_epoch(), LABELS, tmp_path, [TensorBoardLogger(str(tmp_path))])
     assert f"then open {TENSORBOARD_PAGE}" in text and "_smoothingWeight=0" in TENSORBOARD_PAGE
-    assert f"every number: {tmp_path / CSV_NAME}" in text
+    assert f"values: {tmp_path / CSV_NAME}" in text
+    # no TensorBoard logger: no TensorBoard page to open
+    text = summary_text(_last_epoch(), LABELS, tmp_path, [CSVLogger(str(tmp_path))])
+    assert TENSORBOARD_PAGE not in text and f"values: {tmp_path / CSV_NAME}" in text
 
 
 def test_a_fit_at_the_defaults_logs_the_headline_and_the_csv_keeps_every_number(tmp_path: Path) -> None:
