@@ -30,6 +30,7 @@ from torch import Tensor
 from lightning_saliency.attribution import compute_attribution
 from lightning_saliency.data import DigitsDataModule, ImageFolderDataModule
 from lightning_saliency.generalization.chance import ChancePairing
+from lightning_saliency.generalization.input_bounds import share_at_input_bounds
 from lightning_saliency.metrics import l2_distance, sparseness, spearman
 from lightning_saliency.models import DisjointEnsemble
 
@@ -109,8 +110,7 @@ def saturation(dm: Any, x: Tensor) -> dict[str, float]:
     lo, hi = dm.input_range
     return {
         "image_bounds": float(((img <= 1 / 255) | (img >= 1 - 1 / 255)).float().mean()),
-        "input_range_bounds": float(((x - lo).abs() < 1e-3).float().mean()
-                                    + ((x - hi).abs() < 1e-3).float().mean()),
+        "input_range_bounds": float(share_at_input_bounds(x, (lo, hi), atol=1e-3).mean()),
         "x_min": lo, "x_max": hi, "probe_std": float(x.std()),
     }  # fmt: skip
 

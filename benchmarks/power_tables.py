@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scipy import stats
+from lightning_saliency.report.intervals import t_interval as t_interval_of
 
 COUNTS = (64, 256, 1024)
 NOISE_LEVELS = (0.05, 0.1, 0.2, 0.5, 1.0)
@@ -41,14 +41,15 @@ DECIDING: dict[str, Callable[[Values], list[float]]] = {
 
 
 def t_interval(xs: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, sd, half-width) of the 95% Student-t interval; NaN half-width below 2 values."""
-    xs = [x for x in xs if math.isfinite(x)]
-    n = len(xs)
-    mean = sum(xs) / n
-    if n < 2:
-        return mean, math.nan, math.nan
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    return mean, sd, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    """(mean, sd, half-width) of the report's 95% Student-t interval
+    (:func:`lightning_saliency.report.intervals.t_interval`): NaN when a value is not finite
+    (never dropped) and a NaN half-width below 2 values."""
+    xs = list(xs)
+    if len(xs) < 2:
+        return (float(xs[0]) if xs else math.nan), math.nan, math.nan
+    e = t_interval_of(xs)
+    assert e is not None
+    return e.value, e.se * math.sqrt(e.n), e.hi - e.value
 
 
 def load(root: Path, dataset: str) -> dict[int, dict]:
