@@ -76,10 +76,30 @@ def test_every_setting_gets_five_seeds_that_set_split_init_and_order(tmp_path: P
 def test_a_finished_run_is_skipped_and_seeds_can_be_chosen(tmp_path: Path) -> None:
     done = tmp_path / "runs" / "cifar-v2" / "sf2" / "seed1"
     done.mkdir(parents=True)
-    (done / "interpretation_metrics.csv").write_text("epoch\n")
+    (done / ".finished").write_text("")
     rc, err, calls = _drive(tmp_path, "sf2", SEEDS="0 1")
     assert rc == 0, err
     assert [_opt(a, "--seed_everything") for a in calls] == ["0"]
+    assert (tmp_path / "runs" / "cifar-v2" / "sf2" / "seed0" / ".finished").exists()
+
+
+def test_a_started_run_is_not_finished_and_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    """A killed fit leaves its CSV (created at fit start) and checkpoints: it is run again
+    from the newest checkpoint, not skipped."""
+    run = tmp_path / "runs" / "cifar-v2" / "sf2" / "seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "interpretation_metrics.csv").write_text("epoch\n")
+    old, new = run / "checkpoints" / "epoch=2-step=9.ckpt", run / "checkpoints" / "epoch=3-step=12.ckpt"
+    old.write_text("")
+    new.write_text("")
+    os.utime(old, (1, 1))
+    rc, err, calls = _drive(tmp_path, "sf2", SEEDS="0 1")
+    assert rc == 0, err
+    assert [_opt(a, "--seed_everything") for a in calls] == ["0", "1"]
+    assert _opt(calls[0], "--ckpt_path") == str(new).replace(str(tmp_path) + "/", "")
+    assert "--ckpt_path" not in calls[1]
+    timings = (tmp_path / "runs" / "cifar-v2" / "timings.txt").read_text().splitlines()
+    assert timings[0].startswith("sf2 seed0 (resumed) wall_s=")
 
 
 def test_report_and_unknown_steps(tmp_path: Path) -> None:
