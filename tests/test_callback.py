@@ -361,10 +361,13 @@ def test_setup_errors(tmp_path: Path, kwargs, module, match) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
-    """A 2-process gloo run finishes and logs what one process computes with the same weights."""
+    """A 2-process gloo run finishes and logs what one process computes with the same weights
+    (each process computes the statistics of its share of the methods: rank 0 the baseline
+    and SmoothGrad, rank 1 the baseline and gradient x input; the rows keep one order)."""
     L.seed_everything(0)
     model, data = _ensemble(), _data()
-    cb = _callback(methods=["simple_grad", {"method": "smooth_grad", "sigma": 0.3, "samples": 4}])
+    methods = ["simple_grad", {"method": "smooth_grad", "sigma": 0.3, "samples": 4}, "grad_x_input"]
+    cb = _callback(methods=methods)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
@@ -383,7 +386,7 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     ddp_rows = _read_csv(tmp_path / "ddp" / "version_0" / "interpretation_metrics.csv")
     assert {int(r["epoch"]) for r in ddp_rows} == {0}
     # the spawn launcher hands rank 0's trained weights back: one process recomputes
-    cb1 = _callback(methods=["simple_grad", {"method": "smooth_grad", "sigma": 0.3, "samples": 4}])
+    cb1 = _callback(methods=methods)
     single = _trainer(tmp_path / "one", [cb1], max_epochs=1)
     single.validate(model, _data(), verbose=False)
     one_rows = _read_csv(Path(single.logger.log_dir) / "interpretation_metrics.csv")
@@ -395,6 +398,7 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
         (r["method"], r["aggregate"], r["split"], r["metric"]): float(r["value"]) for r in ddp_rows
     }
     assert one.keys() == two.keys()
+    assert [k for k in one] == [k for k in two]  # the CSV's rows in one order
     for key, value in two.items():
         assert one[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key
 

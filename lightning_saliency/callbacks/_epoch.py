@@ -33,6 +33,8 @@ from lightning_saliency.generalization import (
     model_logits,
     predictions,
 )
+from lightning_saliency.generalization.core import MapStack
+from lightning_saliency.generalization.shard import merge_estimates, method_shard
 from lightning_saliency.generalization.stability_fidelity import fidelity_statistics
 
 from . import _logging, _setup
@@ -48,6 +50,7 @@ __all__ = [
     "is_last_epoch",
     "materialize",
     "monitor",
+    "sharded_evaluate_epoch",
     "sharded_pixel_maps",
 ]
 
@@ -70,6 +73,30 @@ def sharded_pixel_maps(trainer: pl.Trainer | None, sources: list[nn.Module], *ar
         gathered = trainer.strategy.all_gather(padded)  # type: ignore[union-attr]  # (W, per, ...)
         out[twin] = torch.stack([gathered[i % world, i // world] for i in range(m)])
     return out
+
+
+def sharded_evaluate_epoch(trainer: pl.Trainer | None, maps: Any, layout: Any,
+                           specs: Sequence[MethodSpec], **kw: Any) -> EpochEvaluation:  # fmt: skip
+    """:func:`evaluate_epoch`; under DDP, process r computes the statistics of its share of
+    the methods (:func:`~lightning_saliency.generalization.shard.method_shard`) and the
+    shares' estimates are gathered and merged in one process's order: the same numbers.
+    The ``statistics`` of the result are then this process's share only."""
+    world = 1 if trainer is None else int(trainer.world_size)
+    if world <= 1 or len(specs) < 2:
+        return evaluate_epoch(maps, layout, specs, **kw)
+    import torch.distributed as dist
+
+    mine = method_shard(specs, int(trainer.global_rank), world)  # type: ignore[union-attr]
+    part = evaluate_epoch({s.label: maps[s.label] for s in mine}, layout, mine, **kw)
+    shares: list[Any] = [None] * world
+    dist.all_gather_object(shares, part.estimates)
+    return EpochEvaluation(
+        estimates=merge_estimates(specs, shares),
+        statistics=part.statistics,  # this process's share (the estimates are all of them)
+        maps={s.label: m.maps if isinstance(m := maps[s.label], MapStack) else m for s in specs},
+        preds=part.preds,
+        methods=[s.label for s in specs],
+    )
 
 
 def is_last_epoch(trainer: pl.Trainer, epoch: int) -> bool:
@@ -162,8 +189,8 @@ def evaluate(
                     channels_last=s.channels_last, batch_size=s.batch_size,
                 ) if extra else {}  # fmt: skip
         with _timing.stage("statistics"):
-            result = evaluate_epoch(
-                maps, probes.layout, s.specs, labels=probes.y, preds=predictions(logits),
+            result = sharded_evaluate_epoch(
+                trainer, maps, probes.layout, s.specs, labels=probes.y, preds=predictions(logits),
                 families=run.families, normalize=s.normalize, topk=s.topk,
                 previous=run.previous if stage == "fit" else None, stage=stage,
                 seed=s.seed, chance_draws=s.chance_draws,
