@@ -33,6 +33,7 @@ from lightning_saliency.generalization import (
     model_logits,
     predictions,
 )
+from lightning_saliency.generalization.input_bounds import share_statistics
 from lightning_saliency.generalization.stability_fidelity import fidelity_statistics
 
 from . import _logging, _setup
@@ -171,6 +172,8 @@ def evaluate(
             result.extend(extra_stats)
         with _timing.stage("families"):
             result.extend(fidelity_statistics(maps, s.specs, probes.layout, stage=stage))
+        if run.share_at_bounds is not None:  # fixed probes: computed once, a row every epoch
+            result.extend(share_statistics(run.share_at_bounds, probes.layout, stage))
         return result
 
 
