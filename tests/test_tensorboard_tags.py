@@ -64,9 +64,11 @@ def test_the_headline_is_the_summary_numbers_with_their_intervals() -> None:
     assert head["interval/simple_grad/test/spearman_above_chance_lo"] == above.lo
     assert head["interp/prediction_agreement_chance/test"] == est[
         MetricKey("-", "pairs", "test", "prediction_agreement_chance")].value  # fmt: skip
-    # "all": the 270 tags of issue 13 (a superset), every interval bound under interval/
+    # "all": the 270 tags of issue 13 (a superset), every interval bound under interval/, and
+    # the test probes' share at the input bounds (AdaptGrad is a default method; issue 20)
     every = tensorboard_scalars(est, 2, "all")
-    assert len(every) == 270 and set(head) <= set(every)
+    assert len(every) == 271 and set(head) <= set(every)
+    assert "interp/share_at_input_bounds/test" in every and not [t for t in head if "share" in t]
     assert not [t for t in every if t.startswith("interp/") and t.endswith(("_lo", "_hi"))]
     assert len([t for t in every if t.startswith("interval/")]) == 2 * (8 + 8 + 8 + 7)
 

@@ -44,6 +44,7 @@ from lightning_saliency.attribution.specs import (
     register_method,
     resolve_method,
     segmenter_args,
+    spec_input_range,
     unregister_method,
 )
 from lightning_saliency.attribution.superpixels import (
@@ -90,6 +91,7 @@ __all__ = [
     "segmenter_args",
     "simple_grad",
     "smooth_grad",
+    "spec_input_range",
     "unregister_method",
     "var_grad",
 ]

@@ -57,6 +57,7 @@ __all__ = [
     "register_method",
     "resolve_method",
     "segmenter_args",
+    "spec_input_range",
     "unregister_method",
 ]
 
@@ -266,6 +267,23 @@ def method_needs_input_range(spec: str | Mapping[str, Any] | MethodSpec) -> bool
     return bool(get_method(s.method).needs_input_range(s.params))
 
 
+def spec_input_range(
+    spec: str | Mapping[str, Any] | MethodSpec, input_range: tuple[float, float] | None = None
+) -> tuple[float, float] | None:
+    """The ``(x_min, x_max)`` the spec is computed with: the pair it stores, else the caller's
+    ``input_range`` (what :func:`compute_attribution` passes; None when neither has one).
+
+    >>> own = {"method": "adapt_grad", "input_range": [-1, 1]}
+    >>> spec_input_range("adapt_grad", (0.0, 1.0)), spec_input_range(own, (0.0, 1.0))
+    ((0.0, 1.0), (-1.0, 1.0))
+    """
+    s = resolve_method(spec)
+    if "input_range" not in s.params:
+        return input_range
+    stored: tuple[float, float] | None = plain(s.params["input_range"], lists=False)
+    return stored
+
+
 def method_is_stochastic(spec: str | Mapping[str, Any] | MethodSpec) -> bool:
     """Whether the spec draws noise (smooth_grad/var_grad with a nonzero scale, adapt_grad,
     a registered method's ``stochastic``).
@@ -313,9 +331,10 @@ def compute_attribution(
         )
     info = get_method(s.method)
     kwargs: dict[str, Any] = {k: plain(v, lists=False) for k, v in s.params.items()}
-    if "input_range" in info.defaults and "input_range" not in kwargs:
-        if input_range is not None:
-            kwargs["input_range"] = input_range
+    if "input_range" in info.defaults:
+        rng = spec_input_range(s, input_range)
+        if rng is not None:
+            kwargs["input_range"] = rng
         elif method_needs_input_range(s):
             raise ValueError(f"method {s.label!r} needs input_range=(x_min, x_max)")
     if info.takes_generator:

@@ -1,6 +1,7 @@
-"""The probes' validation rules, each in one place: input range, finite pixels, saturation.
+"""The probes' validation rules, each in one place: input range, finite pixels.
 
-(The arguments' rules and the resume check belong to the settings, ``_settings.py``.)
+(The arguments' rules and the resume check belong to the settings, ``_settings.py``; the share
+of probe pixels at the input bounds, to :mod:`lightning_saliency.generalization.input_bounds`.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_input_range", "check_probe_values", "saturated_fraction"]
+__all__ = ["check_input_range", "check_probe_values"]
 
 
 def check_input_range(value: Any, name: str) -> None:
@@ -49,15 +50,3 @@ def _probe_name(row: int, indices: Mapping[str, list[int]]) -> str:
             return f"{part}[{row - start}] (dataset index {idx[row - start]})"
         start += len(idx)
     return f"row {row}"
-
-
-def saturated_fraction(x: Tensor, input_range: tuple[float, float], tol: float = 1e-4) -> float:
-    """Fraction of probe pixels at ``x_min`` or ``x_max`` (within ``tol`` of the range), where
-    AdaptGrad's noise scale is 0.
-
-    >>> saturated_fraction(torch.tensor([0.0, 0.5, 1.0, 1.0]), (0.0, 1.0))
-    0.75
-    """
-    lo, hi = input_range
-    band = tol * (hi - lo)
-    return float(((x <= lo + band) | (x >= hi - band)).double().mean())

@@ -34,6 +34,7 @@ from lightning_saliency.generalization import (
     predictions,
 )
 from lightning_saliency.generalization.core import MapStack
+from lightning_saliency.generalization.input_bounds import share_statistics
 from lightning_saliency.generalization.shard import merge_estimates, method_shard
 from lightning_saliency.generalization.stability_fidelity import fidelity_statistics
 
@@ -198,6 +199,8 @@ def evaluate(
             result.extend(extra_stats)
         with _timing.stage("families"):
             result.extend(fidelity_statistics(maps, s.specs, probes.layout, stage=stage))
+        if run.share_at_bounds is not None:  # fixed probes: computed once, a row every epoch
+            result.extend(share_statistics(run.share_at_bounds, probes.layout, stage))
         return result
 
 

@@ -1,5 +1,6 @@
-"""The callback's run state: what one run resolved (probes, segments, input range, reference,
-record, families) and what it has done (schedule, logged epochs, last values, previous maps).
+"""The callback's run state: what one run resolved (probes, segments, input range, the probes'
+share at the input bounds, reference, record, families) and what it has done (schedule, logged
+epochs, last values, previous maps).
 
 :class:`MonitorRun` owns that state: its methods are the only writers. The probe indices,
 logged epochs, final values, previous maps and schedule travel in checkpoints
@@ -35,6 +36,8 @@ class PreparedProbes(NamedTuple):
     input_range: tuple[float, float] | None  # the argument, else the data's, else the probes'
     unnormalize: Callable[[Tensor], Tensor] | None  # the argument, else the data module's
     segments: dict[str, Tensor]  # method label -> segmentation of the probes
+    #: per probe, the share of its elements at AdaptGrad's input bounds (None: no AdaptGrad)
+    share_at_bounds: Tensor | None = None
 
 
 class RunSetup(NamedTuple):
@@ -62,6 +65,7 @@ class MonitorRun:
     segments: dict[str, Tensor] = field(default_factory=dict)
     input_range: tuple[float, float] | None = None
     unnormalize: Callable[[Tensor], Tensor] | None = None
+    share_at_bounds: Tensor | None = None  # per probe (``PreparedProbes``), on the CPU
     reference: nn.Module | None = None
     record: RunRecord = field(default_factory=lambda: RunRecord(None))
     previous: dict[str, Tensor] | None = None  # first monitored epoch's test-probe maps (drift)
@@ -94,7 +98,9 @@ class MonitorRun:
         self.use_probes(setup.prepared)
 
     def use_probes(self, prepared: PreparedProbes) -> None:
-        self.probes, self.input_range, self.unnormalize, self.segments = prepared
+        self.probes, self.input_range = prepared.probes, prepared.input_range
+        self.unnormalize, self.segments = prepared.unnormalize, prepared.segments
+        self.share_at_bounds = prepared.share_at_bounds
 
     def to(self, device: torch.device) -> None:
         """Probes, segments and reference onto the module's device."""

@@ -24,6 +24,11 @@ from lightning_saliency.attribution import (
 )
 from lightning_saliency.attribution.outputs import check_logits
 from lightning_saliency.generalization import DEFAULT_FAMILIES, REFERENCE_FAMILIES
+from lightning_saliency.generalization.input_bounds import (
+    SHARE_AT_BOUNDS,
+    adapt_grad_ranges,
+    share_at_input_bounds,
+)
 from lightning_saliency.generalization.method_trial import try_methods
 from lightning_saliency.generalization.record import RunRecord
 
@@ -43,6 +48,7 @@ __all__ = [
     "resolve_run",
     "run_families",
     "segment_probes",
+    "share_at_bounds",
 ]
 
 
@@ -347,13 +353,31 @@ def prepare_probes(
     if any(method_needs_input_range(spec) for spec in s.specs) and rng is None:
         rng = _probes_range(probes.x)
     _checks.check_input_range(rng, "input_range (the data module's)")
-    if rng is not None and any(spec.method == "adapt_grad" for spec in s.specs):
-        share = _checks.saturated_fraction(probes.x, rng)
-        if share > 0.5:
-            rank_zero_warn(
-                f"InterpretationGeneralization: {share:.0%} of the probe pixels sit at the "
-                "input bounds, where AdaptGrad adds no noise: there its maps are the plain "
-                "gradient's (docs/metrics.md, Conventions)."
-            )
+    share = share_at_bounds(s.specs, rng, probes.x)
     probes.images = probe_images(probes.x, unnormalize)
-    return PreparedProbes(probes, rng, unnormalize, segment_probes(s.specs, probes.images))
+    segments = segment_probes(s.specs, probes.images)
+    return PreparedProbes(probes, rng, unnormalize, segments, share)
+
+
+def share_at_bounds(specs: Sequence[MethodSpec], rng: tuple[float, float] | None,
+                    x: Tensor) -> Tensor | None:  # fmt: skip
+    """Per probe, the share of its elements at the input bounds AdaptGrad uses (computed once
+    per probe set, logged every monitored epoch); None without AdaptGrad, or (with a warning)
+    when two AdaptGrad methods use different bounds. Warns when most pixels sit there."""
+    ranges = adapt_grad_ranges(specs, rng)
+    if len(ranges) != 1:
+        if ranges:
+            rank_zero_warn(
+                f"InterpretationGeneralization: the AdaptGrad methods use different input "
+                f"ranges {ranges}, so the probes' share at the input bounds "
+                f"({SHARE_AT_BOUNDS}) is not logged."
+            )
+        return None
+    share = share_at_input_bounds(x, ranges[0]).cpu()
+    if float(share.mean()) > 0.5:
+        rank_zero_warn(
+            f"InterpretationGeneralization: {float(share.mean()):.0%} of the probe pixels sit "
+            "at the input bounds, where AdaptGrad adds no noise: there its maps are the plain "
+            "gradient's (docs/metrics.md, Conventions)."
+        )
+    return share

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lightning_saliency.generalization import Estimate, t_quantile
+from lightning_saliency.generalization.input_bounds import SHARE_AT_BOUNDS
 
 __all__ = ["BOUNDS", "bounds_of", "t_interval", "welch_difference"]
 
@@ -23,7 +24,8 @@ __all__ = ["BOUNDS", "bounds_of", "t_interval", "welch_difference"]
 BOUNDS: dict[str, tuple[float, float]] = {
     **{m: (-1.0, 1.0) for m in ("spearman", "pearson", "ssim", "prediction_kappa", "kappa",
                                 "spearman_chance", "ssim_chance")},
-    **{m: (0.0, 1.0) for m in ("topk", "topk_chance", "prediction_agreement", "iou")},
+    **{m: (0.0, 1.0) for m in ("topk", "topk_chance", "prediction_agreement", "iou",
+                               SHARE_AT_BOUNDS)},
 }
 _EPS = 1e-6
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_saliency.generalization import NO_METHOD
+from lightning_saliency.generalization.input_bounds import SHARE_AT_BOUNDS
 from lightning_saliency.generalization.studies import adaptgrad_groups, gradient_base
 
 from ..order import run_method_key
@@ -22,6 +24,9 @@ def build(runs: Sequence[Run]) -> Table:
                 "sparseness": run.get(label, "mean", "test", "sparseness"),
                 "complexity": run.get(label, "mean", "test", "complexity"),
                 "gap": run.get(label, "mean", "gap", "gap"),
+                # not a column: the summary prints it beside AdaptGrad's Gini
+                "share_at_bounds": run.get(NO_METHOD, "mean", "test", SHARE_AT_BOUNDS)
+                if variant == "adapt" else None,
             }  # fmt: skip
             rows.append(Row(run.name, cells))
     order = run_method_key(runs)
@@ -77,7 +82,12 @@ def summary(table: Table) -> list[str]:
         for base in dict.fromkeys(r["base"] for r in table.rows if r.run == run):
             sel = [r for r in table.rows if r.run == run and r["base"] == base]
             parts = [f"`{r['method']}` {cell_text(r['sparseness'])}" for r in sel]
-            lines.append(f"- {run}, base {base}: Gini " + ", ".join(parts))
+            shares = [r["share_at_bounds"] for r in sel if r["share_at_bounds"] is not None]
+            share = shares[0] if shares else None
+            where = "" if share is None else (
+                "; the probes' share of pixels at the input bounds, where AdaptGrad adds no "
+                f"noise (test): {cell_text(share)}")  # fmt: skip
+            lines.append(f"- {run}, base {base}: Gini " + ", ".join(parts) + where)
     return lines
 
 
