@@ -6,6 +6,7 @@ GPU fit. Skipped without CUDA (CI has none); on the lent GPU machine run
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -240,7 +241,72 @@ def test_callback_monitors_a_bf16_gpu_fit(tmp_path: Path, monkeypatch: pytest.Mo
     assert sorted({int(r["epoch"]) for r in rows}) == [0, 1]
     losses = [float(r["value"]) for r in rows if r["metric"] == "loss"]
     assert losses and all(math.isfinite(v) and 0.0 <= v <= 2.0 for v in losses)
-    assert seen and all(s == ("cuda", True, True) for s in seen), set(seen)
+    # the setup's trial of every method on one probe runs where the module then is: the CPU
+    on_gpu = [s for s in seen if s[0] == "cuda"]
+    assert on_gpu and all(s == ("cuda", True, True) for s in on_gpu), set(seen)
+    assert {s for s in seen if s[0] != "cuda"} <= {("cpu", False, False)}, set(seen)
+
+
+def test_the_default_callback_on_a_gpu_fit_is_bf16_on_channels_last_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 21: the defaults (``precision="auto"``, ``channels_last=None``) resolve on a CUDA
+    trainer to bf16 passes on channels-last rows (the module is still on the CPU at setup:
+    the trainer's device decides); methods.json, the checkpoint and the summary say so, the
+    TF32 flags are as the process set them before and after; and the checkpoint resumed on the
+    CPU, where ``"auto"`` is float32, is refused naming the precision."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_saliency.attribution import _core
+    from lightning_saliency.callbacks._numerics import tf32_flags
+
+    seen: set[tuple[str, bool, bool]] = set()
+    real = _core._row_gradients
+
+    def spy(model, rows, target, output, precision, channels_last, target_max=None):
+        seen.add((rows.device.type, precision == "bf16", channels_last))
+        return real(model, rows, target, output, precision, channels_last, target_max)
+
+    monkeypatch.setattr(_core, "_row_gradients", spy)
+    methods = ["simple_grad", {"method": "smooth_grad", "sigma": 0.3, "samples": 4}]
+
+    def fit(accelerator: str, max_epochs: int, **kw) -> InterpretationGeneralization:
+        L.seed_everything(0)
+        cb = InterpretationGeneralization(methods=methods, num_train_probes=8, num_test_probes=8)
+        model = DisjointEnsemble(
+            backbone="small_cnn", num_classes=10, in_chans=1, image_size=16, num_models=2
+        )
+        data = DigitsDataModule(image_size=16, split_factor=2, num_models=2, batch_size=64)
+        trainer = L.Trainer(
+            accelerator=accelerator, devices=1, max_epochs=max_epochs, limit_train_batches=3,
+            limit_val_batches=1, logger=TensorBoardLogger(str(tmp_path), name="tb", version=0),
+            callbacks=[cb, ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_last=True)],
+            enable_progress_bar=False,
+        )  # fmt: skip
+        trainer.fit(model, data, **kw)
+        return cb
+
+    flags = tf32_flags()
+    with caplog.at_level("INFO"):
+        cb = fit("gpu", max_epochs=1)
+    # every monitored pass on the GPU; the setup's one-probe trial ran on the CPU, in float32
+    assert seen == {("cuda", True, True), ("cpu", False, False)}
+    assert (cb.requested.precision, cb.requested.channels_last) == ("auto", None)
+    assert (cb.config.precision, cb.config.channels_last) == ("bf16", True)
+    run = tmp_path / "tb" / "version_0"
+    settings = json.loads((run / "methods.json").read_text())["settings"]["fit"]
+    assert (settings["precision"], settings["channels_last"]) == ("bf16", True)
+    last = tmp_path / "ck" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)["callbacks"][cb.state_key]
+    assert (state["settings"]["precision"], state["settings"]["channels_last"]) == ("bf16", True)
+    assert "attribution passes on cuda: precision bf16, channels_last True; TF32 left as set" in (
+        caplog.text
+    )
+    assert tf32_flags() == flags
+    csv_before = (run / "interpretation_metrics.csv").read_bytes()
+    with pytest.raises(ValueError, match=r"precision: 'bf16' -> '32'"):
+        fit("cpu", max_epochs=2, ckpt_path=str(last))
+    assert (run / "interpretation_metrics.csv").read_bytes() == csv_before
 
 
 def test_the_chunk_loop_never_synchronizes(monkeypatch: pytest.MonkeyPatch) -> None:

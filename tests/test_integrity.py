@@ -84,6 +84,36 @@ def test_resume_with_changed_settings_is_refused_by_name(tmp_path: Path) -> None
     assert epochs == {0, 1}
 
 
+def test_a_bf16_run_resumed_where_auto_means_float32_is_refused(tmp_path: Path) -> None:
+    """Issue 21: ``precision="auto"`` is bf16 on CUDA, float32 on the CPU. A run that began on
+    CUDA and resumes on the CPU must not go on in float32 into the same CSV: simulated here by
+    the state a CUDA run records (its resolved precision, bf16) in a CPU fit's checkpoint."""
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_top_k=-1, every_n_epochs=1)
+    logger = TensorBoardLogger(str(tmp_path), name="run", version=0)
+    t = trainer(tmp_path, [callback(methods=["simple_grad"]), ckpt], logger=logger,
+                max_epochs=1, enable_checkpointing=True)  # fmt: skip
+    t.fit(ensemble(), data())
+    path = next((tmp_path / "ck").glob("*.ckpt"))
+    saved = torch.load(path, weights_only=False)
+    (key,) = [k for k in saved["callbacks"] if k.startswith("InterpretationGeneralization{")]
+    state = saved["callbacks"][key]
+    assert (state["settings"]["precision"], state["settings"]["channels_last"]) == ("32", False)
+    state["settings"] = {**state["settings"], "precision": "bf16", "channels_last": True}
+    torch.save(saved, path)
+    csv_before = (Path(logger.log_dir) / CSV_NAME).read_bytes()
+    logger2 = TensorBoardLogger(str(tmp_path), name="run", version=0)
+    t2 = trainer(tmp_path, [callback(methods=["simple_grad"])], logger=logger2, max_epochs=2)
+    with pytest.raises(ValueError, match=r"other settings \(precision: 'bf16' -> '32'\)"):
+        t2.fit(ensemble(), data(), ckpt_path=str(path))
+    assert (Path(logger.log_dir) / CSV_NAME).read_bytes() == csv_before  # nothing mixed in
+    # resumed with the checkpoint's precision named, it goes on (channels_last may differ)
+    logger3 = TensorBoardLogger(str(tmp_path), name="run", version=0)
+    t3 = trainer(tmp_path, [callback(methods=["simple_grad"], precision="bf16")],
+                 logger=logger3, max_epochs=2)  # fmt: skip
+    t3.fit(ensemble(), data(), ckpt_path=str(path))
+    assert {int(r["epoch"]) for r in read_csv(Path(logger3.log_dir) / CSV_NAME)} == {0, 1}
+
+
 def test_a_nan_model_gives_nan_numbers_with_counts_not_plausible_values(tmp_path: Path) -> None:
     model = ensemble()
     with torch.no_grad():

@@ -118,7 +118,8 @@ def materialize(probes: ProbeSet) -> ProbeSet:
 
 
 def attribution_sources(
-    sources: list[nn.Module], specs: Sequence[MethodSpec], x: torch.Tensor, channels_last: bool
+    sources: list[nn.Module], specs: Sequence[MethodSpec], x: torch.Tensor,
+    channels_last: bool | None,
 ) -> list[nn.Module]:
     """A frozen eval-mode copy of each source for this epoch's attribution passes, with
     BatchNorm folded into its convolutions (and channels-last weights on CPU): the same maps

@@ -37,6 +37,7 @@ from lightning_saliency.generalization import (
 from lightning_saliency.generalization.studies import is_plain_baseline
 
 from . import _setup, _tensorboard
+from ._numerics import numerics_line
 from ._run import MonitorRun
 from ._settings import MonitorSettings
 from ._tensorboard import TENSORBOARD_PAGE, in_tensorboard, tensorboard_scalars
@@ -340,6 +341,8 @@ def fit_summary(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer)
     write_hparams(trainer, settings.record(), tags)
     text = summary_text(run.last, settings.labels, run.record.folder, trainer.loggers)
     text += "\n" + schedule_note(run.logged_epochs, run.schedule.skipped, run.schedule.max_overhead)
+    text += "\n" + numerics_line(settings.precision, bool(settings.channels_last),
+                                  trainer.strategy.root_device)  # fmt: skip
     if settings.profile:  # where the monitor's time went (issue 21)
         text += "\n" + "\n".join(run.times.lines(len(run.logged_epochs)))
     print_summary(trainer, text)

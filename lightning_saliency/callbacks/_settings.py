@@ -1,7 +1,9 @@
 """The callback's settings: its arguments, their validation, and which of them define a run.
 
 :class:`MonitorSettings` is frozen: built once from the constructor's arguments (validated
-there, before any training), read by every helper, never changed. :data:`IDENTITY` is the
+there, before any training), read by every helper, never changed; ``precision`` and
+``channels_last`` may say ``"auto"``/``None``, and :meth:`MonitorSettings.on_device` gives the
+run's copy with both resolved (:mod:`._numerics`). :data:`IDENTITY` is the
 one list of the settings that define a run's probes and numbers; the checkpoint's state
 key, the settings record (checkpoint, ``methods.json``, the HParams ``interp/`` entries)
 and the resume check all derive from it.
@@ -12,9 +14,10 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from lightning_saliency.attribution import MethodSpec, resolve_method
@@ -22,6 +25,7 @@ from lightning_saliency.attribution.specs import DEFAULT_METHODS
 from lightning_saliency.generalization import FAMILIES
 
 from ._checks import check_input_range
+from ._numerics import check_numerics, resolve_numerics
 from ._tensorboard import SCALAR_SETS
 
 __all__ = [
@@ -42,7 +46,7 @@ IDENTITY: tuple[tuple[str, Literal["key", "resume", "record"]], ...] = (
     ("seed", "key"), ("target", "key"), ("normalize", "key"),
     ("topk", "resume"), ("metrics", "resume"), ("input_range", "resume"),
     ("precision", "resume"), ("chance_draws", "resume"), ("fold_batchnorm", "resume"),
-    ("families_every_n_epochs", "record"),
+    ("families_every_n_epochs", "record"), ("channels_last", "record"),
 )  # fmt: skip
 #: Those that name the checkpoint state (changing them moves the state to another key).
 KEY_FIELDS: tuple[str, ...] = tuple(n for n, part in IDENTITY if part == "key")
@@ -73,7 +77,7 @@ class MonitorSettings:
     reference: str | nn.Module | None
     normalize: bool
     target: Literal["label", "pred"]
-    precision: Literal["32", "bf16"]
+    precision: Literal["auto", "32", "bf16"]
     seed: int
     log_images_every_n_epochs: int
     num_images: int
@@ -83,7 +87,7 @@ class MonitorSettings:
     input_range: tuple[float, float] | None
     unnormalize: Callable[[Tensor], Tensor] | None
     batch_size: int | None
-    channels_last: bool
+    channels_last: bool | None
     topk: float
     chance_draws: int
     max_overhead: float | None
@@ -118,6 +122,21 @@ class MonitorSettings:
             max_overhead=None if overhead is None else float(overhead),
         )
         return cls(specs=specs, **full)
+
+    def on_device(self, device: torch.device | str) -> MonitorSettings:
+        """These settings with ``precision`` and ``channels_last`` resolved for a run on
+        ``device`` (:func:`~._numerics.resolve_numerics`); the rest as they are.
+
+        >>> from lightning_saliency.callbacks import InterpretationGeneralization
+        >>> s = InterpretationGeneralization().config
+        >>> (s.precision, s.channels_last), s.on_device("cpu").record()["precision"]
+        (('auto', None), '32')
+        >>> cuda = s.on_device("cuda")
+        >>> cuda.precision, cuda.channels_last, cuda.on_device("cpu").precision
+        ('bf16', True, 'bf16')
+        """
+        precision, channels_last = resolve_numerics(self.precision, self.channels_last, device)
+        return replace(self, precision=precision, channels_last=channels_last)
 
     @property
     def labels(self) -> list[str]:
@@ -240,13 +259,12 @@ def _check_arguments(args: Mapping[str, Any], specs: Sequence[MethodSpec]) -> No
         raise ValueError("output_transform must be callable: the model's output -> its logits")
     if args["probe_transform"] is not None and not callable(args["probe_transform"]):
         raise ValueError("probe_transform must be callable (e.g. a torchvision transform)")
-    for name in ("normalize", "channels_last", "fold_batchnorm", "profile"):
+    for name in ("normalize", "fold_batchnorm", "profile"):
         if not isinstance(args[name], bool):
             raise ValueError(f"{name} must be True or False; got {args[name]!r}")
     if args["target"] not in ("label", "pred"):
         raise ValueError(f"target must be 'label' or 'pred'; got {args['target']!r}")
-    if args["precision"] not in ("32", "bf16"):
-        raise ValueError(f"precision must be '32' or 'bf16'; got {args['precision']!r}")
+    check_numerics(args["precision"], args["channels_last"])
     metrics = args["metrics"]
     if metrics is not None:
         unknown = [metrics] if isinstance(metrics, str) else sorted(set(metrics) - set(FAMILIES))
