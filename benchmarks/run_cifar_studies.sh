@@ -43,6 +43,10 @@ fit() {  # fit <name> <seed> [extra CLI arguments]
   if [[ -n $ckpt ]]; then
     echo "resume $run from $ckpt"
     resume=(--ckpt_path "$ckpt")
+  elif [[ -d $run ]]; then  # killed before its first checkpoint: start afresh, keep it aside
+    mkdir -p "$ROOT/.killed"  # outside the setting's folder, which the report reads
+    mv "$run" "$ROOT/.killed/$name-seed$seed-$(date +%s)"
+    echo "moved aside $run (killed before its first checkpoint)"
   fi
   t0=$(date +%s)
   /usr/bin/time -f "%U %S" -o "$ROOT/.cpu-$name-$seed" "$CLI" fit \

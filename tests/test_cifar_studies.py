@@ -118,3 +118,16 @@ def test_report_and_unknown_steps(tmp_path: Path) -> None:
     ]
     rc, err, _ = _drive(tmp_path, "sf3")
     assert rc == 2 and "unknown step sf3" in err
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path: Path) -> None:
+    """Its folder (a CSV claimed at fit start, no checkpoint) is moved aside, not reused."""
+    run = tmp_path / "runs" / "cifar-v2" / "sf2" / "seed0"
+    run.mkdir(parents=True)
+    (run / "interpretation_metrics.csv").write_text("epoch\n")
+    rc, err, calls = _drive(tmp_path, "sf2", SEEDS="0")
+    assert rc == 0, err
+    assert len(calls) == 1 and "--ckpt_path" not in calls[0]
+    aside = list((tmp_path / "runs" / "cifar-v2" / ".killed").glob("sf2-seed0-*"))
+    assert len(aside) == 1 and (aside[0] / "interpretation_metrics.csv").exists()
+    assert [p.name for p in (tmp_path / "runs" / "cifar-v2" / "sf2").iterdir()] == ["seed0"]
