@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
@@ -85,8 +86,6 @@ def sharded_evaluate_epoch(trainer: pl.Trainer | None, maps: Any, layout: Any,
     world = 1 if trainer is None else int(trainer.world_size)
     if world <= 1 or len(specs) < 2:
         return evaluate_epoch(maps, layout, specs, **kw)
-    import torch.distributed as dist
-
     mine = method_shard(specs, int(trainer.global_rank), world)  # type: ignore[union-attr]
     part = evaluate_epoch({s.label: maps[s.label] for s in mine}, layout, mine, **kw)
     shares: list[Any] = [None] * world

@@ -374,9 +374,10 @@ def share_at_bounds(specs: Sequence[MethodSpec], rng: tuple[float, float] | None
             )
         return None
     share = share_at_input_bounds(x, ranges[0]).cpu()
-    if float(share.mean()) > 0.5:
+    mean = float(share.mean())
+    if mean > 0.5:
         rank_zero_warn(
-            f"InterpretationGeneralization: {float(share.mean()):.0%} of the probe pixels sit "
+            f"InterpretationGeneralization: {mean:.0%} of the probe pixels sit "
             "at the input bounds, where AdaptGrad adds no noise: there its maps are the plain "
             "gradient's (docs/metrics.md, Conventions)."
         )
