@@ -16,7 +16,9 @@
 # .finished (written after the CLI returned 0; the CSV itself is created when a fit starts)
 # is skipped, and a fit killed part-way continues from its last epoch's checkpoint (the CLI's
 # --ckpt_path; the data order and the monitor's state resume exactly, docs/experiments.md), so
-# the script resumes. Every fit's wall and CPU time (per call) go to $ROOT/timings.txt.
+# the script resumes. Two drivers may run side by side (one per core, e.g. one started with
+# `sn1 sn4 sf16`): each fit is locked (flock) while it runs, and a locked fit is skipped.
+# Every fit's wall and CPU time (per call) go to $ROOT/timings.txt.
 # Version 1 (16 epochs) took about 47 CPU-minutes per sf2 fit on this machine (one thread) and
 # reached 84.94% (the bar is 85%): version 2 trains 20 epochs: sf2 seed 0 took 3,917 CPU s
 # and reached 85.25% / 85.13%. `accuracy` prints each model's last test accuracy per run.
@@ -33,9 +35,20 @@ mkdir -p "$ROOT"
 fit() {  # fit <name> <seed> [extra CLI arguments]
   local name=$1 seed=$2
   shift 2
-  local run="$ROOT/$name/seed$seed"
+  local run="$ROOT/$name/seed$seed" lock
   if [[ -f "$run/.finished" ]]; then
     echo "skip $run (done)"
+    return
+  fi
+  mkdir -p "$ROOT/.locks"  # one lock per fit: two drivers share the queue, never a fit
+  exec {lock}>"$ROOT/.locks/$name-seed$seed"
+  if ! flock -n "$lock"; then
+    echo "skip $run (running in another driver)"
+    exec {lock}>&-
+    return
+  fi
+  if [[ -f "$run/.finished" ]]; then  # finished by another driver since the first look
+    exec {lock}>&-
     return
   fi
   local t0 resume=() ckpt
@@ -56,6 +69,7 @@ fit() {  # fit <name> <seed> [extra CLI arguments]
     --trainer.logger.init_args.name "$name" --trainer.logger.init_args.version "seed$seed" \
     --trainer.enable_progress_bar false "${resume[@]}" "$@"
   mkdir -p "$run" && touch "$run/.finished"
+  exec {lock}>&-
   read -r user sys <"$ROOT/.cpu-$name-$seed"
   echo "$name seed$seed${ckpt:+ (resumed)} wall_s=$(($(date +%s) - t0)) cpu_s=$(echo "$user + $sys" | bc)" \
     >>"$ROOT/timings.txt"

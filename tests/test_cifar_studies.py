@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "run_cifar_studies.sh"
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or not Path("/usr/bin/time").exists()
-                                or shutil.which("bc") is None,
-                                reason="needs bash, /usr/bin/time and bc")  # fmt: skip
+                                or shutil.which("bc") is None or shutil.which("flock") is None,
+                                reason="needs bash, /usr/bin/time, bc and flock")  # fmt: skip
 
 FAKE_CLI = """\
 import json, os, sys
@@ -131,3 +131,26 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path: Path) 
     aside = list((tmp_path / "runs" / "cifar-v2" / ".killed").glob("sf2-seed0-*"))
     assert len(aside) == 1 and (aside[0] / "interpretation_metrics.csv").exists()
     assert [p.name for p in (tmp_path / "runs" / "cifar-v2" / "sf2").iterdir()] == ["seed0"]
+
+
+def test_a_fit_locked_by_another_driver_is_skipped_not_moved(tmp_path: Path) -> None:
+    """Two drivers share the queue: a fit another driver runs (its lock held, its folder
+    without a checkpoint yet) is neither run twice nor moved aside as killed."""
+    import fcntl
+
+    run = tmp_path / "runs" / "cifar-v2" / "sf2" / "seed0"
+    run.mkdir(parents=True)
+    (run / "interpretation_metrics.csv").write_text("epoch\n")
+    locks = tmp_path / "runs" / "cifar-v2" / ".locks"
+    locks.mkdir()
+    with open(locks / "sf2-seed0", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc, err, calls = _drive(tmp_path, "sf2", SEEDS="0 1")
+    assert rc == 0, err
+    assert [_opt(a, "--seed_everything") for a in calls] == ["1"]
+    assert (run / "interpretation_metrics.csv").exists() and not (run / ".finished").exists()
+    assert not (tmp_path / "runs" / "cifar-v2" / ".killed").exists()
+    (tmp_path / "calls.jsonl").unlink()
+    rc, err, calls = _drive(tmp_path, "sf2", SEEDS="0 1")  # the lock released: seed 0 runs
+    assert rc == 0, err
+    assert [_opt(a, "--seed_everything") for a in calls] == ["0"]
