@@ -73,7 +73,7 @@ for mod, attr, name in [(E, "model_logits", "models"), (E, "attribution_sources"
                         (GE, "leave_one_out_reference", "reference"), (GE, "interpretation_loss", "reference"),
                         (GE, "pairwise_agreement", "agreement"),
                         (LG, "log_scalars", "logging"), (LG, "warn_nonfinite", "logging"),
-                        (LG, "log_run_media", "images")]:
+                        (E if hasattr(E, "log_run_media") else LG, "log_run_media", "images")]:
     setattr(mod, attr, staged(name, getattr(mod, attr)))
 E.epoch_rows = staged("logging", E.epoch_rows)
 

@@ -39,7 +39,7 @@ from lightning_saliency.generalization.input_bounds import share_statistics
 from lightning_saliency.generalization.shard import merge_estimates, method_shard
 from lightning_saliency.generalization.stability_fidelity import fidelity_statistics
 
-from . import _logging, _setup
+from . import _logging, _media, _setup
 from ._probes import ProbeSet
 from ._run import MonitorRun
 from ._settings import MonitorSettings
@@ -222,6 +222,8 @@ def monitor(
     bar = _logging.MonitorProgress(trainer, len({s.pixel_twin for s in settings.specs}), epoch)
     start = time.perf_counter()
     with run.profiling(settings.profile, pl_module.device):
+        with _timing.stage("images"):  # the previous epoch's media, if still rendering
+            run.media.wait()
         try:
             every = settings.families_every_n_epochs
             opt_in = stage != "fit" or len(run.logged_epochs) % every == 0 or (
@@ -259,4 +261,24 @@ def _log_epoch(
         (len(run.logged_epochs) - 1) % every == 0 or is_last_epoch(trainer, epoch)))  # fmt: skip
     if images_due:
         with _timing.stage("images"):
-            _logging.log_run_media(settings, run, trainer, result, step, k_models, epoch)
+            log_run_media(settings, run, trainer, result, step, k_models, epoch)
+
+
+def log_run_media(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer,
+                  result: EpochEvaluation, step: int, k_models: int, epoch: int) -> None:  # fmt: skip
+    """Map grids of the first test probes and the epoch's figures, to every media logger:
+    from ``run.media``'s thread when every media logger is TensorBoard, else right here
+    (W&B and MLflow steps must not go back)."""
+    probes = run.probes
+    if probes is None or probes.images is None or not _logging.has_media_logger(trainer):
+        return
+    job = _media.media_job(result, settings.specs, probes, settings.num_images, step, k_models,
+                           epoch)  # fmt: skip
+
+    def work() -> None:
+        _logging.log_images(trainer, _media.render(job), job.step)
+
+    if _logging.only_tensorboard_media(trainer):
+        run.media.submit(work)
+    else:
+        work()

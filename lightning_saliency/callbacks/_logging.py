@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,13 @@ from lightning_saliency.generalization import (
     EpochEvaluation,
     Estimate,
     MetricKey,
-    figure_tag,
     format_headline,
     headline,
-    image_tag,
     nonfinite_key,
 )
 from lightning_saliency.generalization.studies import is_plain_baseline
 
-from . import _setup, _tensorboard
+from . import _setup
 from ._numerics import numerics_line
 from ._run import MonitorRun
 from ._settings import MonitorSettings
@@ -51,9 +48,8 @@ __all__ = [
     "has_media_logger",
     "is_headline",
     "log_images",
-    "log_media",
-    "log_run_media",
     "log_scalars",
+    "only_tensorboard_media",
     "print_summary",
     "purge_tensorboard_after",
     "schedule_note",
@@ -74,6 +70,13 @@ def _logger_kind(logger: Any) -> str:
 def has_media_logger(trainer: pl.Trainer) -> bool:
     """Whether any logger of the trainer can show images (TensorBoard, W&B, MLflow)."""
     return any(_logger_kind(lg) != "other" for lg in trainer.loggers)
+
+
+def only_tensorboard_media(trainer: pl.Trainer) -> bool:
+    """Whether every logger that shows images is a TensorBoard logger (whose event writer
+    may be written from another thread, :mod:`._media`)."""
+    kinds = {_logger_kind(lg) for lg in trainer.loggers} - {"other"}
+    return kinds == {"tensorboard"}
 
 
 def log_images(trainer: pl.Trainer, images: Mapping[str, np.ndarray], step: int) -> None:
@@ -308,30 +311,6 @@ def add_layout(trainer: pl.Trainer, specs: Sequence[MethodSpec], k_models: int, 
             logger.experiment.add_custom_scalars(layout)
 
 
-def log_media(trainer: pl.Trainer, result: EpochEvaluation, specs: Sequence[MethodSpec],
-              probes: Any, num_images: int, step: int, k_models: int, epoch: int) -> None:  # fmt: skip
-    """Map grids of the first test probes and the epoch's figures, to every media logger."""
-    if not has_media_logger(trainer):
-        return
-    test = probes.part("test")
-    rows = slice(test.start, test.start + min(num_images, test.stop - test.start))
-    images = {
-        image_tag(label): _tensorboard.map_grid(probes.images[rows].cpu(), maps[:, rows].cpu(),
-                                                k_models, title=f"{label}, epoch {epoch}")
-        for label, maps in result.maps.items()
-    }
-    stage = next(iter(result.estimates)).stage if result.estimates else "fit"
-    try:
-        figures = _tensorboard.figures(result.estimates, specs, stage, epoch)
-    except Exception as err:  # a broken figure must never stop training
-        warnings.warn(f"InterpretationGeneralization: could not draw figures: {err}", stacklevel=2)
-        figures = {}
-    for name, fig in figures.items():
-        images[figure_tag(name)] = _tensorboard.figure_array(fig)
-        _tensorboard.close(fig)
-    log_images(trainer, images, step)
-
-
 def fit_summary(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer) -> None:
     """End of fit: the HParams record and the printed summary (rank 0)."""
     if not trainer.is_global_zero or run.last is None:
@@ -345,6 +324,9 @@ def fit_summary(settings: MonitorSettings, run: MonitorRun, trainer: pl.Trainer)
                                   trainer.strategy.root_device)  # fmt: skip
     if settings.profile:  # where the monitor's time went (issue 21)
         text += "\n" + "\n".join(run.times.lines(len(run.logged_epochs)))
+        if run.media.jobs:  # the worker thread's own time, beside the training thread's
+            text += (f"\nmedia rendered in a background thread: {run.media.cpu / run.media.jobs:.3f} s "
+                     f"cpu per image epoch ({run.media.jobs} epochs; not in the total above)")  # fmt: skip
     print_summary(trainer, text)
 
 
@@ -354,17 +336,3 @@ def add_run_layout(settings: MonitorSettings, run: MonitorRun, trainer: pl.Train
         k = len(_setup.models_of(trainer.lightning_module, settings.is_ensemble))
         add_layout(trainer, settings.specs, k, run.reference is not None, run.families,
                    settings.tensorboard_scalars)  # fmt: skip
-
-
-def log_run_media(
-    settings: MonitorSettings,
-    run: MonitorRun,
-    trainer: pl.Trainer,
-    result: EpochEvaluation,
-    step: int,
-    k_models: int,
-    epoch: int,
-) -> None:
-    if run.probes is not None and run.probes.images is not None:
-        log_media(trainer, result, settings.specs, run.probes, settings.num_images,
-                  step, k_models, epoch)  # fmt: skip

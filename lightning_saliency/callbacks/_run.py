@@ -22,6 +22,7 @@ from lightning_saliency.generalization import EpochEvaluation, Estimate, MetricK
 from lightning_saliency.generalization._timing import StageTimes
 from lightning_saliency.generalization.record import RunRecord
 
+from ._media import MediaWorker
 from ._probes import ProbeSet
 from ._schedule import Schedule
 from ._settings import MonitorSettings
@@ -79,6 +80,7 @@ class MonitorRun:
     epoch_monitor: float = 0.0  # seconds the monitor took in the current epoch
     done: set[str] = field(default_factory=set)  # one-time actions done (warnings, layout)
     times: StageTimes = field(default_factory=StageTimes)  # per-stage seconds (``profile``)
+    media: MediaWorker = field(default_factory=MediaWorker)  # grids and figures, off-thread
 
     @classmethod
     def fresh(cls, settings: MonitorSettings) -> MonitorRun:

@@ -341,7 +341,19 @@ class InterpretationGeneralization(Callback):
         self._monitor(trainer, pl_module, epoch=trainer.current_epoch, stage="test")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.run.media.wait()  # the last epoch's images are written before the summary
         _logging.fit_summary(self.config, self.run, trainer)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.run.media.close()  # before the loggers are finalized: no image is lost
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        try:  # the images rendered so far reach the logger; the fit's own error goes on
+            self.run.media.close()
+        except Exception as err:
+            warnings.warn(f"InterpretationGeneralization: media not written: {err}", stacklevel=2)
 
     # ------------------------------------------------------------------ work
     def evaluate(
