@@ -103,15 +103,15 @@ def render(job: MediaJob) -> dict[str, np.ndarray]:
 class MediaWorker:
     """One background thread for media, at most one job in flight (see the module).
 
-    ``cpu`` and ``wall`` sum the worker thread's own seconds over its ``jobs``. Pickling
-    (DDP spawn, deep copies) keeps those sums and drops the thread, which a copy restarts
+    ``cpu`` sums the worker thread's own CPU seconds over its ``jobs``. Pickling
+    (DDP spawn, deep copies) keeps that sum and drops the thread, which a copy restarts
     on its first :meth:`submit`.
     """
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
-        self.cpu = self.wall = 0.0
+        self.cpu = 0.0
         self.jobs = 0
 
     def submit(self, fn: Callable[[], None]) -> None:
@@ -125,8 +125,7 @@ class MediaWorker:
         """Block until the job in flight is done; re-raise its error here, if it had one."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            cpu, wall = pending.result()
-            self.cpu, self.wall, self.jobs = self.cpu + cpu, self.wall + wall, self.jobs + 1
+            self.cpu, self.jobs = self.cpu + pending.result(), self.jobs + 1
 
     def close(self) -> None:
         """:meth:`wait`, then stop the thread (a later :meth:`submit` starts a new one)."""
@@ -138,14 +137,15 @@ class MediaWorker:
                 self._pool = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"cpu": self.cpu, "wall": self.wall, "jobs": self.jobs}
+        return {"cpu": self.cpu, "jobs": self.jobs}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()  # type: ignore[misc]
-        self.cpu, self.wall, self.jobs = state["cpu"], state["wall"], state["jobs"]
+        self.cpu, self.jobs = state["cpu"], state["jobs"]
 
 
-def _timed(fn: Callable[[], None]) -> tuple[float, float]:
-    cpu0, wall0 = time.thread_time(), time.perf_counter()
+def _timed(fn: Callable[[], None]) -> float:
+    """Run ``fn``; the calling thread's CPU seconds it took."""
+    cpu0 = time.thread_time()
     fn()
-    return time.thread_time() - cpu0, time.perf_counter() - wall0
+    return time.thread_time() - cpu0
