@@ -110,10 +110,11 @@ def test_report_and_unknown_steps(tmp_path: Path) -> None:
         (tmp_path / "runs" / "cifar-v2" / name).mkdir(parents=True)
     rc, err, calls = _drive(tmp_path, "report")
     assert rc == 0, err
+    bar = ["--min-accuracy", "0.85@sf2"]  # the protocol's 85% bar for the plain recipe at sf 2
     assert calls == [
         ["report", "runs/cifar-v2/sf2", "runs/cifar-v2/sf16", "--out",
-         "reports/cifar-v2/split_factor"],
-        ["report", "runs/cifar-v2/sf2", "--out", "reports/cifar-v2/methods"],
+         "reports/cifar-v2/split_factor", *bar],
+        ["report", "runs/cifar-v2/sf2", "--out", "reports/cifar-v2/methods", *bar],
         ["report", "runs/cifar-v2/sn4", "--out", "reports/cifar-v2/spectral_norm"],
     ]
     rc, err, _ = _drive(tmp_path, "sf3")

@@ -37,6 +37,7 @@ import argparse
 
 from lightning_saliency.generalization import STAGES
 
+from .accuracy import AccuracyBar
 from .markdown import REPORT_FIELDS, build_studies, write_report
 from .runs import LEGACY_CSV_FIELDS, Run, find_runs, load_run, load_runs
 from .studies import ALL_STUDIES
@@ -47,6 +48,7 @@ __all__ = [
     "LEGACY_CSV_FIELDS",
     "REPORT_FIELDS",
     "STUDIES",
+    "AccuracyBar",
     "Column",
     "Row",
     "Run",
@@ -80,13 +82,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder")
     parser.add_argument("--epoch", type=int, default=None,
                         help="monitored epoch to read from every run (default: each run's last complete one)")  # fmt: skip
+    parser.add_argument("--min-accuracy", action="append", default=[], metavar="BAR",
+                        help="set apart runs whose models' test accuracy (val/model_<k>/acc at the read "
+                        "epoch) is below BAR or cannot be read: a fraction (0.85: every run) or "
+                        "0.85@sf2 (runs at split factor 2 without spectral normalization); repeatable")  # fmt: skip
     parser.add_argument("--stage", choices=STAGES, default="fit",
                         help="rows to read: those written while training (fit, the default) or by a "
                         "`lightning-saliency validate/test` run of a trained checkpoint")  # fmt: skip
     args = parser.parse_args(argv)
     try:
+        bars = [AccuracyBar.parse(text) for text in args.min_accuracy]
         runs = load_runs(args.runs, epoch=args.epoch, stage=args.stage)
-        report = write_report(runs, args.out)
+        report = write_report(runs, args.out, bars)
     except ValueError as err:
         parser.error(str(err))
     print(f"wrote {report} ({len(runs)} run(s))")

@@ -12,6 +12,7 @@ from typing import Any
 
 from lightning_saliency.generalization import Estimate
 
+from .accuracy import AccuracyBar
 from .answer import answer_lines
 from .replicates import SetApart, select_replicates
 from .runs import Run
@@ -94,23 +95,30 @@ def _verdicts(runs: Sequence[Run]) -> list[str]:
     return [*md, ""]
 
 
-def _set_apart(apart: Sequence[SetApart]) -> list[str]:
-    """The runs left out of every table and verdict, and why (also a warning)."""
+def _set_apart(apart: Sequence[SetApart], bars: Sequence[AccuracyBar] = ()) -> list[str]:
+    """The accuracy bars, the runs left out of every table and verdict, and why (also a
+    warning)."""
+    md = [f"Accuracy bar: {bar.describe()}; a run below it, or whose accuracy cannot be "
+          "read, is set apart." for bar in bars]  # fmt: skip
+    md += [""] if md else []
     if not apart:
-        return []
+        return md
     for run, why in apart:
         warnings.warn(f"report: run {run.name} is set apart: {why}", stacklevel=3)
-    md = ["## Set apart (not in any table or verdict)", "",
-          "These runs are not further replicates; the tables and verdicts leave them out.", "",
-          "| run | why |", "|---|---|"]  # fmt: skip
+    md += ["## Set apart (not in any table or verdict)", "",
+           "These runs are not further replicates, or miss a stated accuracy bar; the tables "
+           "and verdicts leave them out.", "", "| run | why |", "|---|---|"]  # fmt: skip
     return [*md, *(f"| {md_escape(r.name)} | {md_escape(why)} |" for r, why in apart), ""]
 
 
-def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
+def write_report(
+    runs: Sequence[Run], out_dir: str | os.PathLike[str], bars: Sequence[AccuracyBar] = ()
+) -> Path:
     """Write ``report.md``, ``report.csv`` and one PNG per study with data into ``out_dir``.
 
     ``report.md`` opens with the answer (:mod:`~lightning_saliency.report.answer`); a study
-    without data prints nothing. Returns the path of ``report.md``.
+    without data prints nothing; runs failing one of ``bars`` (``--min-accuracy``) are set
+    apart. Returns the path of ``report.md``.
 
     >>> write_report(load_runs("runs/smoothgrad"), "reports/smoothgrad")  # doctest: +SKIP
     PosixPath('reports/smoothgrad/report.md')
@@ -119,8 +127,8 @@ def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str]) -> Path:
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {str(out)!r} is a file; expected a folder")
     out.mkdir(parents=True, exist_ok=True)
-    runs, apart = select_replicates(runs)
-    md = ["# lightning-saliency report", "", *answer_lines(runs), *_set_apart(apart),
+    runs, apart = select_replicates(runs, bars)
+    md = ["# lightning-saliency report", "", *answer_lines(runs), *_set_apart(apart, bars),
           "## Runs", ""]
     stages = sorted({r.stage for r in runs} - {"fit"})
     if stages:

@@ -9,7 +9,9 @@ if it is another draw: :func:`select_replicates` sets apart (and the report list
 - a run of a setting whose *effective* seeds (``identity.json``, else the config's
   ``seed_everything``, ``init_seed``, ``split_seed``, ``data_seed``) repeat another run's,
 - a run read at another epoch than the rest of its setting (a run stopped early): a setting
-  is compared at one stated epoch, the one most of its runs reached (the latest on a tie).
+  is compared at one stated epoch, the one most of its runs reached (the latest on a tie),
+- with accuracy bars (``--min-accuracy``, :mod:`~lightning_saliency.report.accuracy`), a run
+  held to a bar whose models fall below it, or whose accuracy cannot be read.
 
 The choice never depends on the order the runs were given in (runs are taken by name).
 """
@@ -27,6 +29,7 @@ from lightning_saliency._identity import IDENTITY_NAME, effective_seeds
 from lightning_saliency.generalization import CSV_NAME
 
 from ._safe_yaml import load_yaml_file
+from .accuracy import AccuracyBar
 from .runs import Run
 
 __all__ = ["SetApart", "run_seeds", "select_replicates"]
@@ -60,16 +63,23 @@ def _stated_epoch(members: Sequence[Run]) -> int:
     return max(counts, key=lambda e: (counts[e], e))
 
 
-def select_replicates(runs: Sequence[Run]) -> tuple[list[Run], list[SetApart]]:
+def select_replicates(
+    runs: Sequence[Run], bars: Sequence[AccuracyBar] = ()
+) -> tuple[list[Run], list[SetApart]]:
     """``(kept, set_apart)``: the runs the tables and verdicts use, and the others with why.
 
     ``kept`` keeps the given order; which run of two duplicates stays is decided by name.
+    A run failing one of ``bars`` is set apart first (it is no replicate of anything).
     """
     ordered = sorted(runs, key=lambda r: (r.name, str(r.path)))
     apart: dict[int, str] = {}
+    for run in ordered:
+        failures = [why for why in (bar.failure(run) for bar in bars) if why]
+        if failures:
+            apart[id(run)] = "; ".join(failures)
     first_csv: dict[str, Run] = {}
     for run in ordered:
-        digest = _csv_hash(run)
+        digest = None if id(run) in apart else _csv_hash(run)
         if digest is None:
             continue
         if digest in first_csv:
