@@ -156,3 +156,38 @@ def test_labels_and_names_are_escaped_in_markdown(tmp_path: Path) -> None:
     main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     md = (tmp_path / "out" / "report.md").read_text()
     assert "<b>" not in md and "x\\|&lt;b&gt;y" in md
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_the_detectable_effect_is_detected_80_percent_of_the_time(k: int) -> None:
+    """Simulated designs (scipy's one-sample t test, an independent reference): k seeds with
+    sd 1 and a true effect equal to ``detectable_effect`` reject 0 in 80% of 40,000 draws;
+    an effect equal to the half-width, in a little over half (61% at 3 seeds, 55% at 5)."""
+    from lightning_saliency.report.intervals import detectable_effect
+
+    se = 1.0 / math.sqrt(k)
+    effect = detectable_effect(Estimate(0.0, se, -1.0, 1.0, k, method="seeds"))
+    rng = np.random.default_rng(0)
+    draws = rng.normal(effect, 1.0, size=(40_000, k))
+    rejected = stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05
+    assert rejected.mean() == pytest.approx(0.8, abs=0.01)
+    half = stats.t.ppf(0.975, k - 1) * se
+    at_half = stats.ttest_1samp(rng.normal(half, 1.0, size=(40_000, k)), 0.0, axis=1).pvalue < 0.05
+    assert at_half.mean() == pytest.approx({3: 0.61, 5: 0.55}[k], abs=0.015)
+    assert math.isnan(detectable_effect(Estimate(0.0, se, -1.0, 1.0, 1, method="seeds")))
+    assert math.isnan(detectable_effect(None))
+    with pytest.raises(ValueError, match="power"):
+        detectable_effect(Estimate(0.0, se, -1.0, 1.0, k, method="seeds"), power=1.0)
+
+
+def test_the_verdicts_state_the_effect_each_design_detects(tmp_path: Path) -> None:
+    d = _studies(tmp_path / "runs")
+    main([str(d["sf16"]), str(d["sf2"]), "--out", str(tmp_path / "out")])
+    table = _verdicts((tmp_path / "out" / "report.md").read_text())
+    assert "| detectable (80% power) |" in table
+    line = next(ln for ln in table.splitlines() if ln.startswith("| a |"))
+    detectable = float(line.split("|")[5])
+    # sf16 - sf2 per seed: -0.2, -0.24, -0.14 (2 df); 5.6535 * se is the noncentrality at
+    # which a 2-df two-sided 5% t test has 80% power (checked by simulation above)
+    se = np.array([-0.2, -0.24, -0.14]).std(ddof=1) / math.sqrt(3)
+    assert detectable == pytest.approx(5.6535 * se, abs=1e-4)
