@@ -30,6 +30,11 @@ SEEDS=${SEEDS:-"0 1 2 3 4"}  # version 2: the power study's seed rule chose 5
 EPOCHS=${EPOCHS:-20}  # the monitor's every_n_epochs (cifar_studies.yaml) must equal it
 ROOT=runs/cifar-v2
 CFG=configs/experiments/cpu
+if ! command -v "$CLI" >/dev/null; then  # before any fit: a missing CLI used to stop mid-queue
+  echo "run_cifar_studies.sh: '$CLI' not found; activate the environment that installed" \
+    "lightning-saliency (. .venv/bin/activate) or set CLI=/path/to/lightning-saliency" >&2
+  exit 2
+fi
 mkdir -p "$ROOT"
 
 fit() {  # fit <name> <seed> [extra CLI arguments]

@@ -155,3 +155,12 @@ def test_a_fit_locked_by_another_driver_is_skipped_not_moved(tmp_path: Path) -> 
     rc, err, calls = _drive(tmp_path, "sf2", SEEDS="0 1")  # the lock released: seed 0 runs
     assert rc == 0, err
     assert [_opt(a, "--seed_everything") for a in calls] == ["0"]
+
+
+def test_a_missing_cli_is_refused_before_any_fit(tmp_path: Path) -> None:
+    """The driver used to start the queue and stop at the first fit with /usr/bin/time's
+    'cannot run'; now it names the cause and touches nothing."""
+    rc, err, calls = _drive(tmp_path, "sf2", CLI=str(tmp_path / "no-such-cli"))
+    assert rc == 2 and calls == []
+    assert "not found; activate the environment" in err
+    assert not (tmp_path / "runs").exists()
