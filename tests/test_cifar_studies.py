@@ -23,6 +23,9 @@ FAKE_CLI = """\
 import json, os, sys
 with open(os.environ["CALLS"], "a") as fh:
     fh.write(json.dumps(sys.argv[1:]) + "\\n")
+if "THREADS_OUT" in os.environ:
+    with open(os.environ["THREADS_OUT"], "a") as fh:
+        fh.write(os.environ.get("OMP_NUM_THREADS", "unset") + "\\n")
 """
 
 
@@ -164,3 +167,36 @@ def test_a_missing_cli_is_refused_before_any_fit(tmp_path: Path) -> None:
     assert rc == 2 and calls == []
     assert "not found; activate the environment" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_every_fit_runs_on_one_thread_whatever_the_environment_says(tmp_path: Path) -> None:
+    """Training's sums depend on the thread count (a control re-run with 2 threads moved
+    per-seed numbers by up to 0.003): the driver pins one thread and says so."""
+    threads = tmp_path / "threads.txt"
+    rc, err, calls = _drive(tmp_path, "sf2", SEEDS="0 1", OMP_NUM_THREADS="2", THREADS_OUT=str(threads))
+    assert rc == 0, err
+    assert len(calls) == 2 and threads.read_text().split() == ["1", "1"]
+    assert "OMP_NUM_THREADS=2 ignored: the protocol's fits run on one thread" in err
+
+
+def test_the_controls_driver_runs_every_arm_on_one_thread(tmp_path: Path) -> None:
+    """benchmarks/run_controls.sh: the four arms of a seed, one thread each, in its ROOT."""
+    script = REPO / "benchmarks" / "run_controls.sh"
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copy(script, tmp_path / "benchmarks" / script.name)
+    cli = tmp_path / "cli"
+    cli.write_text(f"#!{sys.executable}\n{FAKE_CLI}")
+    cli.chmod(0o755)
+    calls, threads = tmp_path / "calls.jsonl", tmp_path / "threads.txt"
+    proc = subprocess.run(
+        ["bash", str(tmp_path / "benchmarks" / script.name)],
+        env={**os.environ, "CLI": str(cli), "CALLS": str(calls), "THREADS_OUT": str(threads),
+             "OMP_NUM_THREADS": "4", "DATASETS": "digits", "SEEDS": "3", "ROOT": "r"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    argvs = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [a[a.index("--trainer.logger.init_args.version") + 1] for a in argvs] == [
+        "clean-seed3", "shortcut-seed3", "memorize-seed3", "shift-seed3"]
+    assert threads.read_text().split() == ["1"] * 4
+    assert "OMP_NUM_THREADS=4 ignored" in proc.stderr
