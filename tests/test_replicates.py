@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 import shutil
 from pathlib import Path
@@ -191,3 +192,43 @@ def test_the_verdicts_state_the_effect_each_design_detects(tmp_path: Path) -> No
     # which a 2-df two-sided 5% t test has 80% power (checked by simulation above)
     se = np.array([-0.2, -0.24, -0.14]).std(ddof=1) / math.sqrt(3)
     assert detectable == pytest.approx(5.6535 * se, abs=1e-4)
+
+
+def _spelled(folder: Path, asked: str | None, ran: str | None) -> None:
+    """Set the monitor's ``precision`` as the config spells it (None: the option absent, a
+    version before it) and as the run recorded it in ``methods.json`` (None: no record)."""
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    args = cfg["trainer"]["callbacks"][0]["init_args"]
+    args.pop("precision", None)
+    if asked is not None:
+        args["precision"] = asked
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    record: dict = {"methods": [{"method": "simple_grad", "label": "simple_grad"}]}
+    if ran is not None:
+        record["settings"] = {"fit": {"precision": ran, "methods": ["simple_grad"]}}
+    (folder / "methods.json").write_text(json.dumps(record))
+
+
+def test_a_default_spelled_otherwise_that_ran_the_same_does_not_split_a_setting(
+    tmp_path: Path,
+) -> None:
+    """The driver's sf-2 seeds 0-1 ran with ``precision: '32'`` (the old default), seeds 2-4
+    with ``'auto'`` (the new one), all on a CPU, where ``auto`` is float32 and the record says
+    ``"32"``: one setting, and the verdict is computed. ``auto`` that ran as bf16 (a CUDA run)
+    is another setting, and a run recorded without settings keeps its config's spelling."""
+    root = tmp_path / "runs"
+    runs = [_run(root / f"s{s}", 2, s, 0.30 + 0.01 * s) for s in range(3)]
+    _spelled(runs[0], "32", "32")
+    _spelled(runs[1], "auto", "32")
+    _spelled(runs[2], "auto", "32")
+    loaded = load_runs(root)
+    assert len({r.signature for r in loaded}) == 1
+    assert '"precision": "32"' in str(loaded[0].signature)
+    _spelled(runs[2], "auto", "bf16")
+    assert len({r.signature for r in load_runs(root)}) == 2
+    _spelled(runs[2], "auto", None)  # no record: 'auto' as spelled, unlike the others' '32'
+    assert len({r.signature for r in load_runs(root)}) == 2
+    _spelled(runs[2], None, "32")  # an option the config does not name is not added
+    assert len({r.signature for r in load_runs(root)}) == 2
+    _spelled(runs[2], "32", None)
+    assert len({r.signature for r in load_runs(root)}) == 1

@@ -85,6 +85,7 @@ from .record import (
     parse_csv_row,
     read_csv,
     read_methods,
+    read_settings,
 )
 from .schema import (
     AGREEMENT_METRICS,
@@ -200,6 +201,7 @@ __all__ = [
     "randomized_copies",
     "read_csv",
     "read_methods",
+    "read_settings",
     "smooth_randomization_values",
     "smoothed_maps",
     "split_statistics",

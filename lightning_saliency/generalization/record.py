@@ -48,6 +48,7 @@ __all__ = [
     "parse_csv_row",
     "read_csv",
     "read_methods",
+    "read_settings",
 ]
 
 #: The callback's CSV in the run folder.
@@ -384,3 +385,18 @@ def read_methods(folder: str | os.PathLike[str]) -> list[dict[str, Any]] | None:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{str(path)!r} does not hold method specs: {err}") from err
     return entries
+
+
+def read_settings(folder: str | os.PathLike[str], stage: str = "fit") -> dict[str, Any] | None:
+    """The monitor's settings of ``stage`` as its run recorded them in ``methods.json``, with
+    device-dependent values resolved (``precision="auto"`` recorded as what ran, e.g.
+    ``"32"``); None when the folder has no such record (a version before it)."""
+    path = Path(folder) / METHODS_NAME
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8-sig")).get("settings", {})
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{str(path)!r} is not a methods record: {err}") from err
+    chosen = settings.get(stage) if isinstance(settings, dict) else None
+    return dict(chosen) if isinstance(chosen, dict) else None

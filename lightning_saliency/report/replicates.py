@@ -1,7 +1,8 @@
 """Which runs are replicates: the report's grouping rule, in one place.
 
 Runs are seed replicates of one *setting* when their configs are equal without the seeds
-(:attr:`~lightning_saliency.report.runs.Run.signature`). A replicate adds information only
+(:attr:`~lightning_saliency.report.runs.Run.signature`), the monitor's arguments read as its
+run recorded them (``precision="auto"`` that ran as float32 equals ``"32"``). A replicate adds information only
 if it is another draw: :func:`select_replicates` sets apart (and the report lists, loudly)
 
 - a run whose interpretation CSV is byte-identical to another's (a copied folder, or seeds

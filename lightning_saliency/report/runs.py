@@ -30,6 +30,7 @@ from lightning_saliency.generalization.record import (
     choose_epoch,
     read_csv,
     read_methods,
+    read_settings,
 )
 
 __all__ = ["CONTROL_OPTIONS", "LEGACY_CSV_FIELDS", "SEED_KEYS", "Run", "find_runs", "load_run",
@@ -257,6 +258,36 @@ def _signature(config: Mapping[str, Any], drop: tuple[tuple[str, ...], ...] = ()
     return json.dumps(cfg, sort_keys=True)
 
 
+def _as_run(config: Mapping[str, Any], recorded: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``config`` with the monitor's scalar arguments replaced by the values its run recorded
+    (``methods.json``): a setting is what ran, not how it was spelled, so ``precision="auto"``
+    run on a CPU (recorded ``"32"``) is a replicate of ``precision="32"``, and on CUDA
+    (recorded ``"bf16"``) is not. Arguments the record lacks (an older version) stay.
+
+    >>> cfg = {"trainer": {"callbacks": [{"class_path": "x.InterpretationGeneralization",
+    ...        "init_args": {"precision": "auto", "topk": 0.1}}]}}
+    >>> _as_run(cfg, {"precision": "32"})["trainer"]["callbacks"][0]["init_args"]
+    {'precision': '32', 'topk': 0.1}
+    """
+    trainer = config.get("trainer")
+    callbacks = trainer.get("callbacks") if isinstance(trainer, Mapping) else None
+    if not recorded or not isinstance(callbacks, list):
+        return dict(config)
+
+    def scalar(value: Any) -> bool:
+        return not isinstance(value, (list, dict))
+
+    out = []
+    for cb in callbacks:
+        args = cb.get("init_args") if isinstance(cb, Mapping) else None
+        if isinstance(args, Mapping) and str(cb.get("class_path", "")).endswith(_CALLBACK):
+            args = {k: recorded[k] if k in recorded and scalar(v) and scalar(recorded[k]) else v
+                    for k, v in args.items()}  # fmt: skip
+            cb = {**cb, "init_args": args}
+        out.append(cb)
+    return {**config, "trainer": {**trainer, "callbacks": out}}  # type: ignore[dict-item]
+
+
 def _facts(config: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, Any]:
     model, data = _init_args(config.get("model")), _init_args(config.get("data"))
 
@@ -308,6 +339,7 @@ def load_run(
         raise ValueError(f"{str(csv_path)!r} has no {stage}-stage rows{hint}")
     config = _read_yaml(folder / "config.yaml")
     specs = _specs(folder, config)
+    recorded = read_settings(folder, stage) or read_settings(folder, "fit")
     chosen = choose_epoch(by_epoch, stage, epoch, str(folder))
     return Run(
         name=folder.name if name is None else name,
@@ -317,7 +349,7 @@ def load_run(
         stage=stage,
         estimates=by_epoch[chosen],
         specs=specs,
-        **_facts(config, _read_yaml(folder / "hparams.yaml")),
+        **_facts(_as_run(config, recorded), _read_yaml(folder / "hparams.yaml")),
     )
 
 
