@@ -232,3 +232,37 @@ def test_a_default_spelled_otherwise_that_ran_the_same_does_not_split_a_setting(
     assert len({r.signature for r in load_runs(root)}) == 2
     _spelled(runs[2], "32", None)
     assert len({r.signature for r in load_runs(root)}) == 1
+
+
+def test_a_number_one_seed_did_not_log_does_not_split_its_setting(tmp_path: Path) -> None:
+    """Seed 0 of the CIFAR-10 re-run was written before the input-bounds share existed: its
+    AdaptGrad row held None where seeds 1 and 4 held an Estimate, so the seed table split the
+    setting into a one-seed row and a two-seed row (whose share was averaged over 2 of 3
+    seeds under a "2 seeds" label). Now: one row of 3 seeds; the numbers every seed logged
+    are averaged over all three, the share is NaN with the count of seeds that lack it."""
+    from types import SimpleNamespace
+
+    from lightning_saliency.report.seeds import seed_table
+    from lightning_saliency.report.table import Row, Table
+
+    def est(v: float) -> Estimate:
+        return Estimate(v, 0.001, v - 0.002, v + 0.002, 64)
+
+    rows = [Row(name, {"method": "adapt_grad_c0.95", "variant": "adapt", "gini": est(g),
+                       "share": None if name == "seed0" else est(0.0036)})
+            for name, g in (("seed0", 0.3883), ("seed1", 0.3819), ("seed4", 0.3838))]  # fmt: skip
+    runs = [SimpleNamespace(name=r.run, signature="sf2") for r in rows]
+    table = seed_table(Table("adaptgrad", (), rows, x="variant", x_name="variant"), runs)
+    assert table is not None and len(table.rows) == 1
+    (row,) = table.rows
+    assert row.run == "3 seeds: seed0, seed1, seed4" and row["variant"] == "adapt"
+    gini, ref = row.estimate("gini"), stats.t.interval(0.95, 2, loc=np.mean([0.3883, 0.3819, 0.3838]),
+                                                        scale=stats.sem([0.3883, 0.3819, 0.3838]))  # fmt: skip
+    assert gini is not None and gini.n == 3 and gini.lo == pytest.approx(ref[0])
+    share = row.estimate("share")
+    assert share is not None and math.isnan(share.value) and (share.n, share.nonfinite) == (3, 1)
+    # a label that differs still separates rows (identity is every cell that is no number)
+    rows[2] = Row("seed4", {**rows[2].cells, "variant": "smooth"})
+    split = seed_table(Table("adaptgrad", (), rows, x="variant", x_name="variant"), runs)
+    assert split is not None and sorted(r.run for r in split.rows) == ["2 seeds: seed0, seed1",
+                                                                        "seed4"]  # fmt: skip

@@ -12,6 +12,7 @@ intervals do not cover. Verdicts use these intervals. Which runs count as replic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from lightning_saliency.generalization import Estimate
@@ -26,14 +27,17 @@ __all__ = ["seed_level", "seed_table"]
 def seed_level(
     values: Sequence[Estimate | None], bounds: tuple[float, float] | None = None
 ) -> Estimate | None:
-    """Mean and seed-level 95% interval of one number over k runs (NaN if any is undefined;
-    ``bounds``: its range, kept by the interval, :func:`~.intervals.t_interval`).
+    """Mean and seed-level 95% interval of one number over k runs (NaN with a count if any is
+    undefined or was not logged; ``bounds``: its range, kept by the interval,
+    :func:`~.intervals.t_interval`).
 
     >>> e = seed_level([Estimate(v, 0.0, v, v, 32) for v in (0.1, 0.2, 0.3)])
     >>> round(e.value, 4), round(e.se, 4), e.n, e.method
     (0.2, 0.0577, 3, 'seeds')
+    >>> seed_level([Estimate(0.1, 0.0, 0.1, 0.1, 32), None, Estimate(0.3, 0.0, 0.3, 0.3, 32)])
+    Estimate(value=nan, se=nan, lo=nan, hi=nan, n=3, nonfinite=1, method='seeds')
     """
-    return t_interval([v.value for v in values if v is not None], bounds)
+    return t_interval([math.nan if v is None else v.value for v in values], bounds)
 
 
 def seed_table(table: Table, runs: Sequence[Run]) -> Table | None:
@@ -41,10 +45,13 @@ def seed_table(table: Table, runs: Sequence[Run]) -> Table | None:
     of a setting with one run, or of a run without a config, stays as it is (its intervals
     over probes, its run's name), so that the plot and summary drawn from this table show it."""
     signature = {r.name: r.signature for r in runs}
+    # a number one run did not log (None where others hold an Estimate) is missing, not part
+    # of the row's identity: it must not split the setting's seeds (its mean becomes NaN)
+    numbers = {k for row in table.rows for k, v in row.cells.items() if isinstance(v, Estimate)}
     groups: dict[tuple, list[Row]] = {}
     for row in table.rows:
         sig = signature.get(row.run) or f"run:{row.run}"  # no config: a setting of its own
-        ident = tuple((k, v) for k, v in row.cells.items() if not isinstance(v, Estimate))
+        ident = tuple((k, v) for k, v in row.cells.items() if k not in numbers)
         groups.setdefault((sig, ident), []).append(row)
     if not any(len(g) >= 2 for g in groups.values()):
         return None
