@@ -5,7 +5,7 @@
 # with the monitor configs/experiments/cpu/cifar_studies.yaml (the last epoch, the test-probe
 # count chosen by benchmarks/power_study.py), study (d) included (sn1, sn4). One CLI call per
 # fit; seed s (0-4) sets seed_everything, the models' init_seed and the data's split_seed. Runs go to
-# runs/cifar-v2 (version 1's runs/cifar stay apart). Under way (sf2 seed 0 done, 2026-12-05).
+# runs/cifar-v2 (version 1's runs/cifar stay apart). Progress and results: docs/results.md.
 #
 #   mkdir -p data && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C data   # once
 #   bash benchmarks/run_cifar_studies.sh                  # every fit, then the reports
