@@ -4,9 +4,11 @@ Pure functions (the Lightning side is :mod:`lightning_saliency._run_guard`). The
 run is its resolved config (model, data with every seed, the callbacks' settings, the trainer
 settings that shape the numbers) without the keys that only say where it is written, plus the
 code version; its ``fingerprint`` is the SHA-256 of that as canonical JSON, its ``setting`` the
-same without the seeds (seed replicates of one setting share it). ``identity.json`` in the run
-folder records it once, created exclusively, so two fits racing into one folder cannot both
-claim it.
+same without the seeds (seed replicates of one setting share it, as the config spells it: a
+default spelled ``"32"`` by one version and ``"auto"`` by the next differs here even where both
+ran alike; the report's replicate rule reads what ran, :mod:`lightning_saliency.report.runs`).
+``identity.json`` in the run folder records it once, created exclusively, so two fits racing
+into one folder cannot both claim it.
 
 >>> a = make_identity({"seed_everything": 0, "model": {"init_args": {"lr": 0.1}}}, run_id="a")
 >>> b = make_identity({"seed_everything": 1, "model": {"init_args": {"lr": 0.1}}}, run_id="b")
