@@ -115,10 +115,11 @@ def saturation(dm: Any, x: Tensor) -> dict[str, float]:
     }  # fmt: skip
 
 
-def maps_of(model: DisjointEnsemble, x: Tensor, y: Tensor, rng: tuple[float, float]) -> dict:
+def maps_of(model: DisjointEnsemble, x: Tensor, y: Tensor, rng: tuple[float, float],
+            methods: dict[str, dict[str, Any]] = METHODS) -> dict:  # fmt: skip
     """``{method: (K, N, C, H, W)}`` maps of every model (noise generator seeded 0)."""
     out = {}
-    for name, spec in METHODS.items():
+    for name, spec in methods.items():
         out[name] = torch.stack([
             compute_attribution(spec, m, x, y, input_range=rng,
                                 generator=torch.Generator().manual_seed(0))
