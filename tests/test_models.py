@@ -123,6 +123,30 @@ def test_unknown_name_lists_close_matches():
         build_backbone("tv:resnet_does_not_exist", num_classes=10)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"name": ""}, TypeError, "non-empty string"),
+        ({"name": 3}, TypeError, "non-empty string"),
+        ({"num_classes": 0}, ValueError, "num_classes must be an int >= 1"),
+        ({"num_classes": True}, ValueError, "num_classes must be an int >= 1"),
+        ({"in_chans": 2.0}, ValueError, "in_chans must be an int >= 1"),
+        ({"image_size": 0}, ValueError, "image_size must be None or an int >= 1"),
+        ({"pretrained": 1.5}, TypeError, "pretrained must be a bool or a path"),
+        ({"pretrained": True}, ValueError, "has no hub weights"),
+    ],
+)
+def test_bad_backbone_arguments_are_refused_before_building(kwargs, error, message):
+    arguments = {"name": "small_cnn", "num_classes": 10, **kwargs}
+    with pytest.raises(error, match=message):
+        build_backbone(**arguments)
+
+
+def test_a_name_with_spaces_builds_the_builtin():
+    net = build_backbone(" airbench ", num_classes=4, in_chans=1)
+    assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 4)
+
+
 def test_pretrained_local_state_dict_roundtrip(tmp_path):
     torch.manual_seed(1)
     src = build_backbone("small_cnn", num_classes=10, in_chans=1, width=4)

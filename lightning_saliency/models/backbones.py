@@ -189,6 +189,66 @@ def _build_torchvision(
     return model
 
 
+def _checked_arguments(
+    name: object,
+    num_classes: object,
+    in_chans: object,
+    pretrained: object,
+    image_size: object,
+) -> Path | None:
+    """Refuse bad :func:`build_backbone` arguments early; the local checkpoint's path, if any."""
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"backbone name must be a non-empty string, got {name!r}")
+    for arg, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+    ):
+        raise ValueError(f"image_size must be None or an int >= 1, got {image_size!r}")
+    if not isinstance(pretrained, (bool, str, os.PathLike)):
+        raise TypeError(
+            f"pretrained must be a bool or a path to a local checkpoint, got "
+            f"{type(pretrained).__name__}"
+        )
+    if isinstance(pretrained, bool):
+        return None
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained checkpoint {str(pretrained)!r} does not exist (or is not a file); "
+            "pass a path to a local .pth/.pt/.bin/.ckpt/.safetensors file, or True to "
+            "download hub weights"
+        )
+    return path
+
+
+def _build_builtin(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    download: bool,
+    image_size: int | None,
+    kwargs: dict[str, Any],
+) -> nn.Module:
+    """One of :data:`BUILTIN_BACKBONES` (no hub weights exist for them)."""
+    if download:
+        raise ValueError(
+            f"built-in backbone {name!r} has no hub weights; pass pretrained as a path to "
+            "a local checkpoint"
+        )
+    if name == "mlp":
+        if image_size is None:
+            raise ValueError(
+                "backbone 'mlp' needs image_size (its input is flattened to "
+                "in_chans * image_size**2 features)"
+            )
+        return MLP(in_chans * image_size * image_size, num_classes, **kwargs)
+    if name == "airbench":
+        return AirbenchCNN(in_chans=in_chans, num_classes=num_classes, **kwargs)
+    return SmallCNN(in_chans=in_chans, num_classes=num_classes, **kwargs)
+
+
 def build_backbone(
     name: str,
     num_classes: int,
@@ -231,49 +291,12 @@ def build_backbone(
     >>> build_backbone("resnet18", num_classes=10, in_chans=1)(torch.zeros(2, 1, 32, 32)).shape
     torch.Size([2, 10])
     """
-    if not isinstance(name, str) or not name.strip():
-        raise TypeError(f"backbone name must be a non-empty string, got {name!r}")
-    for arg, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
-    ):
-        raise ValueError(f"image_size must be None or an int >= 1, got {image_size!r}")
-    if not isinstance(pretrained, (bool, str, os.PathLike)):
-        raise TypeError(
-            f"pretrained must be a bool or a path to a local checkpoint, got "
-            f"{type(pretrained).__name__}"
-        )
-    path: Path | None = None
-    if not isinstance(pretrained, bool):
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"pretrained checkpoint {str(pretrained)!r} does not exist (or is not a file); "
-                "pass a path to a local .pth/.pt/.bin/.ckpt/.safetensors file, or True to "
-                "download hub weights"
-            )
+    path = _checked_arguments(name, num_classes, in_chans, pretrained, image_size)
     download = pretrained is True
     name = name.strip()
 
     if name in BUILTIN_BACKBONES:
-        if download:
-            raise ValueError(
-                f"built-in backbone {name!r} has no hub weights; pass pretrained as a path to "
-                "a local checkpoint"
-            )
-        if name == "mlp":
-            if image_size is None:
-                raise ValueError(
-                    "backbone 'mlp' needs image_size (its input is flattened to "
-                    "in_chans * image_size**2 features)"
-                )
-            model: nn.Module = MLP(in_chans * image_size * image_size, num_classes, **kwargs)
-        elif name == "airbench":
-            model = AirbenchCNN(in_chans=in_chans, num_classes=num_classes, **kwargs)
-        else:
-            model = SmallCNN(in_chans=in_chans, num_classes=num_classes, **kwargs)
+        model: nn.Module = _build_builtin(name, num_classes, in_chans, download, image_size, kwargs)
     elif name.startswith(_CIFAR_PREFIX):
         if download:
             raise ValueError(
