@@ -279,6 +279,47 @@ def _youden_max(dist: Tensor, positive: Tensor) -> Tensor:
     return (tpr + tnr - 1).max()
 
 
+def _checked_mege_inputs(
+    maps: Tensor, preds: Tensor, labels: Tensor, seen: Tensor | None, pairs: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+    """:func:`mege_reco`'s inputs checked, logits as labels, and the ``(K, N)`` non-finite mask."""
+    maps = _check_tensor(maps, "maps")
+    preds = _check_tensor(preds, "preds")
+    labels = _check_tensor(labels, "labels")
+    if maps.ndim < 3:
+        raise ValueError(
+            f"`maps` must be (K, N, ...) with at least 3 dims, got {tuple(maps.shape)}."
+        )
+    k, n = maps.shape[:2]
+    if k < 2:
+        raise ValueError(f"mege_reco needs maps of K >= 2 models, got K={k}.")
+    if pairs not in ("one_seen", "all"):
+        raise ValueError(f"`pairs` must be 'one_seen' or 'all', got {pairs!r}.")
+    logits = preds if preds.ndim == 3 else None
+    if logits is not None:
+        preds = logits.argmax(dim=2)
+    if preds.shape != (k, n):
+        raise ValueError(
+            f"`preds` must be (K, N) labels or (K, N, C) logits with (K, N)=({k}, {n}), "
+            f"got shape {tuple(preds.shape)}."
+        )
+    bad = ~finite_rows(maps.flatten(0, 1)).view(k, n)  # (K, N): non-finite map or logits
+    if logits is not None:
+        bad = bad | ~finite_rows(logits.flatten(0, 1)).to(bad.device).view(k, n)
+    if labels.shape != (n,):
+        raise ValueError(f"`labels` must have shape (N,)=({n},), got {tuple(labels.shape)}.")
+    if pairs == "one_seen":
+        if seen is None:
+            raise ValueError("`seen` (K, N) bool is required for pairs='one_seen'.")
+    if seen is not None:
+        seen = _check_tensor(seen, "seen")
+        if seen.dtype != torch.bool:
+            raise TypeError(f"`seen` must be a bool tensor, got dtype {seen.dtype}.")
+        if seen.shape != (k, n):
+            raise ValueError(f"`seen` must have shape (K, N)=({k}, {n}), got {tuple(seen.shape)}.")
+    return maps, preds, labels, seen, bad
+
+
 def mege_reco(
     maps: Tensor,
     preds: Tensor,
@@ -330,40 +371,8 @@ def mege_reco(
     >>> mege, reco
     (tensor(1.), tensor(1.))
     """
-    maps = _check_tensor(maps, "maps")
-    preds = _check_tensor(preds, "preds")
-    labels = _check_tensor(labels, "labels")
-    if maps.ndim < 3:
-        raise ValueError(
-            f"`maps` must be (K, N, ...) with at least 3 dims, got {tuple(maps.shape)}."
-        )
+    maps, preds, labels, seen, bad = _checked_mege_inputs(maps, preds, labels, seen, pairs)
     k, n = maps.shape[:2]
-    if k < 2:
-        raise ValueError(f"mege_reco needs maps of K >= 2 models, got K={k}.")
-    if pairs not in ("one_seen", "all"):
-        raise ValueError(f"`pairs` must be 'one_seen' or 'all', got {pairs!r}.")
-    logits = preds if preds.ndim == 3 else None
-    if logits is not None:
-        preds = logits.argmax(dim=2)
-    if preds.shape != (k, n):
-        raise ValueError(
-            f"`preds` must be (K, N) labels or (K, N, C) logits with (K, N)=({k}, {n}), "
-            f"got shape {tuple(preds.shape)}."
-        )
-    bad = ~finite_rows(maps.flatten(0, 1)).view(k, n)  # (K, N): non-finite map or logits
-    if logits is not None:
-        bad = bad | ~finite_rows(logits.flatten(0, 1)).to(bad.device).view(k, n)
-    if labels.shape != (n,):
-        raise ValueError(f"`labels` must have shape (N,)=({n},), got {tuple(labels.shape)}.")
-    if pairs == "one_seen":
-        if seen is None:
-            raise ValueError("`seen` (K, N) bool is required for pairs='one_seen'.")
-    if seen is not None:
-        seen = _check_tensor(seen, "seen")
-        if seen.dtype != torch.bool:
-            raise TypeError(f"`seen` must be a bool tensor, got dtype {seen.dtype}.")
-        if seen.shape != (k, n):
-            raise ValueError(f"`seen` must have shape (K, N)=({k}, {n}), got {tuple(seen.shape)}.")
     dtype = _compute_dtype(maps)
     device = maps.device
     correct = preds.to(device) == labels.to(device).unsqueeze(0)  # (K, N)
