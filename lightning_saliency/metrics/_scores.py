@@ -80,6 +80,55 @@ def complexity(maps: Tensor, *, channel_reduction: ChannelReduction | None = "ab
 
 
 # -------------------------------------------------------------------- muFidelity
+def _checked_fidelity_inputs(
+    x: Tensor,
+    maps: Tensor,
+    target: Tensor | int,
+    baseline: float | Tensor,
+    num_subsets: int,
+    subset_fraction: float,
+    batch_size: int | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`mu_fidelity`'s inputs checked: ``(x, maps, pixel maps, target, baseline)``."""
+    x = _check_tensor(x, "x")
+    maps = _check_tensor(maps, "maps")
+    if x.ndim != 4:
+        raise ValueError(f"`x` must be (N, C, H, W), got shape {tuple(x.shape)}.")
+    n, _, h, w = x.shape
+    if maps.shape == x.shape or maps.shape == (n, 1, h, w):
+        pix_attr = maps.sum(dim=1)
+    elif maps.shape == (n, h, w):
+        pix_attr = maps
+    else:
+        raise ValueError(
+            f"`maps` must have the shape of x {tuple(x.shape)}, or ({n}, {h}, {w}) or "
+            f"({n}, 1, {h}, {w}); got {tuple(maps.shape)}."
+        )
+    if isinstance(num_subsets, bool) or not isinstance(num_subsets, int) or num_subsets < 2:
+        raise ValueError(f"`num_subsets` must be an int >= 2, got {num_subsets!r}.")
+    if not (0.0 < subset_fraction <= 1.0):
+        raise ValueError(f"`subset_fraction` must be in (0, 1], got {subset_fraction}.")
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}.")
+    if isinstance(target, int) and not isinstance(target, bool):
+        target = torch.full((n,), target, dtype=torch.long, device=x.device)
+    target = _check_tensor(target, "target")
+    if target.shape != (n,) or target.is_floating_point():
+        raise ValueError(
+            f"`target` must be an int or an integer tensor of shape ({n},), "
+            f"got {target.dtype} {tuple(target.shape)}."
+        )
+    target = target.to(x.device)
+    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    try:
+        base = base.expand_as(x)
+    except RuntimeError as err:
+        raise ValueError(
+            f"`baseline` of shape {tuple(base.shape)} does not broadcast to x {tuple(x.shape)}."
+        ) from err
+    return x, maps, pix_attr, target, base
+
+
 def mu_fidelity(
     model: nn.Module | Callable[[Tensor], Tensor],
     x: Tensor,
@@ -121,43 +170,10 @@ def mu_fidelity(
     >>> bool(torch.allclose(r, torch.ones(3), atol=1e-5))
     True
     """
-    x = _check_tensor(x, "x")
-    maps = _check_tensor(maps, "maps")
-    if x.ndim != 4:
-        raise ValueError(f"`x` must be (N, C, H, W), got shape {tuple(x.shape)}.")
+    x, maps, pix_attr, target, base = _checked_fidelity_inputs(
+        x, maps, target, baseline, num_subsets, subset_fraction, batch_size
+    )
     n, _, h, w = x.shape
-    if maps.shape == x.shape or maps.shape == (n, 1, h, w):
-        pix_attr = maps.sum(dim=1)
-    elif maps.shape == (n, h, w):
-        pix_attr = maps
-    else:
-        raise ValueError(
-            f"`maps` must have the shape of x {tuple(x.shape)}, or ({n}, {h}, {w}) or "
-            f"({n}, 1, {h}, {w}); got {tuple(maps.shape)}."
-        )
-    if isinstance(num_subsets, bool) or not isinstance(num_subsets, int) or num_subsets < 2:
-        raise ValueError(f"`num_subsets` must be an int >= 2, got {num_subsets!r}.")
-    if not (0.0 < subset_fraction <= 1.0):
-        raise ValueError(f"`subset_fraction` must be in (0, 1], got {subset_fraction}.")
-    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}.")
-    if isinstance(target, int) and not isinstance(target, bool):
-        target = torch.full((n,), target, dtype=torch.long, device=x.device)
-    target = _check_tensor(target, "target")
-    if target.shape != (n,) or target.is_floating_point():
-        raise ValueError(
-            f"`target` must be an int or an integer tensor of shape ({n},), "
-            f"got {target.dtype} {tuple(target.shape)}."
-        )
-    target = target.to(x.device)
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-    try:
-        base = base.expand_as(x)
-    except RuntimeError as err:
-        raise ValueError(
-            f"`baseline` of shape {tuple(base.shape)} does not broadcast to x {tuple(x.shape)}."
-        ) from err
-
     dtype = _compute_dtype(x, maps)
     hw = h * w
     m = min(hw, max(1, round(subset_fraction * hw)))
