@@ -10,7 +10,7 @@ from lightning_saliency.generalization import Estimate
 
 from .table import Cell
 
-__all__ = ["errorbar", "legend_outside", "new_figure", "value_and_error"]
+__all__ = ["errorbar", "legend_outside", "log_axis_at", "new_figure", "value_and_error"]
 
 
 def new_figure(ncols: int, height: float = 4.0, width: float = 5.2) -> Any:
@@ -49,3 +49,23 @@ def legend_outside(fig: Any, ax: Any) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+
+
+def log_axis_at(ax: Any, xs: Sequence[float], base: float = 10) -> None:
+    """A log x axis labelled at the settings that ran (``2``, ``16``), nowhere else.
+
+    Matplotlib's default labels a log axis spanning less than a decade with minor ticks
+    such as ``2x10^0``; a settings axis reads better with the values themselves. Does
+    nothing unless every x is positive (a log axis needs them).
+
+    >>> fig = new_figure(1); ax = fig.subplots(1, 1); _ = ax.plot([1, 4], [0, 1])
+    >>> log_axis_at(ax, [1, 4])
+    >>> [t.get_text() for t in ax.get_xticklabels()], ax.get_xticklabels(minor=True)
+    (['1', '4'], [])
+    """
+    ticks = sorted({float(x) for x in xs if x is not None and math.isfinite(x)})
+    if not ticks or ticks[0] <= 0:
+        return
+    ax.set_xscale("log", base=base)
+    ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    ax.set_xticks([], minor=True)

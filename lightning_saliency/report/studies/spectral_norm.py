@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..order import run_method_key
-from ..plotting import errorbar, new_figure
+from ..plotting import errorbar, log_axis_at, new_figure
 from ..runs import Run
 from ..table import Column, Row, Study, Table
 
@@ -57,8 +57,8 @@ def plot(table: Table, path: Path) -> None:
         if plain:
             ax.axhline(plain[0].value, color=line.get_color(), ls="--", lw=1,
                        label=f"{m} (no spectral norm)")  # fmt: skip
-    if any(r["spectral_norm_factor"] for r in table.rows):  # a log axis needs a point on it
-        ax.set_xscale("log")
+    log_axis_at(ax, [r["spectral_norm_factor"] for r in table.rows
+                     if r["spectral_norm_factor"] is not None])  # fmt: skip
     ax.set(xlabel="spectral-norm factor c (smaller = stricter Lipschitz bound)",
            ylabel="test interpretation loss (lower: nearer ref.)",
            title="test interpretation loss, 95% intervals")  # fmt: skip

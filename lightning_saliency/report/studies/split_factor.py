@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning_saliency.generalization import Estimate
 
 from ..order import run_method_key
-from ..plotting import errorbar, new_figure
+from ..plotting import errorbar, log_axis_at, new_figure
 from ..runs import Run
 from ..table import Cell, Column, Row, Study, Table, cell_text, difference
 
@@ -74,9 +74,7 @@ def plot(table: Table, path: Path) -> None:
         xs = sorted(agree)
         errorbar(ax, xs, [agree[x] for x in xs], fmt="k--", marker="s",
                  label="prediction agreement")  # fmt: skip
-        if xs and min(xs) > 0:
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(xs, [str(x) for x in xs])
+        log_axis_at(ax, xs, base=2)
         ax.set(xlabel="split factor (smaller splits to the right)",
                ylabel=f"test {title} / agreement (higher = more)")  # fmt: skip
         ax.set_title(f"test {title} and prediction agreement\n(95% intervals)", fontsize=10)
