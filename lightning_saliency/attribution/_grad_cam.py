@@ -209,6 +209,32 @@ def _check_not_folded(model: nn.Module, module: nn.Module) -> None:
         )
 
 
+def _forward_with_activation(
+    model: nn.Module, module: nn.Module, rows: Tensor, precision: str
+) -> tuple[Tensor, Tensor]:
+    """The model's output on ``rows`` and the layer's one output, checked to be a feature map."""
+    captured: list[object] = []
+    handle = module.register_forward_hook(lambda m, a, o, store=captured: store.append(o))
+    try:
+        with _autocast(precision, rows.device):
+            out = model(rows)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise ValueError(
+            f"the grad_cam layer must be called exactly once per forward, "
+            f"it was called {len(captured)} times"
+        )
+    act = captured[0]
+    if not isinstance(act, Tensor) or act.ndim not in (3, 4):
+        shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
+        raise ValueError(
+            "the grad_cam layer must output a 4-D feature map (N, K, h, w) or a token "
+            f"sequence (N, tokens, dim), got {shape}"
+        )
+    return out, act
+
+
 def grad_cam(
     model: nn.Module,
     x: Tensor,
@@ -250,25 +276,7 @@ def grad_cam(
         for c0 in range(0, n, chunk):
             # requires grad: keeps A in the graph even if all parameters are frozen
             rows = prepare_rows(xd[c0 : c0 + chunk], channels_last)
-            captured: list[object] = []
-            handle = module.register_forward_hook(lambda m, a, o, store=captured: store.append(o))
-            try:
-                with _autocast(precision, rows.device):
-                    out = model(rows)
-            finally:
-                handle.remove()
-            if len(captured) != 1:
-                raise ValueError(
-                    f"the grad_cam layer must be called exactly once per forward, "
-                    f"it was called {len(captured)} times"
-                )
-            act = captured[0]
-            if not isinstance(act, Tensor) or act.ndim not in (3, 4):
-                shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
-                raise ValueError(
-                    "the grad_cam layer must output a 4-D feature map (N, K, h, w) or a token "
-                    f"sequence (N, tokens, dim), got {shape}"
-                )
+            out, act = _forward_with_activation(model, module, rows, precision)
             tg = tgt[c0 : c0 + chunk]
             check_output(out, rows.shape[0], tmax)
             scores = select_scores(out, tg, output)
