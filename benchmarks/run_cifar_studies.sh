@@ -86,6 +86,18 @@ fit() {  # fit <name> <seed> [extra CLI arguments]
     >>"$ROOT/timings.txt"
 }
 
+finished() {  # finished <array name> <setting>...: append each setting's finished run folders
+  local -n into=$1
+  shift
+  local name run
+  for name in "$@"; do
+    for run in "$ROOT/$name"/seed*; do
+      [[ -d $run ]] || continue
+      if [[ -f $run/.finished ]]; then into+=("$run"); else echo "report: $run left out (not finished)" >&2; fi
+    done
+  done
+}
+
 step() {
   case $1 in
     sf2) for s in $SEEDS; do fit sf2 "$s" --data.init_args.split_factor 2; done ;;
@@ -95,16 +107,15 @@ step() {
       for s in $SEEDS; do
         fit "$1" "$s" --data.init_args.split_factor 2 --model.spectral_norm_factor "${1#sn}"
       done ;;
-    report)  # over the settings that were run
-      local sf=() sn=()
-      for d in "$ROOT"/sf2 "$ROOT"/sf4 "$ROOT"/sf8 "$ROOT"/sf16; do
-        [[ -d $d ]] && sf+=("$d")
-      done
-      for d in "$ROOT"/sn1 "$ROOT"/sn4; do [[ -d $d ]] && sn+=("$d"); done
+    report)  # over the finished fits (a fit still running or killed part-way is left out)
+      local sf=() sn=() sf2=()
+      finished sf sf2 sf4 sf8 sf16
+      finished sn sn1 sn4
+      finished sf2 sf2
       # the protocol's bar: every model >= 85% at sf 2 (the plain recipe), else out of the verdicts
       local bar=(--min-accuracy 0.85@sf2)
       if [[ ${#sf[@]} -gt 0 ]]; then "$CLI" report "${sf[@]}" --out reports/cifar-v2/split_factor "${bar[@]}"; fi
-      if [[ -d $ROOT/sf2 ]]; then "$CLI" report "$ROOT/sf2" --out reports/cifar-v2/methods "${bar[@]}"; fi
+      if [[ ${#sf2[@]} -gt 0 ]]; then "$CLI" report "${sf2[@]}" --out reports/cifar-v2/methods "${bar[@]}"; fi
       if [[ ${#sn[@]} -gt 0 ]]; then "$CLI" report "${sn[@]}" --out reports/cifar-v2/spectral_norm; fi ;;
     accuracy)  # each model's test accuracy at the last epoch, per run (the 85% bar at sf 2)
       "${PYTHON:-python}" - "$ROOT" <<'PY'
