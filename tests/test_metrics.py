@@ -516,6 +516,8 @@ def test_mu_fidelity_bad_input() -> None:
         mu_fidelity(model, x, x, 0, subset_fraction=0.0)
     with pytest.raises(ValueError, match="target"):
         mu_fidelity(model, x, x, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer tensor"):  # a mask is not a class index
+        mu_fidelity(model, x, x, torch.tensor([True, False]))
     with pytest.raises(ValueError, match="baseline"):
         mu_fidelity(model, x, x, 0, baseline=torch.zeros(3, 1, 1))
     with pytest.raises(ValueError, match="batch_size"):

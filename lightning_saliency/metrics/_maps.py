@@ -24,6 +24,33 @@ def _check_tensor(x: object, name: str) -> Tensor:
     return x
 
 
+def _check_model_inputs(
+    x: object, target: object, baseline: object
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x, target, baseline)`` of a score that runs the model: x ``(N, C, H, W)``, the target
+    as ``(N,)`` integer classes on x's device, the baseline broadcast to x."""
+    x = _check_tensor(x, "x")
+    if x.ndim != 4:
+        raise ValueError(f"`x` must be (N, C, H, W), got shape {tuple(x.shape)}.")
+    n = x.shape[0]
+    if isinstance(target, int) and not isinstance(target, bool):
+        target = torch.full((n,), target, dtype=torch.long, device=x.device)
+    target = _check_tensor(target, "target")
+    if target.shape != (n,) or target.is_floating_point() or target.dtype == torch.bool:
+        raise ValueError(
+            f"`target` must be an int or an integer tensor of shape ({n},), "
+            f"got {target.dtype} {tuple(target.shape)}."
+        )
+    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    try:
+        base = base.expand_as(x)
+    except RuntimeError as err:
+        raise ValueError(
+            f"`baseline` of shape {tuple(base.shape)} does not broadcast to x {tuple(x.shape)}."
+        ) from err
+    return x, target.to(x.device), base
+
+
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     """float64 if any input is float64, float32 otherwise."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

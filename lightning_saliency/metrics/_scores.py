@@ -16,6 +16,7 @@ from lightning_saliency._modes import eval_mode
 from lightning_saliency.metrics._maps import (
     ChannelReduction,
     _check_maps,
+    _check_model_inputs,
     _check_tensor,
     _compute_dtype,
     _flat,
@@ -90,10 +91,8 @@ def _checked_fidelity_inputs(
     batch_size: int | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """:func:`mu_fidelity`'s inputs checked: ``(x, maps, pixel maps, target, baseline)``."""
-    x = _check_tensor(x, "x")
+    x, target, base = _check_model_inputs(x, target, baseline)
     maps = _check_tensor(maps, "maps")
-    if x.ndim != 4:
-        raise ValueError(f"`x` must be (N, C, H, W), got shape {tuple(x.shape)}.")
     n, _, h, w = x.shape
     if maps.shape == x.shape or maps.shape == (n, 1, h, w):
         pix_attr = maps.sum(dim=1)
@@ -110,22 +109,6 @@ def _checked_fidelity_inputs(
         raise ValueError(f"`subset_fraction` must be in (0, 1], got {subset_fraction}.")
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}.")
-    if isinstance(target, int) and not isinstance(target, bool):
-        target = torch.full((n,), target, dtype=torch.long, device=x.device)
-    target = _check_tensor(target, "target")
-    if target.shape != (n,) or target.is_floating_point():
-        raise ValueError(
-            f"`target` must be an int or an integer tensor of shape ({n},), "
-            f"got {target.dtype} {tuple(target.shape)}."
-        )
-    target = target.to(x.device)
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-    try:
-        base = base.expand_as(x)
-    except RuntimeError as err:
-        raise ValueError(
-            f"`baseline` of shape {tuple(base.shape)} does not broadcast to x {tuple(x.shape)}."
-        ) from err
     return x, maps, pix_attr, target, base
 
 

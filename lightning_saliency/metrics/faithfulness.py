@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from lightning_saliency._modes import eval_mode
 from lightning_saliency.metrics._maps import (
+    _check_model_inputs,
     _check_tensor,
     _compute_dtype,
     _nan_unless,
@@ -122,29 +123,6 @@ def perturbation_ranks(relevance: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(1, order, pos)
 
 
-def _check_inputs(x: object, target: object, baseline: object) -> tuple[Tensor, Tensor, Tensor]:
-    x = _check_tensor(x, "x")
-    if x.ndim != 4:
-        raise ValueError(f"`x` must be (N, C, H, W), got shape {tuple(x.shape)}.")
-    n = x.shape[0]
-    if isinstance(target, int) and not isinstance(target, bool):
-        target = torch.full((n,), target, dtype=torch.long, device=x.device)
-    target = _check_tensor(target, "target")
-    if target.shape != (n,) or target.is_floating_point() or target.dtype == torch.bool:
-        raise ValueError(
-            f"`target` must be an int or an integer tensor of shape ({n},), "
-            f"got {target.dtype} {tuple(target.shape)}."
-        )
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-    try:
-        base = base.expand_as(x)
-    except RuntimeError as err:
-        raise ValueError(
-            f"`baseline` of shape {tuple(base.shape)} does not broadcast to x {tuple(x.shape)}."
-        ) from err
-    return x, target.to(x.device), base
-
-
 def _probabilities(model: Callable[[Tensor], Tensor], rows: Tensor, target: Tensor,
                    dtype: torch.dtype) -> Tensor:  # fmt: skip
     logits = model(rows)
@@ -180,7 +158,7 @@ def perturbation_curves(
         batch_size: perturbed images per forward (default ``DEFAULT_PERTURBATION_ROWS``);
             a chunk holds whole probes (``2 * steps`` images each), at least one.
     """
-    x, target, base = _check_inputs(x, target, baseline)
+    x, target, base = _check_model_inputs(x, target, baseline)
     maps = _check_tensor(maps, "maps")
     n, c, h, w = x.shape
     p = h * w
