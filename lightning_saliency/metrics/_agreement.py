@@ -308,9 +308,8 @@ def _checked_mege_inputs(
         bad = bad | ~finite_rows(logits.flatten(0, 1)).to(bad.device).view(k, n)
     if labels.shape != (n,):
         raise ValueError(f"`labels` must have shape (N,)=({n},), got {tuple(labels.shape)}.")
-    if pairs == "one_seen":
-        if seen is None:
-            raise ValueError("`seen` (K, N) bool is required for pairs='one_seen'.")
+    if pairs == "one_seen" and seen is None:
+        raise ValueError("`seen` (K, N) bool is required for pairs='one_seen'.")
     if seen is not None:
         seen = _check_tensor(seen, "seen")
         if seen.dtype != torch.bool:

@@ -63,7 +63,7 @@ def log_axis_at(ax: Any, xs: Sequence[float], base: float = 10) -> None:
     >>> [t.get_text() for t in ax.get_xticklabels()], ax.get_xticklabels(minor=True)
     (['1', '4'], [])
     """
-    ticks = sorted({float(x) for x in xs if x is not None and math.isfinite(x)})
+    ticks = sorted({float(x) for x in xs if math.isfinite(x)})
     if not ticks or ticks[0] <= 0:
         return
     ax.set_xscale("log", base=base)
